@@ -1,0 +1,207 @@
+"""Building blocks of the decoder: RMSNorm, RoPE, grouped-query attention with a KV cache, gated MLP.
+
+Every parameter is an `nnx.Param` carrying `axes`, a tuple of logical axis names that
+`alignjax.sharding` maps onto the device mesh. Norms, softmax and RoPE run in float32 whatever the
+compute dtype; matmuls run in `cfg.dtype`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignjax.models.config import ModelConfig
+
+# Finite "minus infinity": a fully masked row (a left-pad query) gets a uniform softmax, never NaN.
+NEG_INF = -1e30
+
+
+def param(rngs: nnx.Rngs, shape, axes, *, std: float, dtype) -> nnx.Param:
+    """A normally initialised parameter with logical axis names (std 0 gives zeros)."""
+    if std == 0.0:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, axes=tuple(axes))
+
+
+def ones_param(shape, axes, *, dtype) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), axes=tuple(axes))
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+class RMSNorm(nnx.Module):
+    """y = x / rms(x) * w, or * (1 + w) for Gemma (`offset`), computed in float32."""
+
+    def __init__(self, dim: int, *, eps: float, offset: bool, param_dtype, axis_name='norm'):
+        self.eps = eps
+        self.offset = offset
+        init = jnp.zeros if offset else jnp.ones
+        self.scale = nnx.Param(init((dim,), param_dtype), axes=(axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        w = self.scale[...].astype(jnp.float32)
+        return (x * (1.0 + w if self.offset else w)).astype(dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> jax.Array:
+    """Per-pair rotation frequencies, with optional linear or Llama-3 frequency scaling."""
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv
+    scaling = dict(scaling)
+    kind = scaling.get('type', scaling.get('rope_type'))
+    factor = float(scaling['factor'])
+    if kind == 'linear':
+        return inv / factor
+    if kind == 'llama3':
+        low, high = float(scaling['low_freq_factor']), float(scaling['high_freq_factor'])
+        old_len = float(scaling['original_max_position'])
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > old_len / low, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f'Unknown model.rope_scaling type {kind!r}; expected linear or llama3')
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotates x[b, t, h, :] by angle positions[b, t] * inv_freq (halves convention, as in HF)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention; with a cache, writes this call's keys at `cache_index`.
+
+    Masking: query i (absolute index q_i in the cache, or in the sequence without one) sees key j
+    iff j <= q_i, kv_mask[b, j] is set, and, on local layers, q_i - j < sliding_window. Prompts are
+    left-padded and responses right-padded, so valid tokens are contiguous and index distances
+    equal position distances.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, local: bool, rngs: nnx.Rngs):
+        d, h, kv, hd = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        pd = cfg.jnp_param_dtype
+        self.cfg = cfg
+        self.local = local
+        self.q_proj = param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'), std=d ** -0.5, dtype=pd)
+        self.k_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d ** -0.5,
+                            dtype=pd)
+        self.v_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d ** -0.5,
+                            dtype=pd)
+        self.o_proj = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'),
+                            std=(h * hd) ** -0.5, dtype=pd)
+        if cfg.attention_bias:
+            self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), std=0.0, dtype=pd)
+            self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
+            self.v_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+            self.k_norm = RMSNorm(hd, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
+        # A Python float, not an array: arrays on a module would become state.
+        self.rope_theta = cfg.rope_local_theta if (local and cfg.rope_local_theta) else cfg.rope_theta
+
+    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None):
+        cfg = self.cfg
+        dt = cfg.jnp_dtype
+        x = x.astype(dt)
+        q = jnp.einsum('btd,dhk->bthk', x, self.q_proj[...].astype(dt))
+        k = jnp.einsum('btd,dhk->bthk', x, self.k_proj[...].astype(dt))
+        v = jnp.einsum('btd,dhk->bthk', x, self.v_proj[...].astype(dt))
+        if cfg.attention_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, cfg.rope_scaling)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+
+        b, t = x.shape[:2]
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
+                                             (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype),
+                                             (0, cache_index, 0, 0))
+            cache = {'k': k, 'v': v}
+            q_idx = cache_index + jnp.arange(t)
+        else:
+            q_idx = jnp.arange(t)
+        k_idx = jnp.arange(k.shape[1])
+        allowed = k_idx[None, :] <= q_idx[:, None]
+        if self.local:
+            allowed &= (q_idx[:, None] - k_idx[None, :]) < cfg.sliding_window
+        mask = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+
+        kv, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(b, t, kv, groups, cfg.head_dim)
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        logits = jnp.einsum('btkgh,bskh->bkgts', q, k.astype(dt),
+                            preferred_element_type=jnp.float32) * scale
+        logits = softcap(logits, cfg.attn_logit_softcap)
+        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+        out = jnp.einsum('bkgts,bskh->btkgh', probs, v.astype(dt))
+        out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), cache
+
+
+class MLP(nnx.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)), SwiGLU or GeGLU."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, pd = cfg.embed_dim, cfg.mlp_dim, cfg.jnp_param_dtype
+        self.cfg = cfg
+        self.gate_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d ** -0.5, dtype=pd)
+        self.up_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d ** -0.5, dtype=pd)
+        self.down_proj = param(rngs, (f, d), ('mlp', 'embed'), std=f ** -0.5, dtype=pd)
+
+    def __call__(self, x):
+        dt = self.cfg.jnp_dtype
+        x = x.astype(dt)
+        gate = x @ self.gate_proj[...].astype(dt)
+        act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(gate, approximate=True)
+        return (act * (x @ self.up_proj[...].astype(dt))) @ self.down_proj[...].astype(dt)
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block, with Gemma-2/3's optional post-norms."""
+
+    def __init__(self, cfg: ModelConfig, *, layer: int, rngs: nnx.Rngs):
+        pd = cfg.jnp_param_dtype
+        norm = lambda: RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, offset=cfg.norm_offset,
+                               param_dtype=pd)
+        self.attn_norm = norm()
+        self.attn = Attention(cfg, local=cfg.is_local_layer(layer), rngs=rngs)
+        self.mlp_norm = norm()
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.post_norms = cfg.post_norms
+        if cfg.post_norms:
+            self.attn_post_norm = norm()
+            self.mlp_post_norm = norm()
+
+    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None):
+        y, cache = self.attn(self.attn_norm(x), positions=positions, kv_mask=kv_mask, cache=cache,
+                             cache_index=cache_index)
+        if self.post_norms:
+            y = self.attn_post_norm(y)
+        x = x + y.astype(x.dtype)
+        y = self.mlp(self.mlp_norm(x))
+        if self.post_norms:
+            y = self.mlp_post_norm(y)
+        return x + y.astype(x.dtype), cache

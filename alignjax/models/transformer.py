@@ -1,0 +1,159 @@
+"""The decoder and the models built on it: language model, value, reward and preference models.
+
+All models take `tokens[B, T]` and `mask[B, T]` (1 on real tokens). Positions count real tokens
+(`cumsum(mask) - 1`), so left-padding a prompt does not move any real token. With a KV cache
+(sampling) the caller passes `positions` and the cache's key mask itself.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignjax.models.config import ModelConfig
+from alignjax.models.layers import Block, RMSNorm, param, softcap
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Position of each token among the real tokens of its row (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index of the last real token of each row ([left-pad | tokens | right-pad] layouts)."""
+    idx = jnp.arange(mask.shape[-1])
+    return jnp.max(jnp.where(mask.astype(bool), idx, -1), axis=-1).clip(0)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict]:
+    """A zeroed KV cache: one {'k', 'v'} pair of [B, S, kv_heads, head_dim] per layer."""
+    dtype = dtype or cfg.jnp_dtype
+    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+            for _ in range(cfg.num_layers)]
+
+
+class Decoder(nnx.Module):
+    """Embedding, blocks, final norm; `lm_head=True` adds the output projection (or ties it)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lm_head: bool = True):
+        self.cfg = cfg
+        pd = cfg.jnp_param_dtype
+        self.embedding = param(rngs, (cfg.vocab_size, cfg.embed_dim), ('vocab', 'embed'), std=0.02,
+                               dtype=pd)
+        self.layers = nnx.List([Block(cfg, layer=i, rngs=rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, offset=cfg.norm_offset,
+                                  param_dtype=pd)
+        self.has_lm_head = lm_head
+        if lm_head and not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.embed_dim, cfg.vocab_size), ('embed', 'vocab'),
+                                 std=cfg.embed_dim ** -0.5, dtype=pd)
+
+    def hidden(self, tokens, *, positions, kv_mask, cache=None, cache_index=None):
+        """Final-norm hidden states [B, T, D] and the updated cache (None without one)."""
+        cfg = self.cfg
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+        if cfg.embed_scale:
+            x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
+        new_cache = [] if cache is not None else None
+
+        def run_block(block, x, layer_cache):
+            return block(x, positions=positions, kv_mask=kv_mask, cache=layer_cache,
+                         cache_index=cache_index)
+
+        if cfg.remat:
+            run_block = nnx.remat(run_block)
+        for i, block in enumerate(self.layers):
+            x, layer_cache = run_block(block, x, None if cache is None else cache[i])
+            if cache is not None:
+                new_cache.append(layer_cache)
+        return self.final_norm(x), new_cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Output logits in float32, soft-capped if configured."""
+        if self.cfg.tie_embeddings:
+            w = self.embedding[...].astype(self.cfg.jnp_dtype).T
+        else:
+            w = self.lm_head[...].astype(self.cfg.jnp_dtype)
+        out = jnp.einsum('btd,dv->btv', h.astype(self.cfg.jnp_dtype), w,
+                         preferred_element_type=jnp.float32)
+        return softcap(out, self.cfg.final_logit_softcap)
+
+    def __call__(self, tokens, mask=None, *, positions=None, kv_mask=None, cache=None,
+                 cache_index=None):
+        """Language-model logits [B, T, V]; returns (logits, cache) when a cache is given."""
+        if mask is None:
+            mask = jnp.ones(tokens.shape, jnp.int32)
+        positions = positions_from_mask(mask) if positions is None else positions
+        kv_mask = mask if kv_mask is None else kv_mask
+        h, cache_out = self.hidden(tokens, positions=positions, kv_mask=kv_mask, cache=cache,
+                                   cache_index=cache_index)
+        logits = self.logits(h)
+        return (logits, cache_out) if cache is not None else logits
+
+
+class ValueModel(nnx.Module):
+    """Per-token scalar values (the PPO critic): values[B, T]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
+        self.value_head = param(rngs, (cfg.embed_dim, 1), ('embed', None), std=0.0,
+                                dtype=cfg.jnp_param_dtype)
+        self.value_bias = param(rngs, (1,), (None,), std=0.0, dtype=cfg.jnp_param_dtype)
+
+    def __call__(self, tokens, mask):
+        h, _ = self.backbone.hidden(tokens, positions=positions_from_mask(mask), kv_mask=mask)
+        v = h.astype(jnp.float32) @ self.value_head[...].astype(jnp.float32)
+        return v[..., 0] + self.value_bias[...].astype(jnp.float32)[0]
+
+
+class RewardModel(nnx.Module):
+    """Scalar rewards read at the last real token: rewards[B, K] for an ensemble of K heads."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, num_heads: int = 1):
+        self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
+        self.reward_head = param(rngs, (cfg.embed_dim, num_heads), ('embed', None),
+                                 std=cfg.embed_dim ** -0.5, dtype=cfg.jnp_param_dtype)
+        self.reward_bias = param(rngs, (num_heads,), (None,), std=0.0, dtype=cfg.jnp_param_dtype)
+
+    def __call__(self, tokens, mask):
+        h, _ = self.backbone.hidden(tokens, positions=positions_from_mask(mask), kv_mask=mask)
+        last = jnp.take_along_axis(h, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+        return (last.astype(jnp.float32) @ self.reward_head[...].astype(jnp.float32)
+                + self.reward_bias[...].astype(jnp.float32))
+
+
+class PreferenceModel(nnx.Module):
+    """Pairwise preference logit, antisymmetric by construction.
+
+    Each (prompt, response) sequence is embedded once (its final-norm state at the last real
+    token); the logit is g(a, b) - g(b, a) with g(a, b) = w . silu(A a + B b + c), so
+    P(a > b) = sigmoid(logit) satisfies P(a > b) + P(b > a) = 1 exactly and can represent cycles
+    that no scalar reward can.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, hidden_dim: int | None = None):
+        d, pd = cfg.embed_dim, cfg.jnp_param_dtype
+        f = hidden_dim or 2 * d
+        self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
+        self.pair_first = param(rngs, (d, f), ('embed', None), std=d ** -0.5, dtype=pd)
+        self.pair_second = param(rngs, (d, f), ('embed', None), std=d ** -0.5, dtype=pd)
+        self.pair_bias = param(rngs, (f,), (None,), std=0.0, dtype=pd)
+        self.pair_out = param(rngs, (f,), (None,), std=f ** -0.5, dtype=pd)
+
+    def embed(self, tokens, mask):
+        h, _ = self.backbone.hidden(tokens, positions=positions_from_mask(mask), kv_mask=mask)
+        return jnp.take_along_axis(h, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+
+    def score(self, ea, eb):
+        """g(a, b) on embeddings [B, D]."""
+        f32 = lambda p: p[...].astype(jnp.float32)
+        z = ea.astype(jnp.float32) @ f32(self.pair_first) + eb.astype(jnp.float32) @ f32(
+            self.pair_second) + f32(self.pair_bias)
+        return jax.nn.silu(z) @ f32(self.pair_out)
+
+    def __call__(self, tokens_a, mask_a, tokens_b, mask_b):
+        """Logit of P(a > b), shape [B]."""
+        ea, eb = self.embed(tokens_a, mask_a), self.embed(tokens_b, mask_b)
+        return self.score(ea, eb) - self.score(eb, ea)

@@ -1,0 +1,166 @@
+"""The device mesh, logical-axis rules, and creation of state that is sharded from birth.
+
+One mesh with axes ('data', 'fsdp', 'tensor'). Parameters carry logical axis names (`axes` on
+each `nnx.Param`); a rules table maps each logical name to mesh axes. A dimension that does not
+divide evenly over its mesh axes is replicated instead (a tiny model's 2 KV heads on a tensor axis
+of 4, say), and the choice is logged once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+# logical axis -> mesh axes (None: replicated). Overridable by config.mesh.rules.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ('batch', BATCH_AXES),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('norm', None),
+    ('length', None),
+)
+
+_warned: set = set()
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh; one entry of `shape` may be -1 (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != 3:
+        raise ValueError(f'mesh.shape must have 3 entries (data, fsdp, tensor), got {shape}')
+    if shape.count(-1) > 1:
+        raise ValueError(f'mesh.shape may contain at most one -1, got {shape}')
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f'mesh.shape {shape}: {len(devices)} devices do not divide by {known}')
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(f'mesh.shape {shape} needs {math.prod(shape)} devices, have {len(devices)}')
+    return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def rules_from_config(rules) -> tuple:
+    """Normalises a rules table given as a list of [logical, mesh axis | list | None] pairs."""
+    if rules is None:
+        return DEFAULT_RULES
+    out = []
+    for entry in rules:
+        name, target = entry
+        if isinstance(target, list):
+            target = tuple(target)
+        out.append((name, target))
+    return tuple(out)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh, rules=DEFAULT_RULES):
+    """PartitionSpec for a tensor with logical `axes`, replicating dimensions that do not divide."""
+    table = dict(rules)
+    spec, used = [], set()
+    for name, size in zip(axes, shape):
+        target = table.get(name) if name is not None else None
+        if target is None:
+            spec.append(None)
+            continue
+        mesh_axes = (target,) if isinstance(target, str) else tuple(target)
+        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
+        n = math.prod(mesh.shape[a] for a in mesh_axes)
+        if not mesh_axes or size % n:
+            if mesh_axes and (name, size, n) not in _warned:
+                _warned.add((name, size, n))
+                logging.info('sharding: %s of size %d does not divide over %s (%d); replicated',
+                             name, size, mesh_axes, n)
+            spec.append(None)
+            continue
+        used.update(mesh_axes)
+        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return P(*spec)
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state, mesh, rules=DEFAULT_RULES):
+    """NamedShardings for an (abstract) nnx.State, from each variable's `axes` metadata."""
+
+    def one(var):
+        axes = var.get_metadata().get('axes')
+        shape = var.shape if hasattr(var, 'shape') else var[...].shape
+        if axes is None:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+    return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def create_sharded(ctor: Callable[[], nnx.Module], mesh, rules=DEFAULT_RULES):
+    """Builds `ctor()` with every parameter created directly on its sharding.
+
+    Shapes are evaluated abstractly first; the jitted constructor then materialises each shard on
+    its device, so no device ever holds an unsharded copy of the model.
+    """
+    graphdef, abstract = nnx.split(nnx.eval_shape(ctor))
+    shardings = state_shardings(abstract, mesh, rules)
+    state = jax.jit(lambda: nnx.state(ctor()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def shard_state(state, mesh, rules=DEFAULT_RULES):
+    """Places an existing state onto its shardings (device_put per leaf, no host gather)."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
+def spec_tree(module_or_state):
+    """PartitionSpecs of every array in a module or state, for assertions and logs."""
+    state = nnx.state(module_or_state) if isinstance(module_or_state, nnx.Module) else module_or_state
+    return jax.tree.map(lambda x: x.sharding.spec, state)
+
+
+def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dimension over ('data', 'fsdp'), the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(batch, mesh):
+    """Process-local NumPy batch -> global jax.Arrays sharded over the batch axes.
+
+    Each process passes its own rows (`data.pipeline` slices by process index); on one process this
+    is a plain sharded device_put. Scalars are replicated.
+    """
+
+    def one(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.device_put(x, replicated(mesh))
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
+    return jax.tree.map(one, batch)
+
+
+def process_batch_slice(global_batch_size: int) -> tuple[int, int]:
+    """(start, size) of this process's rows in a global batch."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch_size % n:
+        raise ValueError(f'batch size {global_batch_size} does not divide over {n} processes')
+    local = global_batch_size // n
+    return i * local, local

@@ -1,0 +1,30 @@
+"""alignjax: JAX-native alignment research (SFT, reward models, DPO family, PPO, ReMax, Nash)."""
+import setuptools
+
+setuptools.setup(
+    name="alignjax",
+    version="0.1.0",
+    description="JAX-native codebase for alignment research.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["alignjax", "alignjax.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12.8",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "chex",
+        "absl-py",
+        "ml-collections",
+        "tensorflow-datasets>=4.9.9",
+        "array-record",
+        "grain>=0.2.12",
+        "tensorboardX",
+        "numpy",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        "hf": ["torch==2.13.0", "transformers", "safetensors", "tokenizers"],
+        "bench": [],
+    },
+)
