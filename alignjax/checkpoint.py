@@ -1,0 +1,263 @@
+"""Checkpointing that survives preemption: one orbax CheckpointManager per run.
+
+A checkpoint step holds two items:
+
+* ``state``: the training state pytree (params, optimizer state, step, RNG key
+  data, algorithm controllers such as the KL coefficient), saved with
+  ``StandardSave`` and restored with ``StandardRestore`` onto the shardings of an
+  abstract target, so restored arrays land directly where the trainer wants them.
+* ``meta``: a small JSON dict of host-side values (data position, config hash).
+
+Usage::
+
+    ckpt = Checkpointer(f'{workdir}/checkpoints', save_every=100, keep=3)
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(None, abstract_state)
+    with PreemptionGuard() as guard:
+        for step in range(start, total):
+            state = update(state, batch)
+            stop = guard.should_stop(step)
+            ckpt.save(step, state, meta={'data_pos': pos}, force=stop)
+            if stop:
+                break
+    ckpt.close()
+
+Crash safety: orbax (0.12.8) writes each step to ``<dir>/<step>.orbax-checkpoint-tmp``
+(item subdirectories ``state.orbax-checkpoint-tmp`` etc.), writes
+``commit_success.txt`` into it and only then renames it to ``<dir>/<step>``; on
+filesystems without atomic rename (GCS) it uses the commit file instead. Its step
+listing skips unfinalized directories, so a save killed by SIGKILL is never
+seen; ``latest_step`` additionally requires the ``state`` item to be present.
+Leftover temporary directories are removed when the manager is created.
+
+All processes must call every method (orbax coordinates primary-host writes).
+"""
+
+import signal
+import threading
+
+from absl import logging
+from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE_ITEM = 'state'
+META_ITEM = 'meta'
+
+
+def abstract_like(tree):
+    """Returns ``jax.ShapeDtypeStruct`` leaves (with shardings) mirroring ``tree``."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpointer:
+    """Saves and restores ``(state, meta)`` at an interval, keeping the last ``keep``."""
+
+    def __init__(self, directory: str, *, save_every: int, keep: int,
+                 async_save: bool = False):
+        """Creates (if needed) ``directory`` and opens the orbax manager on it.
+
+        Args:
+            directory: root holding one subdirectory per step.
+            save_every: ``save`` writes when ``step % save_every == 0`` (or forced).
+            keep: number of most recent checkpoints to keep.
+            async_save: write in a background thread after the device-to-host
+                copy; call ``wait`` (or ``close``) before relying on the files.
+        """
+        if save_every < 1 or keep < 1:
+            raise ValueError(f'save_every and keep must be >= 1, got {save_every}, {keep}')
+        self.directory = epath.Path(directory)
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            save_interval_steps=save_every,
+            create=True,
+            cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+
+    def all_steps(self) -> list[int]:
+        """Returns the finalized steps on disk, ascending."""
+        return sorted(s for s in self._manager.all_steps()
+                      if (self.directory / str(s) / STATE_ITEM).exists())
+
+    def latest_step(self) -> int | None:
+        """Returns the newest finalized step, or None; all processes get the same answer."""
+        steps = self.all_steps()
+        latest = steps[-1] if steps else -1
+        if jax.process_count() > 1:
+            latest = int(multihost_utils.broadcast_one_to_all(np.int64(latest)))
+        return None if latest < 0 else latest
+
+    def save(self, step: int, state, *, meta: dict | None = None,
+             force: bool = False) -> bool:
+        """Saves ``state`` and the JSON-serialisable ``meta`` dict at ``step``.
+
+        Writes when ``step % save_every == 0`` or ``force`` (use it for the final
+        step and on preemption). A step that already exists is never overwritten.
+
+        Returns:
+            Whether a checkpoint was written (or started, with ``async_save``).
+        """
+        if not (force or step % self.save_every == 0):
+            return False
+        if step in self._manager.all_steps():
+            logging.info('Checkpoint for step %d already exists; not saving.', step)
+            return False
+        saved = self._manager.save(
+            step,
+            args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.StandardSave(state),
+                META_ITEM: ocp.args.JsonSave(dict(meta or {})),
+            }),
+            force=True,  # the decision above is ours; skip orbax's initial-save rule
+        )
+        if saved:
+            logging.info('Saved checkpoint for step %d in %s', step, self.directory)
+        return bool(saved)
+
+    def restore(self, step: int | None, abstract_state):
+        """Restores a checkpoint onto the shardings of ``abstract_state``.
+
+        Args:
+            step: the step to restore; None means ``latest_step()``.
+            abstract_state: pytree of ``jax.ShapeDtypeStruct`` with ``.sharding``
+                (e.g. ``jax.eval_shape`` output with shardings attached, or
+                ``abstract_like(state)``); it fixes the returned tree structure,
+                namedtuples included.
+
+        Returns:
+            ``(state, meta)``; ``meta`` is ``{}`` for checkpoints written without it.
+
+        Raises:
+            FileNotFoundError: ``step`` is None and there is no checkpoint.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f'No checkpoint found in {self.directory}')
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
+        has_meta = (self.directory / str(step) / META_ITEM).exists()
+        if has_meta:
+            items[META_ITEM] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        meta = dict(restored[META_ITEM] or {}) if has_meta else {}
+        logging.info('Restored checkpoint for step %d from %s', step, self.directory)
+        return restored[STATE_ITEM], meta
+
+    def restore_params(self, step: int | None = None, abstract_params=None):
+        """Restores only ``state['params']`` (for ``config.init_from`` and inspection).
+
+        Args:
+            step: the step; None means ``latest_step()``.
+            abstract_params: optional pytree of ``jax.ShapeDtypeStruct`` with shardings; the
+                params land on them. Without it they come back as host NumPy arrays.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f'No checkpoint found in {self.directory}')
+        path = self.directory / str(step) / STATE_ITEM
+        with ocp.PyTreeCheckpointer() as reader:
+            if abstract_params is None:
+                return reader.restore(path)['params']
+            # orbax stores dict keys as strings (nnx.List layers are 0, 1, ...).
+            target = {'params': _stringify_keys(abstract_params)}
+            restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True))
+        return _match_keys(abstract_params, restored['params'])
+
+    def wait(self):
+        """Blocks until pending asynchronous saves are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self):
+        """Waits for pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _stringify_keys(tree):
+    if isinstance(tree, dict):
+        return {str(k): _stringify_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _match_keys(template, restored):
+    """``restored`` (string keys) rebuilt with the keys of ``template``."""
+    if isinstance(template, dict):
+        return {k: _match_keys(v, restored[str(k)]) for k, v in template.items()}
+    return restored
+
+
+class PreemptionGuard:
+    """Context manager that records SIGTERM (and optionally SIGINT) as a stop request.
+
+    The handler only sets a flag; the training loop polls ``requested`` (single
+    process) or ``should_stop(step)`` (any number of processes), saves and exits.
+    On exit the previous Python handlers are restored. A handler that Python cannot
+    restore (``signal.getsignal`` is None) is left alone. With several processes
+    ``should_stop`` combines every process's flag with JAX's preemption sync point,
+    so all of them stop at the same step even if only one was signalled.
+    """
+
+    def __init__(self, *, sigint: bool = False):
+        """Args: sigint: also treat Ctrl-C as a graceful stop request."""
+        self._signals = (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,)
+        self._previous = {}
+        self._requested = False
+        self.signum = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether this process received a stop signal."""
+        return self._requested
+
+    def _handler(self, signum, frame):
+        del frame
+        self._requested = True
+        self.signum = signum
+
+    def should_stop(self, step: int) -> bool:
+        """Whether all processes agree to stop (save and exit) at ``step``.
+
+        On one process this is ``requested``. On several it is a collective: every
+        process must call it at the same steps; it is true everywhere when any
+        process got a signal or JAX's preemption service reached its sync point.
+        """
+        if jax.process_count() == 1:
+            return self._requested
+        try:
+            synced = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # preemption service disabled
+            synced = False
+        flags = multihost_utils.process_allgather(np.asarray(self._requested))
+        return bool(synced or np.any(flags))
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning('PreemptionGuard outside the main thread: no handler installed.')
+            return self
+        for sig in self._signals:
+            if signal.getsignal(sig) is None:
+                logging.info('Signal %s has a non-Python handler; leaving it.', sig)
+                continue
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}

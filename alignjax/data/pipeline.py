@@ -1,0 +1,275 @@
+"""From a data spec to batches of token arrays, addressable by step.
+
+Specs: ``jsonl:PATH``, ``tfds:NAME[:SPLIT]``, ``synthetic:TASK``.
+
+Batch layout (int32 tokens; prompts left-padded so that sampling starts at
+the same position for every row; responses right-padded and ended by EOS):
+
+* sft: ``prompt, prompt_mask [P]``, ``response, response_mask [R]``.
+* preference: ``prompt, prompt_mask [P]``, ``chosen, chosen_mask [R]``,
+  ``rejected, rejected_mask [R]``, ``margin`` (float32 scalar).
+* prompt: ``prompt, prompt_mask [P]``, ``index`` (int32, the record's
+  position in ``records``, so a gold function can look the record up).
+
+``batch_stream`` is a grain ``MapDataset``: ``stream[step]`` is this
+process's rows of global batch ``step``. Resuming a run only needs the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import functools
+import os
+from typing import Any
+
+import grain
+import numpy as np
+
+from alignjax.data import records as records_lib
+from alignjax.data import synthetic
+from alignjax.data import tfds_builder
+from alignjax.data.tokenizer import ByteTokenizer
+
+DataError = records_lib.DataError
+DEFAULT_SYNTHETIC_EXAMPLES = 4096
+Records = Sequence[Mapping[str, Any]]
+TokenizeFn = Callable[[Mapping[str, Any], int], dict[str, np.ndarray]]
+
+
+def load_records(
+    spec: str,
+    kind: str,
+    *,
+    split: str = "train",
+    num_examples: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Records:
+    """Loads validated records of ``kind`` from a data spec.
+
+    Args:
+      spec: ``jsonl:PATH`` (read and validated eagerly), ``tfds:NAME[:SPLIT]``
+        (random-access source; the split in the spec wins over ``split``) or
+        ``synthetic:TASK`` (generated from ``seed``).
+      kind: ``'sft'``, ``'preference'`` or ``'prompt'``.
+      split: split for ``tfds`` specs without one, and ``'train'``/``'eval'``
+        prompts for synthetic prompt records.
+      num_examples: keep the first ``num_examples`` records (synthetic: how
+        many to generate, default 4096).
+      seed: seed of synthetic generation.
+      data_dir: TFDS data dir (default ``$TFDS_DATA_DIR``).
+
+    Returns:
+      A list of record dicts, or a random-access ``TfdsRecordSource``.
+    """
+    prefix, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise DataError(f"data spec {spec!r} must look like PREFIX:VALUE "
+                        f"(jsonl:PATH, tfds:NAME[:SPLIT], synthetic:TASK)")
+    if num_examples is not None and num_examples <= 0:
+        raise DataError(
+            f"{spec}: num_examples must be positive, got {num_examples}")
+    if prefix == "jsonl":
+        records = records_lib.read_jsonl(rest, kind)
+        return records[:num_examples] if num_examples else records
+    if prefix == "tfds":
+        name, _, spec_split = rest.partition(":")
+        split = spec_split or split
+        if num_examples:
+            split = f"{split}[:{num_examples}]"
+        return tfds_builder.open_tfds_source(
+            name, split=split, kind=kind, data_dir=data_dir)
+    if prefix == "synthetic":
+        try:
+            task = synthetic.get_task(rest)
+        except ValueError as e:
+            raise DataError(f"{spec}: {e}") from None
+        n = num_examples or DEFAULT_SYNTHETIC_EXAMPLES
+        if kind == "prompt":
+            return task.prompt_records(n, seed=seed, split=split)
+        if split != "train":
+            raise DataError(f"{spec}: synthetic {kind} records exist only for "
+                            f"split 'train', got {split!r}")
+        if kind == "sft":
+            return task.sft_records(n, seed=seed)
+        if kind == "preference":
+            return task.preference_records(n, seed=seed)
+        raise DataError(f"{spec}: unknown record kind {kind!r}")
+    raise DataError(f"data spec {spec!r}: unknown prefix {prefix!r}; expected "
+                    f"jsonl:, tfds: or synthetic:")
+
+
+# --- tokenisation ----------------------------------------------------------
+
+def encode_prompt(
+    tok: ByteTokenizer,
+    text: str,
+    max_len: int,
+    *,
+    truncation: str = "left",
+    add_bos: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompt ids and mask, both int32[max_len].
+
+    Args:
+      tok: tokenizer.
+      text: prompt text.
+      max_len: prompt length P.
+      truncation: ``'left'`` keeps the last ``max_len`` tokens (the end of a
+        prompt is what the response continues); ``'error'`` raises.
+      add_bos: put BOS first (kept when truncating).
+    """
+    ids = tok.encode(text)
+    budget = max_len - 1 if add_bos else max_len
+    if len(ids) > budget:
+        if truncation == "error":
+            raise DataError(f"prompt of {len(ids)} tokens exceeds max_len "
+                            f"{max_len}: {text[:60]!r}...")
+        if truncation != "left":
+            raise DataError(f"prompt truncation must be 'left' or 'error', "
+                            f"got {truncation!r}")
+        ids = ids[len(ids) - budget:] if budget > 0 else []
+    if add_bos:
+        ids = [tok.bos_id] + ids
+    out = np.full(max_len, tok.pad_id, dtype=np.int32)
+    mask = np.zeros(max_len, dtype=np.int32)
+    if ids:
+        out[max_len - len(ids):] = ids
+        mask[max_len - len(ids):] = 1
+    return out, mask
+
+
+def encode_response(
+    tok: ByteTokenizer,
+    text: str,
+    max_len: int,
+    *,
+    truncation: str = "right",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded response ids (text then EOS) and mask, int32[max_len].
+
+    A response too long for ``max_len`` tokens plus EOS is cut on the right
+    and has NO EOS, so the model sees that it was cut (``truncation='right'``);
+    ``truncation='error'`` raises instead.
+    """
+    ids = tok.encode(text) + [tok.eos_id]
+    if len(ids) > max_len:
+        if truncation == "error":
+            raise DataError(f"response of {len(ids)} tokens (with EOS) exceeds "
+                            f"max_len {max_len}: {text[:60]!r}...")
+        if truncation != "right":
+            raise DataError(f"response truncation must be 'right' or 'error', "
+                            f"got {truncation!r}")
+        ids = ids[:max_len]
+    out = np.full(max_len, tok.pad_id, dtype=np.int32)
+    mask = np.zeros(max_len, dtype=np.int32)
+    out[:len(ids)] = ids
+    mask[:len(ids)] = 1
+    return out, mask
+
+
+def _tokenize(record: Mapping[str, Any], index: int, *, kind: str,
+              tok: ByteTokenizer, max_prompt_len: int, max_response_len: int,
+              prompt_truncation: str, response_truncation: str,
+              add_bos: bool) -> dict[str, np.ndarray]:
+    prompt_fn = functools.partial(encode_prompt, tok, max_len=max_prompt_len,
+                                  truncation=prompt_truncation, add_bos=add_bos)
+    response_fn = functools.partial(encode_response, tok,
+                                    max_len=max_response_len,
+                                    truncation=response_truncation)
+    if kind == "sft" and "messages" in record:
+        prompt_text, response_text = tok.format_chat(record["messages"])
+    else:
+        prompt_text, response_text = record["prompt"], record.get("response")
+    out = {}
+    out["prompt"], out["prompt_mask"] = prompt_fn(prompt_text)
+    if kind == "sft":
+        out["response"], out["response_mask"] = response_fn(response_text)
+    elif kind == "preference":
+        out["chosen"], out["chosen_mask"] = response_fn(record["chosen"])
+        out["rejected"], out["rejected_mask"] = response_fn(record["rejected"])
+        out["margin"] = np.float32(record.get("margin", 0.0))
+    elif kind == "prompt":
+        out["index"] = np.int32(index)
+    else:
+        raise DataError(f"unknown record kind {kind!r}")
+    return out
+
+
+def make_tokenize_fn(
+    kind: str,
+    tok: ByteTokenizer,
+    *,
+    max_prompt_len: int,
+    max_response_len: int = 0,
+    prompt_truncation: str = "left",
+    response_truncation: str = "right",
+    add_bos: bool = False,
+) -> TokenizeFn:
+    """Returns ``fn(record, index) -> dict of arrays`` in the batch layout of
+    ``kind`` (see the module docstring)."""
+    if kind not in records_lib.KINDS:
+        raise DataError(f"unknown record kind {kind!r}")
+    if kind != "prompt" and max_response_len <= 0:
+        raise DataError(f"{kind} records need max_response_len > 0")
+    return functools.partial(
+        _tokenize, kind=kind, tok=tok, max_prompt_len=max_prompt_len,
+        max_response_len=max_response_len, prompt_truncation=prompt_truncation,
+        response_truncation=response_truncation, add_bos=add_bos)
+
+
+# --- batching --------------------------------------------------------------
+
+def _shuffle_seed(seed: int) -> int:
+    # Grain shuffles epoch e with seed + e, so seeds 0 and 1 would share
+    # permutations one epoch apart; hashing the seed first avoids that.
+    return int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+
+
+def batch_stream(
+    records: Records,
+    *,
+    tokenize_fn: TokenizeFn,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """Infinite, random-access stream of this process's batches.
+
+    Pipeline: record indices -> shuffle (a new deterministic permutation per
+    epoch) -> repeat forever -> tokenize -> batch. Global batch ``s`` holds
+    rows ``s * B .. (s + 1) * B - 1`` of the shuffled stream (a batch may
+    straddle two epochs); ``stream[s]`` is its rows ``process_index * L ..
+    (process_index + 1) * L - 1`` with ``L = B // process_count``, as a dict
+    of stacked NumPy arrays. Only this process's rows are tokenized.
+
+    Args:
+      records: a list of records or any random-access source.
+      tokenize_fn: ``fn(record, index) -> dict of arrays``, e.g. from
+        ``make_tokenize_fn``.
+      global_batch_size: rows per step over all processes.
+      seed: shuffle seed.
+      process_index: this process (``jax.process_index()``).
+      process_count: number of processes (``jax.process_count()``).
+
+    Returns:
+      A grain ``MapDataset``: index it by step, or iterate/slice it
+      (``stream[start:]``) to continue from a step.
+    """
+    if len(records) == 0:  # pylint: disable=g-explicit-length-test
+        raise DataError("batch_stream: no records")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise DataError(f"global_batch_size {global_batch_size} must be a "
+                        f"positive multiple of process_count {process_count}")
+    if not 0 <= process_index < process_count:
+        raise DataError(f"process_index {process_index} not in "
+                        f"[0, {process_count})")
+    local = global_batch_size // process_count
+    ds = (grain.MapDataset.range(len(records))
+          .shuffle(seed=_shuffle_seed(seed))
+          .repeat()
+          .map(lambda i: tokenize_fn(records[i], i))
+          .batch(local))
+    # Batch j of `local` rows is process j % P's part of global batch j // P.
+    return ds[process_index::process_count]

@@ -1,0 +1,235 @@
+"""What experiment files share: argument parsing, the base config, and builders from config.
+
+An experiment file is a leaf: `get_config(arg)` calls `parse_arg`, starts from `base_config`,
+sets what is particular to it and returns the locked ConfigDict; `main.py` does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import optax
+
+from alignjax import sharding
+from alignjax.models import config as model_config
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses 'tiny,model=small,beta=0.1' against `defaults`, coercing to the defaults' types.
+
+    A bare word sets that key to True. Unknown keys raise, naming the key and the known ones.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or '').split(',')):
+        key, _, value = item.partition('=')
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f'Unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}')
+        default = defaults[key]
+        if not _:
+            out[key] = True
+        elif isinstance(default, bool):
+            if value.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError(f'Config argument {key!r} expects a boolean, got {value!r}')
+            out[key] = value.lower() in ('true', '1')
+        elif default is None or isinstance(default, str):
+            out[key] = value
+        else:
+            try:
+                out[key] = type(default)(value)
+            except ValueError as e:
+                raise ValueError(f'Config argument {key!r} expects {type(default).__name__}, '
+                                 f'got {value!r}') from e
+    return ml_collections.ConfigDict(out)
+
+
+def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
+    """Every ModelConfig field of a preset, so `--config.model.num_layers=4` works."""
+    cfg = model_config.get_model_config(preset, **overrides)
+    fields = dataclasses.asdict(cfg)
+    if fields['rope_scaling'] is not None:
+        fields['rope_scaling'] = dict(fields['rope_scaling'])
+    return ml_collections.ConfigDict({'preset': preset, **fields}, type_safe=False)
+
+
+def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_collections.ConfigDict:
+    """Defaults every experiment shares; the experiment file sets the rest."""
+    c = ml_collections.ConfigDict()
+    c.algo = algo
+    c.seed = 0
+    c.model = model_config_dict(model)
+    c.tokenizer = 'byte'
+    c.init_from = ''  # '' or a workdir whose latest checkpoint's params start this run
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
+    c.mesh.rules = ml_collections.FieldReference(None, field_type=list)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = 'synthetic:transitive'
+    c.data.num_examples = 4096  # synthetic tasks only
+    c.data.batch_size = 32  # global
+    c.data.max_prompt_len = 8
+    c.data.max_response_len = 12
+    c.data.truncation = 'left'  # 'left' keeps a prompt's end; 'error' refuses long records
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.schedule = 'cosine'  # cosine | linear | constant
+    c.optim.warmup_steps = 20
+    c.optim.end_lr_factor = 0.1
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.grad_clip = 1.0  # global norm; 0 disables
+    c.optim.microbatches = 1  # gradient accumulation (exact)
+
+    c.total_steps = 300 if tiny else 10_000
+    c.log_every = 25
+    c.eval_every = 0  # 0: evaluate only at the end
+    c.ckpt_every = 100
+    c.keep_ckpts = 2
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_prompts = 128
+    c.eval.max_new_tokens = 12
+    c.eval.temperature = 1.0
+    return c
+
+
+def model_config_from(c: ml_collections.ConfigDict) -> model_config.ModelConfig:
+    fields = {k: v for k, v in c.to_dict().items() if k != 'preset'}
+    if isinstance(fields.get('rope_scaling'), dict) and not fields['rope_scaling']:
+        fields['rope_scaling'] = None
+    known = {f.name for f in dataclasses.fields(model_config.ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f'Unknown config.model field(s) {unknown}')
+    return model_config.ModelConfig(**fields)
+
+
+def make_mesh(c: ml_collections.ConfigDict):
+    return sharding.make_mesh(tuple(c.mesh.shape))
+
+
+def mesh_rules(c: ml_collections.ConfigDict):
+    return sharding.rules_from_config(c.mesh.rules)
+
+
+def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine / linear decay to `lr * end_lr_factor`, or constant."""
+    warmup = min(o.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = o.lr * o.end_lr_factor
+    if o.schedule == 'cosine':
+        decay = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.end_lr_factor)
+    elif o.schedule == 'linear':
+        decay = optax.linear_schedule(o.lr, end, decay_steps)
+    elif o.schedule == 'constant':
+        decay = optax.constant_schedule(o.lr)
+    else:
+        raise ValueError(f"config.optim.schedule must be cosine, linear or constant, "
+                         f"got {o.schedule!r}")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(o: ml_collections.ConfigDict, total_steps: int):
+    """AdamW with the schedule and optional global-norm clipping; returns (tx, schedule)."""
+    schedule = make_schedule(o, total_steps)
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    return optax.chain(*parts), schedule
+
+
+def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:
+    """DIR/config.json: the resolved config (written by the primary process only)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, 'config.json')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def make_tokenizer(c: ml_collections.ConfigDict):
+    """The tokenizer named by config.tokenizer ('byte' for the synthetic tasks)."""
+    from alignjax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
+    if c.tokenizer != 'byte':
+        raise ValueError(f"config.tokenizer={c.tokenizer!r} is not supported yet; use 'byte'")
+    return ByteTokenizer()
+
+
+def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
+    """The policy Decoder of config.model, created already sharded from config.seed."""
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    from alignjax.models import Decoder  # pylint: disable=g-import-not-at-top
+    cfg = model_config_from(c.model)
+    return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)),
+                                   mesh, mesh_rules(c))
+
+
+def synthetic_task(c: ml_collections.ConfigDict):
+    """The synthetic task behind config.data.train, or None for real data."""
+    from alignjax.data import synthetic  # pylint: disable=g-import-not-at-top
+    spec = c.data.train
+    if not spec.startswith('synthetic:'):
+        return None
+    return synthetic.get_task(spec.split(':', 1)[1])
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads 'path/to/experiment.py[:ARGS]' the way --config does."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path):
+        raise ValueError(f'--config: no experiment file {path!r}')
+    module_spec = importlib.util.spec_from_file_location('_alignjax_experiment', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise ValueError(f'{path}: an experiment file must define get_config(arg)')
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:
+        raise ValueError(f'{path}: {e}') from e
+
+
+def dotted_keys(c: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+    """Every leaf key of a ConfigDict, as 'a.b.c'."""
+    out = []
+    for k, v in c.items():
+        key = f'{prefix}{k}'
+        out.append(key)
+        if isinstance(v, ml_collections.ConfigDict):
+            out.extend(dotted_keys(v, key + '.'))
+    return out
+
+
+def check_config_args(argv: list[str]) -> None:
+    """Fails early, naming the key, on a bad --config file, ARGS or --config.KEY override."""
+    import difflib  # pylint: disable=g-import-not-at-top
+    spec, overrides = None, []
+    for i, a in enumerate(argv):
+        if a.startswith('--config='):
+            spec = a.split('=', 1)[1]
+        elif a == '--config' and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif a.startswith('--config.'):
+            overrides.append((a[len('--config.'):].split('=', 1)[0], a))
+    if spec is None:
+        return
+    keys = set(dotted_keys(load_config(spec)))
+    for key, arg in overrides:
+        if key not in keys:
+            close = difflib.get_close_matches(key, sorted(keys), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ValueError(f"Unknown config key '{key}' (from {arg}){hint}")

@@ -1,0 +1,51 @@
+r"""Runs an experiment: `python -m alignjax.main --config=experiments/NAME.py[:ARGS] --workdir=DIR`.
+
+Overrides: `--config.optim.lr=3e-4` (the config is locked: a mistyped key is an error that names
+it). Re-running the same command resumes from DIR. On a pod, every host runs the same command
+with `--distributed` (jax.distributed.initialize() discovers the others).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from alignjax import experiment_lib
+from alignjax import metrics
+from alignjax import trainers
+from alignjax.trainers import loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, summary.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() (multi-host runs).')
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    metrics.quiet_library_logs()
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    logging.info('JAX process %d/%d, %d devices (%s)', jax.process_index(), jax.process_count(),
+                 jax.device_count(), jax.devices()[0].platform)
+    config = _CONFIG.value
+    loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
+
+
+def parse_flags(argv):
+    """absl flag parsing, after checking --config and its overrides with clear messages."""
+    try:
+        experiment_lib.check_config_args(argv[1:])
+    except ValueError as e:
+        sys.exit(f'error: {e}')
+    return flags.FLAGS(argv)
+
+
+if __name__ == '__main__':
+    flags.mark_flags_as_required(['config', 'workdir'])
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,229 @@
+"""The one generic train loop: every algorithm is a batch source plus a pure loss.
+
+An algorithm module returns an `Algorithm`; `train` owns the rest: the mesh, the optimizer, the
+jitted update with exact gradient accumulation, checkpoints and resumption, preemption, metrics,
+evaluation and the final summary.
+
+Determinism: the batch of step s is `algorithm.batches(s, ...)` (the data position is the step)
+and the update's RNG is `fold_in(key, s)`, so a run resumed from a checkpoint at step s continues
+bit for bit the curve of a run never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from alignjax import checkpoint as ckpt_lib
+from alignjax import experiment_lib
+from alignjax import metrics as metrics_lib
+from alignjax import sharding
+
+# loss_fn(model, frozen, batch, rng) -> (loss_sum, weight, {name: (sum, weight)}).
+# The loss minimised is sum(loss_sum) / sum(weight) over all microbatches: exact accumulation.
+LossFn = Callable[[nnx.Module, dict, dict, jax.Array], tuple[jax.Array, jax.Array, dict]]
+
+
+@dataclasses.dataclass
+class Algorithm:
+    """What an algorithm supplies to the loop.
+
+    Attributes:
+      model: the trainable model, already sharded.
+      loss_fn: pure loss over a batch (see LossFn).
+      batches: `(step, model, algo_state) -> dict of process-local NumPy arrays`; offline sources
+        ignore the model, online ones sample from it. Deterministic in the step.
+      frozen: models the loss reads but does not train (reference, reward); passed to the jitted
+        update as arguments, never baked in as constants.
+      evaluate: `(model, step) -> dict of figures`, run every `eval_every` steps and at the end.
+      summarize: `(model) -> dict` for summary.json; defaults to `evaluate(model, final_step)`.
+      algo_state: controllers carried across steps and checkpoints (an adaptive KL coefficient).
+      update_algo_state: `(algo_state, metrics) -> algo_state`, on host after each step.
+    """
+
+    model: nnx.Module
+    loss_fn: LossFn
+    batches: Callable[[int, nnx.Module, dict], dict]
+    frozen: dict[str, nnx.Module] = dataclasses.field(default_factory=dict)
+    evaluate: Callable[[nnx.Module, int], dict] | None = None
+    summarize: Callable[[nnx.Module], dict] | None = None
+    algo_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    update_algo_state: Callable[[dict, dict], dict] | None = None
+
+
+def _split_micro(batch, n: int):
+    def one(x):
+        if x.shape[0] % n:
+            raise ValueError(f'batch of {x.shape[0]} rows does not split into '
+                             f'config.optim.microbatches={n}')
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+    return jax.tree.map(one, batch)
+
+
+def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int):
+    """The jitted update: (state, frozen_states, batch) -> (state, metrics); state donated."""
+
+    def grads_of(params, frozen_states, batch, rng):
+        frozen = {k: nnx.merge(frozen_graphdefs[k], s) for k, s in frozen_states.items()}
+
+        def f(p):
+            loss_sum, weight, metrics = loss_fn(nnx.merge(graphdef, p), frozen, batch, rng)
+            return loss_sum, (weight, metrics)
+
+        (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
+        return grads, loss_sum, weight, metrics
+
+    def update(state, frozen_states, batch):
+        params, step = state['params'], state['step']
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
+        if microbatches == 1:
+            grads, loss_sum, weight, metrics = grads_of(params, frozen_states, batch, rng)
+        else:
+            micro = _split_micro(batch, microbatches)
+            first = jax.tree.map(lambda x: x[0], micro)
+            shapes = jax.eval_shape(grads_of, params, frozen_states, first, rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+            def body(acc, xs):
+                i, mb = xs
+                out = grads_of(params, frozen_states, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, acc, out), None
+
+            (grads, loss_sum, weight, metrics), _ = jax.lax.scan(
+                body, zeros, (jnp.arange(microbatches), micro))
+        weight = jnp.maximum(weight, 1e-12)
+        grads = jax.tree.map(lambda g: g / weight, grads)
+        updates, opt_state = tx.update(grads, state['opt_state'], params)
+        new_params = optax.apply_updates(params, updates)
+        out = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in metrics.items()}
+        out['loss'] = loss_sum / weight
+        out['grad_norm'] = optax.global_norm(grads)
+        out['param_norm'] = optax.global_norm(new_params)
+        out['lr'] = schedule(step)
+        finite = jnp.isfinite(out['loss']) & jnp.isfinite(out['grad_norm'])
+        new_state = dict(state, params=new_params, opt_state=opt_state, step=step + 1)
+        return new_state, out, finite
+
+    return jax.jit(update, donate_argnums=(0,))
+
+
+def _count_tokens(batch) -> int:
+    return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith('mask')))
+
+
+def _load_params_from(path: str, abstract_params):
+    """Params of the latest checkpoint of another workdir (config.init_from)."""
+    directory = os.path.join(path, 'checkpoints')
+    ckpt = ckpt_lib.Checkpointer(directory, save_every=1, keep=1)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f'config.init_from={path!r}: no checkpoint under {directory}')
+    params = ckpt.restore_params(step, abstract_params)
+    ckpt.close()
+    logging.info('Initialised parameters from %s (step %d)', path, step)
+    return params
+
+
+def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
+    """Runs (or resumes) an experiment in `workdir`; returns the final summary."""
+    mesh = experiment_lib.make_mesh(config)
+    primary = jax.process_index() == 0
+    experiment_lib.write_config(config, workdir)
+    with jax.set_mesh(mesh):
+        algo = build(config, mesh)
+        graphdef, params = nnx.split(algo.model)
+        params = nnx.to_pure_dict(params)
+        frozen_graphdefs, frozen_states = {}, {}
+        for name, m in algo.frozen.items():
+            frozen_graphdefs[name], s = nnx.split(m)
+            frozen_states[name] = nnx.to_pure_dict(s)
+        tx, schedule = experiment_lib.make_optimizer(config.optim, config.total_steps)
+
+        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                     save_every=config.ckpt_every, keep=config.keep_ckpts)
+        start = ckpt.latest_step()
+        if start is None and config.init_from:
+            params = _load_params_from(config.init_from, ckpt_lib.abstract_like(params))
+        state = {
+            'params': params,
+            'opt_state': jax.jit(tx.init)(params),
+            'step': jnp.int32(0),
+            'rng': jax.random.key_data(jax.random.key(config.seed)),
+            'algo': {k: jnp.asarray(v) for k, v in algo.algo_state.items()},
+        }
+        writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
+                                           is_primary=primary)
+        if start is not None:
+            state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state))
+            writer.truncate_after(start)
+            logging.info('Resumed from %s at step %d', workdir, start)
+        start = int(state['step'])
+
+        update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
+                             config.optim.microbatches)
+        model = nnx.merge(graphdef, state['params'])
+        pending = None  # (step, metrics, finite) of the previous step, checked one step late
+        tokens = 0
+        with ckpt_lib.PreemptionGuard() as guard:
+            for step in range(start, config.total_steps):
+                algo_state = jax.device_get(state['algo'])
+                batch = sharding.shard_batch(algo.batches(step, model, algo_state), mesh)
+                tokens += _count_tokens(batch)
+                state, metrics, finite = update(state, frozen_states, batch)
+                model = nnx.merge(graphdef, state['params'])
+                _check_finite(pending)
+                pending = (step, metrics, finite)
+                if algo.update_algo_state is not None:
+                    state['algo'] = algo.update_algo_state(algo_state, jax.device_get(metrics))
+                done = step + 1
+                if done % config.log_every == 0 or done == config.total_steps:
+                    _check_finite(pending)
+                    writer.write(done, jax.device_get(metrics), tokens=tokens)
+                    tokens = 0
+                if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
+                    and done != config.total_steps:
+                    writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()})
+                stop = guard.should_stop(done)
+                ckpt.save(done, state, force=stop or done == config.total_steps)
+                if stop:
+                    ckpt.wait()
+                    logging.warning('Preempted: saved step %d to %s; re-run the command to resume.',
+                                    done, workdir)
+                    writer.close()
+                    ckpt.close()
+                    return {}
+        _check_finite(pending)
+        ckpt.wait()
+        ckpt.close()
+        summary = {'step': int(state['step'])}
+        if algo.summarize is not None:
+            summary.update(algo.summarize(model))
+        elif algo.evaluate is not None:
+            summary.update(algo.evaluate(model, int(state['step'])))
+        writer.write_summary(summary)
+        writer.close()
+        logging.info('Summary: %s', summary)
+        return summary
+
+
+def _check_finite(pending) -> None:
+    if pending is None:
+        return
+    step, metrics, finite = pending
+    if not bool(jax.device_get(finite)):
+        m = jax.device_get(metrics)
+        raise FloatingPointError(
+            f'Non-finite values at step {step}: loss={float(m["loss"])}, '
+            f'grad_norm={float(m["grad_norm"])}. The last checkpoint is intact; lower '
+            f'config.optim.lr or check the data.')

@@ -1,0 +1,47 @@
+"""Supervised fine-tuning: demonstrations as the batch source, token NLL as the loss."""
+
+from __future__ import annotations
+
+import jax
+
+from alignjax import evaluation
+from alignjax import experiment_lib
+from alignjax.data import pipeline
+from alignjax.losses import sft as sft_losses
+from alignjax.models import scoring
+from alignjax.trainers import loop
+
+
+def sft_loss_fn(model, frozen, batch, rng):
+    del frozen, rng
+    logp = scoring.response_logprobs(model, batch['prompt'], batch['prompt_mask'],
+                                     batch['response'], batch['response_mask'])
+    nll, count = sft_losses.sft_loss(logp, batch['response_mask'])
+    return nll, count, {'nll': (nll, count)}
+
+
+def build(config, mesh) -> loop.Algorithm:
+    tok = experiment_lib.make_tokenizer(config)
+    d = config.data
+    records = pipeline.load_records(d.train, 'sft', num_examples=d.num_examples,
+                                    seed=config.seed)
+    tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
+                                         max_response_len=d.max_response_len,
+                                         prompt_truncation=d.truncation)
+    stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
+                                   seed=config.seed, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+    policy = experiment_lib.build_policy(config, mesh)
+    algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn,
+                          batches=lambda step, model, algo_state: stream[step])
+    task = experiment_lib.synthetic_task(config)
+    if task is not None:
+        e = config.eval
+        kw = dict(num_prompts=e.num_prompts, max_prompt_len=d.max_prompt_len,
+                  max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=config.seed)
+        algo.evaluate = lambda model, step: {
+            'gold_reward': evaluation.policy_gold_reward(task, model, tok, **kw)}
+        # The reference of SFT is its starting point, rebuilt deterministically from the seed.
+        algo.summarize = lambda model: evaluation.gold_evaluation(
+            task, model, experiment_lib.build_policy(config, mesh), tok, **kw)
+    return algo
