@@ -22,6 +22,7 @@ def sample_responses(model, prompts: list[str], tok, *, max_prompt_len: int, max
         greedy=temperature == 0.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
         prompt_bucket=max_prompt_len)
     out = []
+    batch_size = min(batch_size, len(prompts))
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one shape, one compile

@@ -71,8 +71,13 @@ def _split_micro(batch, n: int):
     return jax.tree.map(one, batch)
 
 
-def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int):
-    """The jitted update: (state, frozen_states, batch) -> (state, metrics); state donated."""
+def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
+                state_shardings, mesh):
+    """The jitted update: (state, frozen_states, batch) -> (state, metrics, finite).
+
+    The state is donated and comes back on exactly the shardings it went in with, so every step
+    after the first reuses one compiled program.
+    """
 
     def grads_of(params, frozen_states, batch, rng):
         frozen = {k: nnx.merge(frozen_graphdefs[k], s) for k, s in frozen_states.items()}
@@ -115,7 +120,19 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
         new_state = dict(state, params=new_params, opt_state=opt_state, step=step + 1)
         return new_state, out, finite
 
-    return jax.jit(update, donate_argnums=(0,))
+    rep = sharding.replicated(mesh)
+    return jax.jit(update, donate_argnums=(0,), out_shardings=(state_shardings, rep, rep))
+
+
+def state_shardings(params, tx, algo_state, mesh):
+    """Shardings of the train state: optimizer leaves mirror their parameter, the rest replicated."""
+    rep = sharding.replicated(mesh)
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    opt_abstract = jax.eval_shape(tx.init, params)
+    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, opt_abstract, param_sh,
+                                   transform_non_params=lambda _: rep)
+    return {'params': param_sh, 'opt_state': opt_sh, 'step': rep, 'rng': rep,
+            'algo': jax.tree.map(lambda _: rep, algo_state)}
 
 
 def _count_tokens(batch) -> int:
@@ -155,13 +172,15 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         start = ckpt.latest_step()
         if start is None and config.init_from:
             params = _load_params_from(config.init_from, ckpt_lib.abstract_like(params))
-        state = {
+        algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
+        shardings = state_shardings(params, tx, algo_state, mesh)
+        state = jax.device_put({
             'params': params,
-            'opt_state': jax.jit(tx.init)(params),
+            'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
             'step': jnp.int32(0),
             'rng': jax.random.key_data(jax.random.key(config.seed)),
-            'algo': {k: jnp.asarray(v) for k, v in algo.algo_state.items()},
-        }
+            'algo': algo_state,
+        }, shardings)
         writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
                                            is_primary=primary)
         if start is not None:
@@ -171,7 +190,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         start = int(state['step'])
 
         update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
-                             config.optim.microbatches)
+                             config.optim.microbatches, shardings, mesh)
         model = nnx.merge(graphdef, state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
         tokens = 0
@@ -185,7 +204,9 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 _check_finite(pending)
                 pending = (step, metrics, finite)
                 if algo.update_algo_state is not None:
-                    state['algo'] = algo.update_algo_state(algo_state, jax.device_get(metrics))
+                    state['algo'] = jax.device_put(
+                        algo.update_algo_state(algo_state, jax.device_get(metrics)),
+                        shardings['algo'])
                 done = step + 1
                 if done % config.log_every == 0 or done == config.total_steps:
                     _check_finite(pending)
