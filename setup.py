@@ -24,7 +24,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
-        "hf": ["torch==2.13.0", "transformers", "safetensors", "tokenizers"],
+        "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tokenizers", "trl==1.16.0"],
         "bench": [],
     },
 )

@@ -7,50 +7,92 @@ the effect of training and nothing else.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
+from flax import nnx
 
 from alignjax import sampling
 from alignjax.data import pipeline
+from alignjax.models import scoring
 
 
-def sample_responses(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_tokens: int,
-                     temperature: float, key, batch_size: int = 128) -> list[str]:
-    """Decoded responses of `model` to `prompts` (temperature 0 means greedy)."""
+def sample(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_tokens: int,
+           temperature: float, key, batch_size: int = 128) -> dict:
+    """Samples `model` on `prompts` (temperature 0: greedy).
+
+    Returns texts, and as NumPy arrays: prompt ids and mask, response tokens and mask, and the
+    policy's (untempered) per-token log-probs of the sampled tokens.
+    """
     config = sampling.SamplingConfig(
         max_new_tokens=max_new_tokens, temperature=max(temperature, 1e-6),
         greedy=temperature == 0.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
         prompt_bucket=max_prompt_len)
-    out = []
     batch_size = min(batch_size, len(prompts))
+    parts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one shape, one compile
         enc = [pipeline.encode_prompt(tok, p, max_prompt_len) for p in rows]
         ids = np.stack([e[0] for e in enc])
         mask = np.stack([e[1] for e in enc])
-        result = sampling.generate(model, ids, mask, jax.random.fold_in(key, start), config)
-        tokens = np.asarray(jax.device_get(result['tokens']))
-        out.extend(tok.decode(t) for t in tokens[:len(chunk)])
-    return out
+        out = sampling.generate(model, ids, mask, jax.random.fold_in(key, start), config)
+        out = jax.device_get(out)
+        n = len(chunk)
+        parts.append({'prompt': ids[:n], 'prompt_mask': mask[:n], 'tokens': out['tokens'][:n],
+                      'mask': out['mask'][:n], 'policy_logprobs': out['policy_logprobs'][:n]})
+    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    result['texts'] = [tok.decode(t) for t in result['tokens']]
+    return result
+
+
+def sample_responses(model, prompts: list[str], tok, **kw) -> list[str]:
+    """Decoded responses of `model` to `prompts`."""
+    return sample(model, prompts, tok, **kw)['texts']
+
+
+def kl_to_reference(samples: dict, reference, *, batch_size: int = 128) -> float:
+    """Monte-Carlo KL(pi || ref) per sequence: mean over samples of sum_t log pi - log ref."""
+    graphdef, state = nnx.split(reference)
+    ref_logps = _ref_logprobs(graphdef)
+    total = 0.0
+    n = len(samples['tokens'])
+    for start in range(0, n, batch_size):
+        sl = slice(start, start + batch_size)
+        lp = np.asarray(ref_logps(state, samples['prompt'][sl], samples['prompt_mask'][sl],
+                                  samples['tokens'][sl], samples['mask'][sl]))
+        total += float(np.sum((samples['policy_logprobs'][sl] - lp) * samples['mask'][sl]))
+    return total / n
+
+
+@functools.lru_cache(maxsize=8)
+def _ref_logprobs(graphdef):
+    return jax.jit(lambda state, *a: scoring.response_logprobs(nnx.merge(graphdef, state), *a))
 
 
 def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt_len: int,
-                    max_new_tokens: int, temperature: float, seed: int) -> dict[str, float]:
-    """gold_reward (policy), gold_reward_ref (reference) and gold_win_rate (policy over ref)."""
+                    max_new_tokens: int, temperature: float, seed: int,
+                    with_kl: bool = False) -> dict[str, float]:
+    """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), and
+    with_kl the sampled KL(policy || reference) per sequence."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
     kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
               temperature=temperature, key=key)
-    ys = sample_responses(model, prompts, tok, **kw)
+    samples = sample(model, prompts, tok, **kw)
+    ys = samples['texts']
     refs = sample_responses(ref_model, prompts, tok, **kw)
     lengths = np.array([len(y) for y in ys], np.float64)
-    return {
+    out = {
         'gold_reward': float(np.mean(task.gold_rewards(prompts, ys))),
         'gold_reward_ref': float(np.mean(task.gold_rewards(prompts, refs))),
         'gold_win_rate': task.gold_win_rate(prompts, ys, refs),
         'response_length': float(lengths.mean()),
     }
+    if with_kl:
+        out['kl_to_ref'] = kl_to_reference(samples, ref_model)
+    return out
 
 
 def policy_gold_reward(task, model, tok, *, num_prompts: int, max_prompt_len: int,

@@ -12,6 +12,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from alignjax import sharding
@@ -76,6 +77,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.data.max_prompt_len = 8
     c.data.max_response_len = 12
     c.data.truncation = 'left'  # 'left' keeps a prompt's end; 'error' refuses long records
+    c.data.eval = ''  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
+    c.data.eval_fraction = 0.05
+    c.data.num_eval_examples = 512  # synthetic held-out records
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-3
@@ -233,3 +237,57 @@ def check_config_args(argv: list[str]) -> None:
             close = difflib.get_close_matches(key, sorted(keys), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ''
             raise ValueError(f"Unknown config key '{key}' (from {arg}){hint}")
+
+
+def train_eval_records(c: ml_collections.ConfigDict, kind: str):
+    """(train, held-out) records of `kind` for config.data.train / config.data.eval.
+
+    Held-out records come from config.data.eval when set; synthetic tasks draw fresh ones from
+    another seed; other sources keep back the last config.data.eval_fraction of the records.
+    """
+    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    d = c.data
+    train = pipeline.load_records(d.train, kind, num_examples=d.num_examples, seed=c.seed)
+    if d.eval:
+        return train, pipeline.load_records(d.eval, kind, split='eval', seed=c.seed)
+    if d.train.startswith('synthetic:'):
+        held_out = pipeline.load_records(d.train, kind, num_examples=d.num_eval_examples,
+                                         seed=c.seed + 1_000_003)
+        return train, held_out
+    n_eval = max(1, int(len(train) * d.eval_fraction))
+    if len(train) <= n_eval:
+        raise ValueError(f'config.data.train={d.train!r} has {len(train)} records: too few to '
+                         f'hold out config.data.eval_fraction={d.eval_fraction}')
+    return [train[i] for i in range(len(train) - n_eval)], \
+        [train[i] for i in range(len(train) - n_eval, len(train))]
+
+
+def make_stream(c: ml_collections.ConfigDict, kind: str, records, tok, *, with_index=False):
+    """Random-access batch stream (`stream[step]`) of this process's rows, tokenised."""
+    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    d = c.data
+    tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
+                                         max_response_len=d.max_response_len,
+                                         prompt_truncation=d.truncation)
+    if with_index:
+        base = tokenize
+        tokenize = lambda record, i: {**base(record, i), 'index': np.int32(i)}
+    return pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
+                                 seed=c.seed, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+
+
+def fixed_batches(c: ml_collections.ConfigDict, kind: str, records, tok, *, batch_size: int):
+    """Every record once, in order, as batches of `batch_size` rows (the last one padded by
+    repeating its final record); yields (batch, number of real rows). For evaluation passes."""
+    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    d = c.data
+    tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
+                                         max_response_len=d.max_response_len,
+                                         prompt_truncation=d.truncation)
+    for start in range(0, len(records), batch_size):
+        idx = list(range(start, min(start + batch_size, len(records))))
+        real = len(idx)
+        idx += [idx[-1]] * (batch_size - real)
+        rows = [{**tokenize(records[i], i), 'index': np.int32(i)} for i in idx]
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, real

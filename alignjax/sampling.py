@@ -54,8 +54,9 @@ def process_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
         keep_sorted = before < top_p  # the top token always survives
-        keep = jnp.zeros_like(keep_sorted).at[
-            jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        # Scatter back along the last axis, so that [..., V] logits of any rank work.
+        keep = jnp.put_along_axis(jnp.zeros_like(keep_sorted), order, keep_sorted, axis=-1,
+                                  inplace=False)
         logits = jnp.where(keep, logits, NEG_INF)
     return jax.nn.log_softmax(logits, axis=-1)
 
@@ -64,6 +65,7 @@ def first_model_logits(logits: Sequence[jax.Array]) -> jax.Array:
     return logits[0]
 
 
+@functools.lru_cache(maxsize=None)  # one closure per coefficient: a stable jit static
 def geometric_mixture(coefficient: float) -> Callable[[Sequence[jax.Array]], jax.Array]:
     """Logits of the normalised geometric mixture pi^(1-m) * mu^m (Nash-MD's opponent)."""
 

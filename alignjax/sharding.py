@@ -37,7 +37,10 @@ _warned: set = set()
 
 
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh; one entry of `shape` may be -1 (all remaining devices)."""
+    """A ('data', 'fsdp', 'tensor') mesh; one entry of `shape` may be -1 (all remaining devices).
+
+    An explicit shape smaller than the device count uses the first devices (single host only).
+    """
     devices = list(jax.devices() if devices is None else devices)
     shape = list(shape)
     if len(shape) != 3:
@@ -49,8 +52,15 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.M
         if len(devices) % known:
             raise ValueError(f'mesh.shape {shape}: {len(devices)} devices do not divide by {known}')
         shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
+    if math.prod(shape) > len(devices):
         raise ValueError(f'mesh.shape {shape} needs {math.prod(shape)} devices, have {len(devices)}')
+    if math.prod(shape) < len(devices):
+        if jax.process_count() > 1:
+            raise ValueError(f'mesh.shape {shape} uses {math.prod(shape)} of {len(devices)} '
+                             'devices; multi-host meshes must use every device')
+        logging.warning('mesh.shape %s uses %d of %d devices', shape, math.prod(shape),
+                        len(devices))
+        devices = devices[:math.prod(shape)]
     return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
 

@@ -23,6 +23,7 @@ def tiny_config(**overrides):
     c.ckpt_every = 100
     c.eval.num_prompts = 4
     c.eval.max_new_tokens = 4
+    c.mesh.shape = (1, 1, 1)  # the loop's arithmetic is tested here; sharding in test_sharding
     for key, value in overrides.items():
         node = c
         *path, last = key.split('.')
@@ -32,9 +33,16 @@ def tiny_config(**overrides):
     return c
 
 
-def run(tmp_path, name, **overrides):
+def build_without_eval(config, mesh):
+    algo = sft.build(config, mesh)
+    algo.evaluate = algo.summarize = None
+    return algo
+
+
+def run(tmp_path, name, evaluate=False, **overrides):
     workdir = str(tmp_path / name)
-    summary = loop.train(tiny_config(**overrides), workdir, sft.build)
+    summary = loop.train(tiny_config(**overrides), workdir,
+                         sft.build if evaluate else build_without_eval)
     return summary, metrics_lib.read_metrics(workdir)
 
 
@@ -62,7 +70,7 @@ def test_microbatches_must_divide_the_batch(tmp_path):
 
 
 def test_summary_and_config_written(tmp_path):
-    summary, rows = run(tmp_path, 'w')
+    summary, rows = run(tmp_path, 'w', evaluate=True)
     assert [r['step'] for r in rows] == [1, 2, 3]
     assert {'gold_reward', 'gold_reward_ref', 'gold_win_rate'} <= set(summary)
     written = json.load(open(tmp_path / 'w' / 'summary.json'))

@@ -2,11 +2,12 @@
 
 from alignjax.models.config import PRESETS, ModelConfig, get_model_config
 from alignjax.models.scoring import response_logprobs, sequence_logits
-from alignjax.models.transformer import (Decoder, PreferenceModel, RewardModel, ValueModel,
+from alignjax.models.transformer import (Decoder, PreferenceModel, RewardEnsemble, RewardModel,
+                                         ValueModel,
                                          init_cache, last_token_index, positions_from_mask)
 
 __all__ = [
     'PRESETS', 'ModelConfig', 'get_model_config', 'Decoder', 'ValueModel', 'RewardModel',
-    'PreferenceModel', 'init_cache', 'last_token_index', 'positions_from_mask',
+    'PreferenceModel', 'RewardEnsemble', 'init_cache', 'last_token_index', 'positions_from_mask',
     'response_logprobs', 'sequence_logits',
 ]

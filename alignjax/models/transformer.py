@@ -124,6 +124,16 @@ class RewardModel(nnx.Module):
                 + self.reward_bias[...].astype(jnp.float32))
 
 
+class RewardEnsemble(nnx.Module):
+    """K reward models initialised from different seeds: rewards[B, K] (one column each)."""
+
+    def __init__(self, cfg: ModelConfig, *, seeds: tuple[int, ...]):
+        self.members = nnx.List([RewardModel(cfg, rngs=nnx.Rngs(s)) for s in seeds])
+
+    def __call__(self, tokens, mask):
+        return jnp.concatenate([m(tokens, mask) for m in self.members], axis=-1)
+
+
 class PreferenceModel(nnx.Module):
     """Pairwise preference logit, antisymmetric by construction.
 

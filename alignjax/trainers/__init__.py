@@ -5,6 +5,9 @@ import importlib
 # config.algo -> module with `build(config, mesh) -> loop.Algorithm`.
 ALGORITHMS = {
     'sft': 'alignjax.trainers.sft',
+    'reward_model': 'alignjax.trainers.reward_model',
+    'preference_model': 'alignjax.trainers.preference_model',
+    'dpo': 'alignjax.trainers.dpo',
 }
 
 

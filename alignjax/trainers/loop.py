@@ -139,19 +139,6 @@ def _count_tokens(batch) -> int:
     return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith('mask')))
 
 
-def _load_params_from(path: str, abstract_params):
-    """Params of the latest checkpoint of another workdir (config.init_from)."""
-    directory = os.path.join(path, 'checkpoints')
-    ckpt = ckpt_lib.Checkpointer(directory, save_every=1, keep=1)
-    step = ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f'config.init_from={path!r}: no checkpoint under {directory}')
-    params = ckpt.restore_params(step, abstract_params)
-    ckpt.close()
-    logging.info('Initialised parameters from %s (step %d)', path, step)
-    return params
-
-
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     """Runs (or resumes) an experiment in `workdir`; returns the final summary."""
     mesh = experiment_lib.make_mesh(config)
@@ -170,8 +157,6 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      save_every=config.ckpt_every, keep=config.keep_ckpts)
         start = ckpt.latest_step()
-        if start is None and config.init_from:
-            params = _load_params_from(config.init_from, ckpt_lib.abstract_like(params))
         algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
         shardings = state_shardings(params, tx, algo_state, mesh)
         state = jax.device_put({

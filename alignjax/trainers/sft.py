@@ -6,6 +6,7 @@ import jax
 
 from alignjax import evaluation
 from alignjax import experiment_lib
+from alignjax import pretrained
 from alignjax.data import pipeline
 from alignjax.losses import sft as sft_losses
 from alignjax.models import scoring
@@ -32,6 +33,7 @@ def build(config, mesh) -> loop.Algorithm:
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
     policy = experiment_lib.build_policy(config, mesh)
+    pretrained.init_module(policy, config.init_from)
     algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn,
                           batches=lambda step, model, algo_state: stream[step])
     task = experiment_lib.synthetic_task(config)
@@ -41,7 +43,12 @@ def build(config, mesh) -> loop.Algorithm:
                   max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=config.seed)
         algo.evaluate = lambda model, step: {
             'gold_reward': evaluation.policy_gold_reward(task, model, tok, **kw)}
-        # The reference of SFT is its starting point, rebuilt deterministically from the seed.
+        def initial_policy():
+            # The reference of SFT is its starting point, rebuilt deterministically.
+            start = experiment_lib.build_policy(config, mesh)
+            pretrained.init_module(start, config.init_from)
+            return start
+
         algo.summarize = lambda model: evaluation.gold_evaluation(
-            task, model, experiment_lib.build_policy(config, mesh), tok, **kw)
+            task, model, initial_policy(), tok, **kw)
     return algo

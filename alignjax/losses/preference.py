@@ -1,0 +1,237 @@
+"""Preference objectives: the pairwise preference-model loss and the DPO family.
+
+Notation (DESIGN.md, "Objectives"): for a pair (x, y_w, y_l) of chosen and rejected responses,
+pi_c = log pi(y_w | x) and pi_r = log pi(y_l | x) are per-sequence log-prob sums over response
+tokens (or per-token averages when the caller length-normalises), ref_c and ref_r the same under
+the frozen reference mu, and the implicit rewards are beta * (pi_c - ref_c) and beta * (pi_r - ref_r):
+
+    h = beta * ((pi_c - ref_c) - (pi_r - ref_r)).
+
+Reference-free variants (reference-free DPO, ORPO-like setups, SimPO) are had by passing zeros as
+the reference log-probs. Losses are returned as (sum, count) so that gradient accumulation over
+microbatches divides once, by the global number of pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LOSS_TYPES = ('sigmoid', 'ipo', 'hinge', 'simpo', 'robust', 'exo_pair', 'nca_pair', 'sppo_hard',
+              'apo_zero', 'apo_down')
+
+
+def _concrete(value):
+    """The Python float of a coefficient, or None when it is traced (checked by the caller then)."""
+    try:
+        return float(np.asarray(value))
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def _validate(loss_type: str, beta, label_smoothing) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f'unknown preference loss type {loss_type!r}; known: {LOSS_TYPES}')
+    b = _concrete(beta)
+    if b is not None and not b > 0:
+        raise ValueError(f'loss.beta must be > 0, got {beta}')
+    e = _concrete(label_smoothing)
+    if e is None:
+        return
+    if loss_type == 'robust' and not 0.0 <= e < 0.5:
+        raise ValueError(f"loss.label_smoothing must lie in [0, 0.5) for 'robust', got {e}")
+    if loss_type == 'exo_pair' and not 0.0 < e <= 0.5:
+        raise ValueError(f"loss.label_smoothing must lie in (0, 0.5] for 'exo_pair' "
+                         f'(the paper suggests 1e-3), got {e}')
+    if not 0.0 <= e <= 0.5:
+        raise ValueError(f'loss.label_smoothing (a label-flip probability) must lie in [0, 0.5], '
+                         f'got {e}')
+
+
+def _mask(mask, shape, dtype):
+    if mask is None:
+        return jnp.ones(shape, dtype)
+    return jnp.broadcast_to(jnp.asarray(mask, dtype), shape)
+
+
+def preference_model_loss(logit_cr, logit_rc, *, mask=None):
+    """Logistic loss of a pairwise preference model, each pair shown in both orders.
+
+    The model g(x, y, y') scores "y is preferred to y'" (the PairRM / general preference model of
+    Jiang et al. 2023 and Munos et al. 2023, "Nash Learning from Human Feedback"). Each labelled pair
+    gives two ordered examples, (chosen, rejected) with label 1 and (rejected, chosen) with label 0:
+
+        loss = -log sigmoid(logit(c, r)) - log sigmoid(-logit(r, c))
+
+    Training on both orders teaches the model the antisymmetry P(y > y') = 1 - P(y' > y).
+
+    Args:
+      logit_cr: [B] logits of (prompt, chosen, rejected).
+      logit_rc: [B] logits of (prompt, rejected, chosen).
+      mask: None, or [B] 1 for real pairs, 0 for padding.
+
+    Returns:
+      (loss_sum, count) with count = 2 * B (two ordered examples per unmasked pair).
+    """
+    logit_cr = jnp.asarray(logit_cr)
+    logit_rc = jnp.asarray(logit_rc)
+    per_pair = -jax.nn.log_sigmoid(logit_cr) - jax.nn.log_sigmoid(-logit_rc)
+    weights = _mask(mask, per_pair.shape, per_pair.dtype)
+    return jnp.sum(per_pair * weights), 2.0 * jnp.sum(weights)
+
+
+def _smoothed_logistic(z, e):
+    """-(1 - e) log sigmoid(z) - e log sigmoid(-z): logistic loss on a label flipped with prob. e."""
+    return -(1.0 - e) * jax.nn.log_sigmoid(z) - e * jax.nn.log_sigmoid(-z)
+
+
+def preference_losses(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
+                      loss_type: str, beta: float, label_smoothing: float = 0.0,
+                      gamma: float = 0.0):
+    """Per-example losses [B] of one DPO-family objective.
+
+    Inputs are [B] per-sequence log-prob sums (or per-token averages when the caller
+    length-normalises: the function does not care). With m = (pi_c - ref_c) - (pi_r - ref_r),
+    h = beta * m, e = label_smoothing, r_c = beta * (pi_c - ref_c), r_r = beta * (pi_r - ref_r):
+
+    - 'sigmoid': DPO (Rafailov et al. 2023, "Direct Preference Optimization"); with e > 0 the
+      conservative DPO (cDPO, Mitchell 2023) of a label flipped with probability e:
+          -(1 - e) log sigmoid(h) - e log sigmoid(-h).
+      Reference-free DPO: pass zeros as the reference log-probs.
+    - 'robust': rDPO (Chowdhury et al. 2024, "Provably Robust DPO"), unbiased under label noise e:
+          (-(1 - e) log sigmoid(h) + e log sigmoid(-h)) / (1 - 2e),  0 <= e < 0.5.
+    - 'ipo': IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from
+      Human Preferences", Eq. 17, beta = tau): (m - 1 / (2 beta))^2. Azar et al. average
+      log-probs over tokens: pass averages for that convention (TRL does so inside its loss).
+    - 'hinge': SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human
+      Feedback"), with the reference log-ratio: max(0, 1 - h).
+    - 'simpo': SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a
+      Reference-Free Reward"), margin gamma, label smoothing e; reference-free (the ref arguments
+      are ignored), the caller passes length-averaged log-probs:
+          z = beta * (pi_c - pi_r) - gamma;  -(1 - e) log sigmoid(z) - e log sigmoid(-z).
+    - 'exo_pair': EXO (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model
+      Alignment", Eq. 16 for K = 2): KL(p_theta || p_e) between p_theta = (sigmoid(h),
+      sigmoid(-h)) and the smoothed label (1 - e, e), 0 < e <= 0.5.
+    - 'nca_pair': NCA (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with
+      Explicit Rewards"), pairwise form:
+          -log sigmoid(r_c) - 0.5 log sigmoid(-r_c) - 0.5 log sigmoid(-r_r).
+    - 'sppo_hard': SPPO (Wu et al. 2024, "Self-Play Preference Optimization") with hard win
+      probabilities P(y_w > y_l) = 1, eta = 1 / beta:
+          (pi_c - ref_c - 1 / (2 beta))^2 + (pi_r - ref_r + 1 / (2 beta))^2.
+    - 'apo_zero', 'apo_down': APO (D'Oosterlinck et al. 2024, "Anchored Preference Optimization",
+      Eqs. 7-8), shifted by the constant 1 to be non-negative (gradients unchanged):
+          apo_zero = sigmoid(-r_c) + sigmoid(r_r);  apo_down = sigmoid(r_c) + sigmoid(-h).
+
+    Raises ValueError on an unknown type, beta <= 0, or a label_smoothing outside the type's range.
+    """
+    _validate(loss_type, beta, label_smoothing)
+    e = label_smoothing
+    chosen_logratio = jnp.asarray(chosen_logps) - jnp.asarray(ref_chosen_logps)
+    rejected_logratio = jnp.asarray(rejected_logps) - jnp.asarray(ref_rejected_logps)
+    margin = chosen_logratio - rejected_logratio
+    h = beta * margin
+    if loss_type == 'sigmoid':
+        return _smoothed_logistic(h, e)
+    if loss_type == 'robust':
+        return (-(1.0 - e) * jax.nn.log_sigmoid(h) + e * jax.nn.log_sigmoid(-h)) / (1.0 - 2.0 * e)
+    if loss_type == 'ipo':
+        return jnp.square(margin - 1.0 / (2.0 * beta))
+    if loss_type == 'hinge':
+        return jax.nn.relu(1.0 - h)
+    if loss_type == 'simpo':
+        z = beta * (jnp.asarray(chosen_logps) - jnp.asarray(rejected_logps)) - gamma
+        return _smoothed_logistic(z, e)
+    if loss_type == 'exo_pair':
+        log_q_w, log_q_l = jax.nn.log_sigmoid(h), jax.nn.log_sigmoid(-h)
+        return (jnp.exp(log_q_w) * (log_q_w - jnp.log1p(-e))
+                + jnp.exp(log_q_l) * (log_q_l - jnp.log(e)))
+    r_c, r_r = beta * chosen_logratio, beta * rejected_logratio
+    if loss_type == 'nca_pair':
+        return (-jax.nn.log_sigmoid(r_c) - 0.5 * jax.nn.log_sigmoid(-r_c)
+                - 0.5 * jax.nn.log_sigmoid(-r_r))
+    if loss_type == 'sppo_hard':
+        half_eta = 1.0 / (2.0 * beta)
+        return jnp.square(chosen_logratio - half_eta) + jnp.square(rejected_logratio + half_eta)
+    if loss_type == 'apo_zero':
+        return jax.nn.sigmoid(-r_c) + jax.nn.sigmoid(r_r)
+    assert loss_type == 'apo_down', loss_type
+    return jax.nn.sigmoid(r_c) + jax.nn.sigmoid(-h)
+
+
+def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
+             loss_types: Sequence[str] | str = ('sigmoid',), loss_weights=None, beta,
+             label_smoothing=0.0, gamma=0.0, rpo_alpha: float = 0.0, chosen_nll=None,
+             mask=None):
+    """DPO-family loss: a weighted list of objectives, plus an optional RPO NLL term.
+
+    Per example:
+
+        loss = sum_k w_k * preference_losses(..., loss_type=loss_types[k]) + rpo_alpha * chosen_nll
+
+    The NLL term (RPO: Pang et al. 2024, "Iterative Reasoning Preference Optimization"; Liu et al.
+    2024, "Provably Mitigating Overoptimization in RLHF: Your SFT Loss is Implicitly an Adversarial
+    Regularizer") keeps the likelihood of the chosen response from falling.
+
+    Args:
+      chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] log-prob sums
+        (or averages); zeros as the reference for reference-free DPO.
+      loss_types: names from LOSS_TYPES (a single name is accepted too).
+      loss_weights: one weight per type (default 1 each).
+      beta, label_smoothing, gamma: see preference_losses.
+      rpo_alpha: weight of the NLL term; when > 0, chosen_nll is required.
+      chosen_nll: [B] per-example mean token NLL of the chosen response.
+      mask: None, or [B] 1 for real pairs, 0 for padding.
+
+    Returns:
+      (loss_sum, count, metrics): count = B unmasked pairs; metrics maps name -> (sum, count) for
+      rewards/chosen = beta * (pi_c - ref_c), rewards/rejected, rewards/margin (their difference),
+      rewards/accuracy (1 where margin > 0, ties 0), logps/chosen, logps/rejected.
+    """
+    if isinstance(loss_types, str):
+        loss_types = (loss_types,)
+    loss_types = tuple(loss_types)
+    if not loss_types:
+        raise ValueError('loss.types: at least one preference loss type is required')
+    if loss_weights is None:
+        loss_weights = (1.0,) * len(loss_types)
+    loss_weights = tuple(loss_weights)
+    if len(loss_weights) != len(loss_types):
+        raise ValueError(f'loss.weights: {len(loss_weights)} weights for {len(loss_types)} loss '
+                         f'types {loss_types}')
+    alpha = _concrete(rpo_alpha)
+    if alpha is not None and alpha < 0:
+        raise ValueError(f'loss.rpo_alpha must be >= 0, got {rpo_alpha}')
+    use_nll = alpha is None or alpha > 0
+    if use_nll and chosen_nll is None:
+        raise ValueError('loss.rpo_alpha > 0 needs chosen_nll, the per-example mean token NLL of '
+                         'the chosen response')
+
+    chosen_logps = jnp.asarray(chosen_logps)
+    rejected_logps = jnp.asarray(rejected_logps)
+    per_example = 0.0
+    for loss_type, weight in zip(loss_types, loss_weights):
+        per_example = per_example + weight * preference_losses(
+            chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
+            loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, gamma=gamma)
+    if use_nll:
+        per_example = per_example + rpo_alpha * jnp.asarray(chosen_nll)
+
+    weights = _mask(mask, per_example.shape, per_example.dtype)
+    count = jnp.sum(weights)
+    sg = jax.lax.stop_gradient
+    chosen_rewards = beta * sg(chosen_logps - jnp.asarray(ref_chosen_logps))
+    rejected_rewards = beta * sg(rejected_logps - jnp.asarray(ref_rejected_logps))
+    reward_margin = chosen_rewards - rejected_rewards
+    observed = {
+        'rewards/chosen': chosen_rewards,
+        'rewards/rejected': rejected_rewards,
+        'rewards/margin': reward_margin,
+        'rewards/accuracy': (reward_margin > 0).astype(weights.dtype),
+        'logps/chosen': sg(chosen_logps),
+        'logps/rejected': sg(rejected_logps),
+    }
+    metrics = {name: (jnp.sum(value * weights), count) for name, value in observed.items()}
+    return jnp.sum(per_example * weights), count, metrics

@@ -1,0 +1,101 @@
+"""Starting points: parameters from another run's workdir, or from an experiment trained on demand.
+
+`config.init_from` (and the reward model's `config.backbone_from`) accept:
+
+- `''`: start from scratch;
+- a workdir: the params of its latest checkpoint;
+- `experiment:PATH[:ARGS]`: the experiment `PATH` with `ARGS` (e.g.
+  `experiment:experiments/sft.py:tiny`), trained once into a cache directory keyed by the hash of
+  its resolved config and reused afterwards. This is how every `:tiny` preset runs standalone from
+  a fresh workdir. The cache lives in `$ALIGNJAX_CACHE` (default `~/.cache/alignjax`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+
+import jax
+from absl import logging
+from flax import nnx
+
+from alignjax import checkpoint as ckpt_lib
+from alignjax import experiment_lib
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cache_root() -> str:
+    return os.environ.get('ALIGNJAX_CACHE', os.path.expanduser('~/.cache/alignjax'))
+
+
+def _experiment_path(spec: str) -> str:
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
+        path = os.path.join(REPO_ROOT, path)
+    return f'{path}:{arg}' if arg else path
+
+
+def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
+    """The workdir behind a starting-point spec, training an `experiment:` spec if needed.
+
+    The cache key leaves out the mesh (sharding changes how, not what, is computed), so
+    `mesh_shape` may choose the devices a missing entry is trained on.
+    """
+    if not spec.startswith('experiment:'):
+        if not os.path.isdir(os.path.join(spec, 'checkpoints')):
+            raise FileNotFoundError(f'config.{key}={spec!r}: no checkpoints/ directory there')
+        return spec
+    from alignjax import trainers  # pylint: disable=g-import-not-at-top
+    from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
+    exp = _experiment_path(spec[len('experiment:'):])
+    config = experiment_lib.load_config(exp)
+    fields = {k: v for k, v in config.to_dict().items() if k != 'mesh'}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    if mesh_shape is not None:
+        config.mesh.shape = tuple(mesh_shape)
+    name = os.path.basename(exp.split(':')[0]).removesuffix('.py')
+    workdir = os.path.join(cache_root(), f'{name}-{digest.hexdigest()[:12]}')
+    os.makedirs(cache_root(), exist_ok=True)
+    # One trainer per cache entry, even across concurrent processes (parallel tests, sweeps).
+    with open(workdir + '.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(workdir, 'summary.json')):
+            logging.info('config.%s=%r: training it once into %s', key, spec, workdir)
+            with jax.set_mesh(experiment_lib.make_mesh(config)):
+                loop.train(config, workdir, trainers.get_builder(config.algo))
+    return workdir
+
+
+def load_params(path: str, abstract_params, *, key: str = 'init_from'):
+    """Params of the latest checkpoint in workdir `path`, restored onto `abstract_params`.
+
+    `abstract_params` may be a sub-tree of what was saved (a reward model's backbone from a
+    policy checkpoint: the policy's output head is simply not read). Shapes must match.
+    """
+    ckpt = ckpt_lib.Checkpointer(os.path.join(path, 'checkpoints'), save_every=1, keep=1)
+    step = ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f'config.{key}={path!r}: no complete checkpoint there')
+    try:
+        params = ckpt.restore_params(step, abstract_params)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f'config.{key}={path!r}: its parameters do not fit this model ({e})') \
+            from e
+    finally:
+        ckpt.close()
+    logging.info('Loaded parameters from %s (step %d)', path, step)
+    return params
+
+
+def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> None:
+    """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '')."""
+    if not spec:
+        return
+    state = nnx.state(module)
+    abstract = ckpt_lib.abstract_like(nnx.to_pure_dict(state))
+    params = load_params(resolve(spec, key=key), abstract, key=key)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(module, state)

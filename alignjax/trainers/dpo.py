@@ -1,0 +1,172 @@
+"""The DPO family: preference pairs as the batch source, a direct-alignment loss.
+
+`config.loss.types` (a weighted list with `config.loss.weights`) picks sigmoid (DPO, cDPO with
+label smoothing), robust, ipo, hinge (SLiC) or simpo; `rpo_alpha > 0` adds RPO's NLL term;
+`reference_free` drops the reference; `length_normalize` uses per-token average log-probs (TRL's
+IPO convention; SimPO always does).
+
+Reference log-probs come from one jitted function of the frozen reference: computed for each
+batch as it is drawn, or, with `config.loss.precompute_ref`, once over the whole dataset before
+training and looked up by record index. Both paths run the same program on the same batch shape,
+so they give the same numbers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from alignjax import evaluation
+from alignjax import experiment_lib
+from alignjax import pretrained
+from alignjax import sharding
+from alignjax.losses import preference as pref_losses
+from alignjax.models import scoring
+from alignjax.trainers import loop
+
+
+def pair_logps(model, batch):
+    """Per-sequence log-prob sums, token counts and the chosen mean NLL, from one forward pass."""
+    b = batch['prompt'].shape[0]
+    twice = lambda x: jnp.concatenate([x, x], axis=0)
+    logp = scoring.response_logprobs(
+        model, twice(batch['prompt']), twice(batch['prompt_mask']),
+        jnp.concatenate([batch['chosen'], batch['rejected']], axis=0),
+        jnp.concatenate([batch['chosen_mask'], batch['rejected_mask']], axis=0))
+    sums = jnp.sum(logp, axis=-1)
+    lengths = jnp.concatenate([batch['chosen_mask'], batch['rejected_mask']], 0).sum(-1)
+    lengths = jnp.maximum(lengths.astype(jnp.float32), 1.0)
+    return sums[:b], sums[b:], lengths[:b], lengths[b:]
+
+
+def _check_loss_config(loss) -> tuple[str, ...]:
+    types = tuple(loss.types)
+    unknown = [t for t in types if t not in pref_losses.LOSS_TYPES]
+    if unknown:
+        raise ValueError(f'config.loss.types: unknown {unknown}; known: {pref_losses.LOSS_TYPES}')
+    if 'simpo' in types and len(types) > 1:
+        raise ValueError("config.loss.types: 'simpo' is reference-free and length-normalised; "
+                         'combine it with no other type')
+    if loss.weights and len(loss.weights) != len(types):
+        raise ValueError(f'config.loss.weights has {len(loss.weights)} entries for '
+                         f'{len(types)} config.loss.types')
+    if loss.beta <= 0:
+        raise ValueError(f'config.loss.beta must be > 0, got {loss.beta}')
+    return types
+
+
+def make_loss_fn(loss):
+    types = _check_loss_config(loss)
+    simpo = types == ('simpo',)
+    normalize = simpo or loss.length_normalize
+    no_ref = simpo or loss.reference_free
+
+    def loss_fn(model, frozen, batch, rng):
+        del frozen, rng
+        pc, pr, lc, lr = pair_logps(model, batch)
+        rc, rr = batch['ref_chosen_logps'], batch['ref_rejected_logps']
+        chosen_nll = -pc / lc
+        if normalize:
+            pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
+        if no_ref:
+            rc, rr = jnp.zeros_like(rc), jnp.zeros_like(rr)
+        return pref_losses.dpo_loss(
+            pc, pr, rc, rr, loss_types=types, loss_weights=tuple(loss.weights) or None,
+            beta=loss.beta, label_smoothing=loss.label_smoothing, gamma=loss.gamma,
+            rpo_alpha=loss.rpo_alpha, chosen_nll=chosen_nll if loss.rpo_alpha else None)
+
+    return loss_fn
+
+
+class ReferenceLogps:
+    """Reference log-prob sums for batches: computed per batch, or precomputed once and cached."""
+
+    def __init__(self, reference, mesh):
+        self.graphdef, self.state = nnx.split(reference)
+        self.mesh = mesh
+        graphdef = self.graphdef
+        self._fn = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch)[:2])
+        self.cache = None
+
+    def compute(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        rc, rr = self._fn(self.state, sharding.shard_batch(batch, self.mesh))
+        return np.asarray(jax.device_get(rc)), np.asarray(jax.device_get(rr))
+
+    def precompute(self, batches, num_records: int) -> None:
+        cache = np.zeros((num_records, 2), np.float32)
+        for batch, real in batches:
+            rc, rr = self.compute(batch)
+            cache[batch['index'][:real], 0] = rc[:real]
+            cache[batch['index'][:real], 1] = rr[:real]
+        self.cache = cache
+
+    def __call__(self, batch) -> dict:
+        if self.cache is not None:
+            rows = self.cache[batch['index']]
+            rc, rr = rows[:, 0], rows[:, 1]
+        else:
+            rc, rr = self.compute(batch)
+        return {**batch, 'ref_chosen_logps': rc, 'ref_rejected_logps': rr}
+
+
+def build(config, mesh) -> loop.Algorithm:
+    tok = experiment_lib.make_tokenizer(config)
+    train, held_out = experiment_lib.train_eval_records(config, 'preference')
+    stream = experiment_lib.make_stream(config, 'preference', train, tok, with_index=True)
+    policy = experiment_lib.build_policy(config, mesh)
+    pretrained.init_module(policy, config.init_from)
+    reference = experiment_lib.build_policy(config, mesh)
+    pretrained.init_module(reference, config.reference_from or config.init_from,
+                           key='reference_from' if config.reference_from else 'init_from')
+    ref = ReferenceLogps(reference, mesh)
+    if config.loss.precompute_ref:
+        logging.info('Precomputing reference log-probs over %d records', len(train))
+        ref.precompute(experiment_lib.fixed_batches(config, 'preference', train, tok,
+                                                    batch_size=config.data.batch_size), len(train))
+
+    algo = loop.Algorithm(model=policy, loss_fn=make_loss_fn(config.loss),
+                          batches=lambda step, model, algo_state: ref(stream[step]))
+    graphdef = nnx.graphdef(policy)
+    held_ref = ReferenceLogps(reference, mesh)
+    policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
+    task = experiment_lib.synthetic_task(config)
+    beta = config.loss.beta
+
+    def evaluate(model, step):
+        del step
+        state = nnx.state(model)
+        rows = {k: [] for k in ('pc', 'pr', 'rc', 'rr')}
+        for batch, real in experiment_lib.fixed_batches(config, 'preference', held_out, tok,
+                                                        batch_size=config.data.batch_size):
+            pc, pr, _, _ = jax.device_get(policy_logps(state, sharding.shard_batch(batch, mesh)))
+            rc, rr = held_ref.compute(batch)
+            for k, v in zip(('pc', 'pr', 'rc', 'rr'), (pc, pr, rc, rr)):
+                rows[k].append(np.asarray(v)[:real])
+        pc, pr, rc, rr = (np.concatenate(rows[k]) for k in ('pc', 'pr', 'rc', 'rr'))
+        margin = (pc - rc) - (pr - rr)
+        out = {
+            # Implicit reward beta * log pi/ref on held-out pairs (Rafailov et al.).
+            'heldout/rewards_chosen': float(beta * np.mean(pc - rc)),
+            'heldout/rewards_rejected': float(beta * np.mean(pr - rr)),
+            'heldout/rewards_margin': float(beta * np.mean(margin)),
+            'heldout/implicit_accuracy': float(np.mean(margin > 0)),
+            'heldout/logps_chosen': float(np.mean(pc)),
+            'heldout/logps_rejected': float(np.mean(pr)),
+            # Ranking accuracy 1[pi(yw) > pi(yl)] of the policy and of the reference
+            # ("Preference learning algorithms do not learn preference rankings").
+            'heldout/ranking_accuracy': float(np.mean(pc > pr)),
+            'heldout/ranking_accuracy_ref': float(np.mean(rc > rr)),
+        }
+        if task is not None:
+            e = config.eval
+            out.update(evaluation.gold_evaluation(
+                task, model, reference, tok, num_prompts=e.num_prompts,
+                max_prompt_len=config.data.max_prompt_len, max_new_tokens=e.max_new_tokens,
+                temperature=e.temperature, seed=config.seed, with_kl=True))
+        return out
+
+    algo.evaluate = evaluate
+    return algo

@@ -1,0 +1,138 @@
+"""Reward models: Bradley-Terry on preference pairs, single or as an ensemble of K members.
+
+`config.reward.ensemble = K` members, as K heads on one backbone (`ensemble_type='heads'`) or K
+separately initialised models (`'models'`). Every member is trained on every pair; evaluation
+aggregates members by `config.reward.aggregate` (mean, min, mean_minus_std).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignjax import experiment_lib
+from alignjax import pretrained
+from alignjax import sharding
+from alignjax.losses import reward as reward_losses
+from alignjax.models import RewardEnsemble, RewardModel
+from alignjax.trainers import loop
+
+
+def pair_tokens(batch, first: str, second: str):
+    """[2B, P+R] tokens and mask: (prompt, first) rows, then (prompt, second) rows."""
+    prompt = jnp.concatenate([batch['prompt'], batch['prompt']], axis=0)
+    prompt_mask = jnp.concatenate([batch['prompt_mask'], batch['prompt_mask']], axis=0)
+    response = jnp.concatenate([batch[first], batch[second]], axis=0)
+    response_mask = jnp.concatenate([batch[f'{first}_mask'], batch[f'{second}_mask']], axis=0)
+    return (jnp.concatenate([prompt, response], axis=1),
+            jnp.concatenate([prompt_mask, response_mask], axis=1))
+
+
+def chosen_rejected_rewards(model, batch):
+    """Member rewards [B, K] of the chosen and the rejected responses (one forward pass)."""
+    tokens, mask = pair_tokens(batch, 'chosen', 'rejected')
+    rewards = model(tokens, mask)
+    b = batch['prompt'].shape[0]
+    return rewards[:b], rewards[b:]
+
+
+def build_reward_model(config, mesh):
+    """The (ensemble) reward model of config.model / config.reward, created sharded."""
+    cfg = experiment_lib.model_config_from(config.model)
+    r = config.reward
+    if r.ensemble < 1:
+        raise ValueError(f'config.reward.ensemble must be >= 1, got {r.ensemble}')
+    if r.ensemble_type == 'heads':
+        ctor = lambda: RewardModel(cfg, rngs=nnx.Rngs(config.seed), num_heads=r.ensemble)
+    elif r.ensemble_type == 'models':
+        seeds = tuple(config.seed + 7919 * i for i in range(r.ensemble))
+        ctor = lambda: RewardEnsemble(cfg, seeds=seeds)
+    else:
+        raise ValueError("config.reward.ensemble_type must be 'heads' or 'models', "
+                         f'got {r.ensemble_type!r}')
+    model = sharding.create_sharded(ctor, mesh, experiment_lib.mesh_rules(config))
+    backbones = [model.backbone] if r.ensemble_type == 'heads' else \
+        [m.backbone for m in model.members]
+    for backbone in backbones:
+        pretrained.init_module(backbone, config.backbone_from, key='backbone_from')
+    return model
+
+
+def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=None,
+                   records=None) -> dict[str, float]:
+    """Held-out accuracy and calibration of a reward model, per member and aggregated."""
+    rc_all, rr_all = [], []
+    for batch, real in records_batches:
+        rc, rr = score(batch)
+        rc_all.append(np.asarray(rc)[:real])
+        rr_all.append(np.asarray(rr)[:real])
+    rc, rr = np.concatenate(rc_all), np.concatenate(rr_all)  # [N, K]
+    agg = lambda r: np.asarray(reward_losses.aggregate_ensemble(jnp.asarray(r), method=aggregate,
+                                                                lam=lam))
+    ac, ar = agg(rc), agg(rr)
+    correct, count = reward_losses.pairwise_accuracy(jnp.asarray(ac), jnp.asarray(ar))
+    # Calibration of P(first > second), with every other pair presented in swapped order.
+    prob = 1.0 / (1.0 + np.exp(-(ac - ar)))
+    swap = np.arange(len(prob)) % 2 == 1
+    labels = np.where(swap, 0.0, 1.0)
+    prob = np.where(swap, 1.0 - prob, prob)
+    out = {
+        'accuracy': float(correct / count),
+        'ece': float(reward_losses.expected_calibration_error(prob, labels)),
+        'reward_gap': float(np.mean(ac - ar)),
+    }
+    if rc.shape[1] > 1:
+        for k in range(rc.shape[1]):
+            out[f'accuracy_member{k}'] = float(np.mean((rc[:, k] > rr[:, k]) +
+                                                       0.5 * (rc[:, k] == rr[:, k])))
+    if task is not None and records is not None:
+        # What the gold labels allow: the gold reward's own accuracy on these labels, and the
+        # Bayes rate E[max(p, 1 - p)] of the Bradley-Terry labelling noise.
+        p = np.array([task.gold_preference(r['prompt'], r['chosen'], r['rejected'])
+                      for r in records])
+        out['gold_label_accuracy'] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
+        out['bayes_accuracy'] = float(np.mean(np.maximum(p, 1.0 - p)))
+        if task.name == 'intransitive':
+            from alignjax.trainers.preference_model import cycle_accuracy  # pylint: disable=g-import-not-at-top
+            out.update(cycle_accuracy(ac - ar, records, p))
+    return out
+
+
+def build(config, mesh) -> loop.Algorithm:
+    tok = experiment_lib.make_tokenizer(config)
+    train, held_out = experiment_lib.train_eval_records(config, 'preference')
+    stream = experiment_lib.make_stream(config, 'preference', train, tok)
+    model = build_reward_model(config, mesh)
+    r = config.reward
+
+    def loss_fn(model, frozen, batch, rng):
+        del frozen, rng
+        rc, rr = chosen_rejected_rewards(model, batch)
+        margin = batch['margin'] if r.use_margin else None
+        loss_sum, count = reward_losses.bradley_terry_loss(rc, rr, margin=margin,
+                                                           centering=r.centering)
+        agg_c = reward_losses.aggregate_ensemble(rc, method=r.aggregate, lam=r.lam)
+        agg_r = reward_losses.aggregate_ensemble(rr, method=r.aggregate, lam=r.lam)
+        correct, n = reward_losses.pairwise_accuracy(agg_c, agg_r)
+        return loss_sum, count, {'accuracy': (correct, n),
+                                 'reward_mean': (jnp.sum(rc + rr) / 2, jnp.float32(rc.size))}
+
+    graphdef = nnx.graphdef(model)
+    score_jit = jax.jit(lambda state, batch: chosen_rejected_rewards(nnx.merge(graphdef, state),
+                                                                     batch))
+    task = experiment_lib.synthetic_task(config)
+
+    def evaluate(model, step):
+        del step
+        state = nnx.state(model)
+        batches = experiment_lib.fixed_batches(config, 'preference', held_out, tok,
+                                               batch_size=config.data.batch_size)
+        score = lambda b: score_jit(state, sharding.shard_batch(b, mesh))
+        return evaluate_pairs(score, batches, aggregate=r.aggregate, lam=r.lam, task=task,
+                              records=held_out)
+
+    return loop.Algorithm(model=model, loss_fn=loss_fn,
+                          batches=lambda step, model, algo_state: stream[step],
+                          evaluate=evaluate)

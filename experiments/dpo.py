@@ -1,0 +1,44 @@
+r"""Direct preference optimisation and its family, from an SFT policy.
+
+Tiny (CPU; trains or reuses the cached tiny SFT policy as start and reference, then ~1 minute):
+  python -m alignjax.main --config=experiments/dpo.py:tiny --workdir=/tmp/dpo_tiny
+  python -m alignjax.main --config=experiments/dpo.py:tiny,loss=ipo --workdir=/tmp/ipo_tiny
+  summary.json: gold_reward (policy) against gold_reward_ref (the SFT reference), gold_win_rate,
+  kl_to_ref, and held-out implicit-reward accuracy, margins and log-probs.
+
+Full scale (model=small on one GPU or a v5e-8; real data with --config.data.train=jsonl:PATH
+and --config.init_from=<SFT workdir>):
+  python -m alignjax.main --config=experiments/dpo.py:model=small --workdir=$WORKDIR
+
+Arguments: tiny, model, task, loss (sigmoid | robust | ipo | hinge | simpo, or several joined
+by '+', e.g. loss=sigmoid+ipo), beta, label_smoothing, rpo_alpha, steps, lr.
+"""
+
+from alignjax import experiment_lib
+
+
+def get_config(arg=None):
+    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive',
+                                 loss='sigmoid', beta=0.1, label_smoothing=0.0, rpo_alpha=0.0,
+                                 gamma=0.5, steps=0, lr=1e-4)
+    c = experiment_lib.base_config(algo='dpo', model=a.model, tiny=a.tiny)
+    c.data.train = f'synthetic:{a.task}'
+    c.optim.lr = a.lr
+    c.optim.warmup_steps = 10
+    c.init_from = (f'experiment:experiments/sft.py:tiny,task={a.task}' if a.tiny else '')
+    c.reference_from = ''  # '' -> the same as init_from
+    c.loss = dict(types=tuple(a.loss.split('+')), weights=(), beta=a.beta,
+                  label_smoothing=a.label_smoothing, gamma=a.gamma, rpo_alpha=a.rpo_alpha,
+                  reference_free=False, length_normalize=False, precompute_ref=False)
+    if a.tiny:
+        c.total_steps = 300
+        c.log_every = 25
+        c.ckpt_every = 100
+        c.eval.num_prompts = 128
+    else:
+        c.total_steps = 3000
+        c.data.batch_size = 64
+        c.ckpt_every = 500
+    if a.steps:
+        c.total_steps = a.steps
+    return c

@@ -1,0 +1,20 @@
+"""Pytest setup: eight simulated CPU devices, so that every sharding test runs on a laptop.
+
+XLA reads the flag when jax first initialises its backends, which happens after pytest has loaded
+this file and before any test runs, so every test file (run alone or together) sees 8 devices.
+"""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+if 'xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
+    # XLA_FLAGS was already set for another reason: add the device count to it.
+    os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=8'
+
+# Starting points trained on demand (`experiment:` specs) go to a cache fresh for each test
+# session, shared by its xdist workers (they inherit the main process's environment), so that a
+# stale cache from older code can never make a test pass.
+if 'ALIGNJAX_TEST_CACHE_SET' not in os.environ:
+    import tempfile
+    os.environ['ALIGNJAX_CACHE'] = tempfile.mkdtemp(prefix='alignjax-test-cache-')
+    os.environ['ALIGNJAX_TEST_CACHE_SET'] = '1'

@@ -1,0 +1,132 @@
+"""Invariances of the offline trainers' losses: padding, microbatching, cached reference."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from alignjax import experiment_lib
+from alignjax import trainers
+from alignjax.data import pipeline
+from alignjax.data import synthetic
+from alignjax.data.tokenizer import ByteTokenizer
+from alignjax.models import Decoder, PreferenceModel, RewardModel, get_model_config
+from alignjax.trainers import dpo
+from alignjax.trainers import loop
+from alignjax.trainers import preference_model
+from alignjax.trainers import reward_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = get_model_config('tiny')
+TOK = ByteTokenizer()
+
+
+def preference_batch(n=8, prompt_len=8, response_len=12, seed=0):
+    records = synthetic.get_task('transitive').preference_records(n, seed=seed)
+    fn = pipeline.make_tokenize_fn('preference', TOK, max_prompt_len=prompt_len,
+                                   max_response_len=response_len)
+    rows = [fn(r, i) for i, r in enumerate(records)]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    batch['ref_chosen_logps'] = -jnp.linspace(5.0, 9.0, n)
+    batch['ref_rejected_logps'] = -jnp.linspace(6.0, 8.0, n)
+    return batch
+
+
+def loss_config(**kw):
+    c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'dpo.py') + ':tiny').loss
+    c.unlock()
+    c.update(kw)
+    return c
+
+
+LOSSES = [dict(types=('sigmoid',)), dict(types=('ipo',)), dict(types=('hinge',)),
+          dict(types=('simpo',)), dict(types=('sigmoid',), rpo_alpha=0.5),
+          dict(types=('sigmoid', 'ipo'), weights=(1.0, 0.3)),
+          dict(types=('sigmoid',), length_normalize=True),
+          dict(types=('robust',), label_smoothing=0.1)]
+
+
+@pytest.fixture(scope='module')
+def policy():
+    return Decoder(CFG, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize('kw', LOSSES, ids=lambda kw: '+'.join(kw['types']) + str(len(kw)))
+def test_padding_does_not_change_dpo_losses(policy, kw):
+    fn = dpo.make_loss_fn(loss_config(**kw))
+    a = fn(policy, {}, preference_batch(), None)
+    b = fn(policy, {}, preference_batch(prompt_len=13, response_len=20), None)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    for k in a[2]:
+        np.testing.assert_allclose(a[2][k][0], b[2][k][0], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize('kw', LOSSES[:4], ids=lambda kw: kw['types'][0])
+def test_microbatch_sums_equal_the_full_batch(policy, kw):
+    fn = dpo.make_loss_fn(loss_config(**kw))
+    graphdef, state = nnx.split(policy)
+
+    def grads(batch):
+        f = lambda s: fn(nnx.merge(graphdef, s), {}, batch, None)[0]
+        return jax.value_and_grad(f)(state)
+
+    batch = preference_batch()
+    full_loss, full_grads = grads(batch)
+    halves = [jax.tree.map(lambda x, s=s: x[s], batch) for s in (slice(0, 4), slice(4, 8))]
+    parts = [grads(h) for h in halves]
+    np.testing.assert_allclose(parts[0][0] + parts[1][0], full_loss, rtol=1e-5)
+    # float32 sums in a different order: tolerance relative to each gradient's scale.
+    jax.tree.map(lambda g, a, b: np.testing.assert_allclose(
+        a + b, g, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g)))),
+        full_grads, parts[0][1], parts[1][1])
+
+
+def test_reward_and_preference_scores_ignore_padding():
+    rm = RewardModel(CFG, rngs=nnx.Rngs(1), num_heads=3)
+    pm = PreferenceModel(CFG, rngs=nnx.Rngs(2))
+    a, b = preference_batch(), preference_batch(prompt_len=13, response_len=20)
+    for x, y in zip(reward_model.chosen_rejected_rewards(rm, a),
+                    reward_model.chosen_rejected_rewards(rm, b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    for x, y in zip(preference_model.pair_logits(pm, a), preference_model.pair_logits(pm, b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_precomputed_reference_equals_per_step_reference(tmp_path):
+    def run(name, precompute):
+        c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'dpo.py') +
+                                       ':tiny,steps=3')
+        c.init_from = ''  # a random start is enough for an equality
+        c.mesh.shape = (1, 1, 1)
+        c.data.num_examples = 96
+        c.log_every = 1
+        c.loss.precompute_ref = precompute
+        workdir = str(tmp_path / name)
+        build = trainers.get_builder('dpo')
+        captured = {}
+
+        def capture(config, mesh):
+            algo = build(config, mesh)
+            captured['batches'] = [algo.batches(s, None, {}) for s in range(3)]
+            algo.evaluate = None
+            return algo
+
+        loop.train(c, workdir, capture)
+        return captured['batches']
+
+    cached, fresh = run('cached', True), run('fresh', False)
+    for a, b in zip(cached, fresh):
+        np.testing.assert_array_equal(a['ref_chosen_logps'], b['ref_chosen_logps'])
+        np.testing.assert_array_equal(a['ref_rejected_logps'], b['ref_rejected_logps'])
+
+
+def test_dpo_config_errors_name_the_key():
+    with pytest.raises(ValueError, match='config.loss.types'):
+        dpo.make_loss_fn(loss_config(types=('sigmod',)))
+    with pytest.raises(ValueError, match='config.loss.beta'):
+        dpo.make_loss_fn(loss_config(beta=0.0))
+    with pytest.raises(ValueError, match='simpo'):
+        dpo.make_loss_fn(loss_config(types=('simpo', 'sigmoid')))
