@@ -23,7 +23,8 @@ SFT = os.path.join(ROOT, 'experiments', 'sft.py')
 STEPS = 40
 FLAGS = [f'--config={SFT}:tiny,steps={STEPS}', '--config.ckpt_every=10', '--config.log_every=5',
          '--config.eval.num_prompts=8', '--config.keep_ckpts=10']
-ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+           '--xla_backend_optimization_level=0',
            JAX_PLATFORMS='cpu')
 
 
