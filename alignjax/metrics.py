@@ -116,7 +116,6 @@ class MetricsWriter:
         self._use_tensorboard = tensorboard
         self._file = None
         self._tb = None
-        self._rates = {}
         self._reset_clock(0)
         if not is_primary:
             return
@@ -162,7 +161,8 @@ class MetricsWriter:
             self._tb.close()
             self._open_tensorboard(purge_step=step + 1)
 
-    def write(self, step: int, metrics: dict, *, tokens: int | None = None) -> None:
+    def write(self, step: int, metrics: dict, *, tokens: int | None = None,
+              timed: bool = True) -> None:
         """Records ``metrics`` at ``step`` and logs the progress line.
 
         Args:
@@ -171,6 +171,8 @@ class MetricsWriter:
                 ``step`` or a timing key.
             tokens: tokens processed since the previous ``write`` (or since
                 construction / ``truncate_after``); enables ``tokens_per_s``.
+            timed: False for records that are not training progress (evaluations):
+                no rates, and the throughput clock is left alone.
         """
         if not self.is_primary:
             return
@@ -179,7 +181,8 @@ class MetricsWriter:
             raise ValueError(f'Reserved metric names: {sorted(reserved)}')
         record = {'step': int(step)}
         record.update({k: to_json_value(v) for k, v in metrics.items()})
-        record.update(self._update_rates(int(step), tokens))
+        if timed:
+            record.update(self._update_rates(int(step), tokens))
         self._file.write(json.dumps(record, allow_nan=False) + '\n')
         self._file.flush()
         if self._tb is not None:
@@ -200,21 +203,21 @@ class MetricsWriter:
         if mean_rate > 0:
             rates['eta_s'] = max(self.total_steps - step, 0) / mean_rate
         self._last_step, self._last_time = step, now
-        self._rates = rates
         return rates
 
     def progress_line(self, step, metrics) -> str:
-        """Formats step, metrics and the rates of the latest ``write`` as one line."""
+        """Formats step, metrics and the rates they carry (timing keys) as one line."""
         parts = [f'step {int(step)}/{self.total_steps}']
         for name, value in metrics.items():
             if name != 'step' and name not in TIMING_KEYS:
                 parts.append(f'{name} {_format_value(to_json_value(value))}')
-        if 'steps_per_s' in self._rates:
-            parts.append(f"{_format_rate(self._rates['steps_per_s'])} steps/s")
-        if 'tokens_per_s' in self._rates:
-            parts.append(f"{_format_rate(self._rates['tokens_per_s'])} tok/s")
-        if 'eta_s' in self._rates:
-            parts.append(f"ETA {datetime.timedelta(seconds=round(self._rates['eta_s']))}")
+        rates = {k: metrics[k] for k in TIMING_KEYS if k in metrics}
+        if 'steps_per_s' in rates:
+            parts.append(f"{_format_rate(rates['steps_per_s'])} steps/s")
+        if 'tokens_per_s' in rates:
+            parts.append(f"{_format_rate(rates['tokens_per_s'])} tok/s")
+        if 'eta_s' in rates:
+            parts.append(f"ETA {datetime.timedelta(seconds=round(rates['eta_s']))}")
         return ' | '.join(parts)
 
     def write_summary(self, summary: dict) -> None:

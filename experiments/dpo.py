@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.loss = dict(types=tuple(a.loss.split('+')), weights=(), beta=a.beta,
                   label_smoothing=a.label_smoothing, gamma=a.gamma, rpo_alpha=a.rpo_alpha,
                   reference_free=False, length_normalize=False, precompute_ref=False)
+    c.eval_every = 150 if a.tiny else 1000  # held-out figures into metrics.jsonl too
     if a.tiny:
         c.total_steps = 300
         c.log_every = 25

@@ -25,6 +25,7 @@ def get_config(arg=None):
     # From scratch: on the tiny task a fresh backbone learns the response class (its first
     # token) faster than the SFT backbone, whose last-token state serves next-token prediction.
     c.backbone_from = ''
+    c.eval_every = 500 if a.tiny else 1000  # held-out figures into metrics.jsonl too
     if a.tiny:
         c.total_steps = 1500
         c.log_every = 100

@@ -26,6 +26,7 @@ def get_config(arg=None):
     c.backbone_from = f'experiment:experiments/sft.py:tiny,task={a.task}' if a.tiny else ''
     c.reward = dict(ensemble=a.ensemble, ensemble_type=a.ensemble_type, aggregate=a.aggregate,
                     lam=1.0, use_margin=False, centering=0.0)
+    c.eval_every = 300 if a.tiny else 1000  # held-out figures into metrics.jsonl too
     if a.tiny:
         c.total_steps = 600
         c.log_every = 50

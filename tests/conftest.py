@@ -22,3 +22,10 @@ if 'ALIGNJAX_TEST_CACHE_SET' not in os.environ:
     import tempfile
     os.environ['ALIGNJAX_CACHE'] = tempfile.mkdtemp(prefix='alignjax-test-cache-')
     os.environ['ALIGNJAX_TEST_CACHE_SET'] = '1'
+
+
+def pytest_unconfigure(config):
+    """The main process removes the session's cache of starting points."""
+    import shutil
+    if not hasattr(config, 'workerinput') and os.environ.get('ALIGNJAX_TEST_CACHE_SET') == '1':
+        shutil.rmtree(os.environ['ALIGNJAX_CACHE'], ignore_errors=True)

@@ -82,7 +82,7 @@ def test_rates_eta_and_progress_line(tmp_path, clock):
     assert record['steps_per_s'] == pytest.approx(5.0)
     assert record['tokens_per_s'] == pytest.approx(4100.0)
     assert record['eta_s'] == pytest.approx(98.0)
-    line = writer.progress_line(10, {'loss': 1.2344, 'gold_reward': 0.41})
+    line = writer.progress_line(10, record)
     assert line == 'step 10/500 | loss 1.234 | gold_reward 0.41 | 5.00 steps/s | 4.1k tok/s | ETA 0:01:38'
     clock.now += 8.0  # 110 steps in this 8 s interval, 120 steps in 10 s overall
     writer.write(120, {'loss': 1.0}, tokens=41000)
@@ -91,7 +91,7 @@ def test_rates_eta_and_progress_line(tmp_path, clock):
     assert record['tokens_per_s'] == pytest.approx(41000 / 8.0)
     assert record['eta_s'] == pytest.approx(380 / 12.0)  # mean rate 120 steps / 10 s
     assert re.fullmatch(r'step 120/500 \| loss 1 \| 13\.8 steps/s \| 5\.1k tok/s \| ETA 0:00:32',
-                        writer.progress_line(120, {'loss': 1.0}))
+                        writer.progress_line(120, record))
     writer.close()
 
 
@@ -177,3 +177,18 @@ def test_non_primary_writes_nothing(tmp_path):
     writer.write_summary({'gold_reward': 1.0})
     writer.close()
     assert not workdir.exists()
+
+
+def test_untimed_write_has_no_rates_and_keeps_the_clock(tmp_path, clock):
+    writer = MetricsWriter(str(tmp_path), total_steps=100, tensorboard=False)
+    clock.now += 1.0
+    writer.write(10, {'loss': 1.0})
+    clock.now += 1.0
+    writer.write(10, {'eval/accuracy': 0.75}, timed=False)
+    clock.now += 1.0
+    writer.write(20, {'loss': 0.5})
+    rows = read_metrics(str(tmp_path))
+    assert rows[1] == {'step': 10, 'eval/accuracy': 0.75}
+    # The interval 10 -> 20 spans 2 s of wall time, evaluation included.
+    assert rows[2]['steps_per_s'] == pytest.approx(5.0)
+    assert 'steps/s' not in writer.progress_line(10, rows[1])

@@ -173,20 +173,25 @@ def build_jsonl_dataset(
         for split, rs in split_records.items()}
 
     data_dir = _resolve_data_dir(data_dir)
-    builder = _make_builder_class()(
+    make = lambda: _make_builder_class()(
         name=name, features=features, split_examples=split_examples,
         data_dir=data_dir, file_format="array_record")
-    if builder.is_prepared():
-        if not overwrite:
-            raise DataError(
-                f"TFDS dataset {name!r} already exists in {builder.data_dir}; "
-                f"pass overwrite=True to rebuild it")
-        shutil.rmtree(builder.data_dir)
-        builder = _make_builder_class()(
-            name=name, features=features, split_examples=split_examples,
-            data_dir=data_dir, file_format="array_record")
-    with tempfile.TemporaryDirectory() as download_dir:
-        builder.download_and_prepare(download_dir=download_dir)
+    # TFDS makes a temporary directory for metadata from its cloud bucket before it checks that
+    # the bucket is disabled, and never removes it: keep that inside a scratch directory.
+    with tempfile.TemporaryDirectory() as scratch:
+        previous, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            builder = make()
+            if builder.is_prepared():
+                if not overwrite:
+                    raise DataError(
+                        f"TFDS dataset {name!r} already exists in {builder.data_dir}; "
+                        f"pass overwrite=True to rebuild it")
+                shutil.rmtree(builder.data_dir)
+                builder = make()
+            builder.download_and_prepare(download_dir=os.path.join(scratch, "downloads"))
+        finally:
+            tempfile.tempdir = previous
 
 
 def _to_python(value: Any) -> Any:

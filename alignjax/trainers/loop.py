@@ -199,7 +199,8 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     tokens = 0
                 if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
                     and done != config.total_steps:
-                    writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()})
+                    writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()},
+                                 timed=False)
                 stop = guard.should_stop(done)
                 ckpt.save(done, state, force=stop or done == config.total_steps)
                 if stop:
