@@ -130,7 +130,6 @@ def build(config, mesh) -> loop.Algorithm:
     algo = loop.Algorithm(model=policy, loss_fn=make_loss_fn(config.loss),
                           batches=lambda step, model, algo_state: ref(stream[step]))
     graphdef = nnx.graphdef(policy)
-    held_ref = ReferenceLogps(reference, mesh)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = experiment_lib.synthetic_task(config)
     beta = config.loss.beta
@@ -142,7 +141,7 @@ def build(config, mesh) -> loop.Algorithm:
         for batch, real in experiment_lib.fixed_batches(config, 'preference', held_out, tok,
                                                         batch_size=config.data.batch_size):
             pc, pr, _, _ = jax.device_get(policy_logps(state, sharding.shard_batch(batch, mesh)))
-            rc, rr = held_ref.compute(batch)
+            rc, rr = ref.compute(batch)  # never the cache: held-out records are not in it
             for k, v in zip(('pc', 'pr', 'rc', 'rr'), (pc, pr, rc, rr)):
                 rows[k].append(np.asarray(v)[:real])
         pc, pr, rc, rr = (np.concatenate(rows[k]) for k in ('pc', 'pr', 'rc', 'rr'))

@@ -136,7 +136,8 @@ def state_shardings(params, tx, algo_state, mesh):
 
 
 def _count_tokens(batch) -> int:
-    return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith('mask')))
+    """Real tokens in a host (NumPy) batch: the sum of its masks, this process's rows."""
+    return int(sum(np.sum(v) for k, v in batch.items() if k.endswith('mask')))
 
 
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
@@ -182,8 +183,9 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         with ckpt_lib.PreemptionGuard() as guard:
             for step in range(start, config.total_steps):
                 algo_state = jax.device_get(state['algo'])
-                batch = sharding.shard_batch(algo.batches(step, model, algo_state), mesh)
-                tokens += _count_tokens(batch)
+                host_batch = algo.batches(step, model, algo_state)
+                tokens += _count_tokens(host_batch)  # on host: no device round trip per step
+                batch = sharding.shard_batch(host_batch, mesh)
                 state, metrics, finite = update(state, frozen_states, batch)
                 model = nnx.merge(graphdef, state['params'])
                 _check_finite(pending)
