@@ -5,6 +5,8 @@ Tiny (CPU; trains or reuses the cached tiny SFT policy as the backbone, then ~1 
   python -m alignjax.main --config=experiments/reward_model.py:tiny,ensemble=4 --workdir=/tmp/rm4
   summary.json: held-out `accuracy` against `gold_label_accuracy` (what the noisy gold labels
   allow) and `bayes_accuracy`; `ece`; per-member accuracies for ensembles.
+  Measured (transitive): accuracy 0.787, ECE 0.051 at 600 steps; 0.811, ECE 0.082 with steps=1500;
+  the gold reward itself scores 0.854 on the same labels (Bayes rate 0.855).
 
 Full scale (model=small, one GPU or a v5e-8; real data with --config.data.train=jsonl:PATH and
 --config.backbone_from=<SFT workdir>):
