@@ -155,10 +155,13 @@ def shard_batch(batch, mesh):
     """Process-local NumPy batch -> global jax.Arrays sharded over the batch axes.
 
     Each process passes its own rows (`data.pipeline` slices by process index); on one process this
-    is a plain sharded device_put. Scalars are replicated.
+    is a plain sharded device_put. Scalars are replicated. Entries that are already jax.Arrays
+    (global arrays computed on device, e.g. reference log-probs) are placed as they are.
     """
 
     def one(x):
+        if isinstance(x, jax.Array):  # already global (computed on device): place, no host trip
+            return jax.device_put(x, batch_sharding(mesh, x.ndim) if x.ndim else replicated(mesh))
         x = np.asarray(x)
         if x.ndim == 0:
             return jax.device_put(x, replicated(mesh))

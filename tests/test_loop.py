@@ -59,7 +59,8 @@ def test_sft_loss_matches_numpy():
 def test_microbatching_equals_full_batch(tmp_path):
     _, full = run(tmp_path, 'full')
     _, micro = run(tmp_path, 'micro', **{'optim.microbatches': 4})
-    for a, b in zip(full, micro):
+    assert len(full) == 3
+    for a, b in zip(full, micro, strict=True):
         for key in ('loss', 'grad_norm', 'param_norm'):
             np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=key)
 
@@ -112,3 +113,34 @@ def test_schedule_warms_up_then_decays(schedule):
 def test_model_config_overrides_flow_into_the_model():
     c = tiny_config(**{'model.num_layers': 3})
     assert experiment_lib.model_config_from(c.model).num_layers == 3
+
+
+def test_non_finite_step_stops_before_its_checkpoint(tmp_path):
+    from alignjax import checkpoint as ckpt_lib
+
+    def poisoned(config, mesh):
+        algo = build_without_eval(config, mesh)
+        batches, loss_fn = algo.batches, algo.loss_fn
+
+        def with_poison(step, model, algo_state):
+            batch = dict(batches(step, model, algo_state))
+            rows = len(batch['prompt'])
+            batch['poison'] = np.full(rows, np.nan if step == 3 else 0.0, np.float32)
+            return batch
+
+        def loss_with_poison(model, frozen, batch, rng):
+            loss_sum, count, metrics = loss_fn(model, frozen, batch, rng)
+            return loss_sum + jnp.sum(batch['poison']), count, metrics
+
+        algo.batches, algo.loss_fn = with_poison, loss_with_poison
+        return algo
+
+    # Step index 3 ends at step 4, a checkpoint step: it must not be written.
+    config = tiny_config(total_steps=6, ckpt_every=2, log_every=5)  # no log check at step 4
+    with pytest.raises(FloatingPointError, match='Non-finite values at step 3'):
+        loop.train(config, str(tmp_path), poisoned)
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / 'checkpoints'), save_every=1, keep=10)
+    assert ckpt.latest_step() == 2
+    params = ckpt.restore_params(2)
+    ckpt.close()
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))

@@ -89,9 +89,10 @@ def test_reward_and_preference_scores_ignore_padding():
     pm = PreferenceModel(CFG, rngs=nnx.Rngs(2))
     a, b = preference_batch(), preference_batch(prompt_len=13, response_len=20)
     for x, y in zip(reward_model.chosen_rejected_rewards(rm, a),
-                    reward_model.chosen_rejected_rewards(rm, b)):
+                    reward_model.chosen_rejected_rewards(rm, b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
-    for x, y in zip(preference_model.pair_logits(pm, a), preference_model.pair_logits(pm, b)):
+    for x, y in zip(preference_model.pair_logits(pm, a), preference_model.pair_logits(pm, b),
+                    strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
@@ -118,7 +119,8 @@ def test_precomputed_reference_equals_per_step_reference(tmp_path):
         return captured['batches']
 
     cached, fresh = run('cached', True), run('fresh', False)
-    for a, b in zip(cached, fresh):
+    assert len(cached) == 3
+    for a, b in zip(cached, fresh, strict=True):
         np.testing.assert_array_equal(a['ref_chosen_logps'], b['ref_chosen_logps'])
         np.testing.assert_array_equal(a['ref_rejected_logps'], b['ref_rejected_logps'])
 

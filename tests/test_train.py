@@ -92,6 +92,7 @@ def test_sigkill_then_rerun_is_bitwise_identical(reference_run, tmp_path, kill_a
     step_b, params_b = final_params(tmp_path)
     assert step_a == step_b == STEPS
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    assert len(curve(reference_run)) == STEPS // 5
     assert curve(tmp_path) == curve(reference_run)
 
 
@@ -114,6 +115,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference_run, tmp_path):
     assert 'Resumed' in result.stderr
     jax.tree.map(np.testing.assert_array_equal, final_params(reference_run)[1],
                  final_params(tmp_path)[1])
+    assert len(curve(reference_run)) == STEPS // 5
     assert curve(tmp_path) == curve(reference_run)
 
 

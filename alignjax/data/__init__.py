@@ -11,3 +11,5 @@ from alignjax.data.records import read_jsonl
 from alignjax.data.records import validate_record
 from alignjax.data.synthetic import get_task
 from alignjax.data.tokenizer import ByteTokenizer
+
+__all__ = ['ByteTokenizer', 'DataError', 'get_task', 'read_jsonl', 'validate_record']

@@ -117,7 +117,6 @@ def expected_calibration_error(probs, labels, *, num_bins: int = 10) -> float:
     if num_bins < 1:
         raise ValueError(f'expected_calibration_error: num_bins must be >= 1, got {num_bins}')
     bins = np.clip(np.floor(probs * num_bins).astype(np.int64), 0, num_bins - 1)
-    n = np.bincount(bins, minlength=num_bins)
     prob_sum = np.bincount(bins, weights=probs, minlength=num_bins)
     label_sum = np.bincount(bins, weights=labels, minlength=num_bins)
     # sum_b (n_b/N) |label_sum_b/n_b - prob_sum_b/n_b| = sum_b |label_sum_b - prob_sum_b| / N.

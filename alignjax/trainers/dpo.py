@@ -91,14 +91,14 @@ class ReferenceLogps:
         self._fn = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch)[:2])
         self.cache = None
 
-    def compute(self, batch) -> tuple[np.ndarray, np.ndarray]:
-        rc, rr = self._fn(self.state, sharding.shard_batch(batch, self.mesh))
-        return np.asarray(jax.device_get(rc)), np.asarray(jax.device_get(rr))
+    def compute(self, batch) -> tuple[jax.Array, jax.Array]:
+        """Reference log-prob sums of a host batch, left on device (dispatch is not blocked)."""
+        return self._fn(self.state, sharding.shard_batch(batch, self.mesh))
 
     def precompute(self, batches, num_records: int) -> None:
         cache = np.zeros((num_records, 2), np.float32)
         for batch, real in batches:
-            rc, rr = self.compute(batch)
+            rc, rr = (np.asarray(x) for x in jax.device_get(self.compute(batch)))
             cache[batch['index'][:real], 0] = rc[:real]
             cache[batch['index'][:real], 1] = rr[:real]
         self.cache = cache
@@ -141,7 +141,7 @@ def build(config, mesh) -> loop.Algorithm:
         for batch, real in experiment_lib.fixed_batches(config, 'preference', held_out, tok,
                                                         batch_size=config.data.batch_size):
             pc, pr, _, _ = jax.device_get(policy_logps(state, sharding.shard_batch(batch, mesh)))
-            rc, rr = ref.compute(batch)  # never the cache: held-out records are not in it
+            rc, rr = jax.device_get(ref.compute(batch))  # never the cache: not held-out records
             for k, v in zip(('pc', 'pr', 'rc', 'rr'), (pc, pr, rc, rr)):
                 rows[k].append(np.asarray(v)[:real])
         pc, pr, rc, rr = (np.concatenate(rows[k]) for k in ('pc', 'pr', 'rc', 'rr'))

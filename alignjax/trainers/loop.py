@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -204,7 +203,11 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()},
                                  timed=False)
                 stop = guard.should_stop(done)
-                ckpt.save(done, state, force=stop or done == config.total_steps)
+                final = stop or done == config.total_steps
+                if final or done % config.ckpt_every == 0:
+                    # Never write a checkpoint from a non-finite step: the last good one stays.
+                    _check_finite(pending)
+                ckpt.save(done, state, force=final)
                 if stop:
                     ckpt.wait()
                     logging.warning('Preempted: saved step %d to %s; re-run the command to resume.',
