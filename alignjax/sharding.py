@@ -177,3 +177,14 @@ def process_batch_slice(global_batch_size: int) -> tuple[int, int]:
         raise ValueError(f'batch size {global_batch_size} does not divide over {n} processes')
     local = global_batch_size // n
     return i * local, local
+
+
+def to_local(x) -> np.ndarray:
+    """A global batch-sharded jax.Array -> this process's rows as NumPy (the inverse of
+    `shard_batch`). On one process this is a plain device_get."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    start, size = process_batch_slice(full.shape[0])
+    return full[start:start + size]

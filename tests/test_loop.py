@@ -6,7 +6,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
@@ -144,3 +146,51 @@ def test_non_finite_step_stops_before_its_checkpoint(tmp_path):
     params = ckpt.restore_params(2)
     ckpt.close()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+class _Linear(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.array([0.5, -0.3, 0.2]))
+
+
+def _linear_loss(model, frozen, batch, rng):
+    del frozen, rng
+    err = batch['x'] @ model.w[...] - batch['y']
+    return 0.5 * jnp.sum(err ** 2), jnp.float32(err.shape[0]), {'sq': (jnp.sum(err ** 2),
+                                                                        jnp.float32(err.size))}
+
+
+@pytest.mark.parametrize('microbatches', [1, 2])
+def test_epochs_of_minibatches_equal_sequential_sgd(microbatches):
+    """PPO-style reuse of one batch: each epoch permutes the rows with the step's key and takes one
+    optimizer step per minibatch; checked against plain NumPy SGD over the same permutations."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = rng.normal(size=(12,)).astype(np.float32)
+    mesh = experiment_lib.sharding.make_mesh((1, 1, 1))
+    epochs, minibatches, lr = 2, 3, 0.1
+    with jax.set_mesh(mesh):
+        graphdef, params = nnx.split(_Linear())
+        params = nnx.to_pure_dict(params)
+        tx = optax.sgd(lr)
+        shardings = loop.state_shardings(params, tx, {}, mesh)
+        state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.int32(0),
+                 'rng': jax.random.key_data(jax.random.key(0)), 'algo': {}}
+        update = loop.make_update(graphdef, {}, _linear_loss, tx, lambda s: lr, microbatches,
+                                  shardings, mesh, epochs=epochs, minibatches=minibatches)
+        state, metrics, finite = update(jax.device_put(state, shardings), {},
+                                        {'x': jnp.asarray(x), 'y': jnp.asarray(y)})
+    w = np.array([0.5, -0.3, 0.2], np.float64)
+    losses = []
+    step_key = jax.random.fold_in(jax.random.key(0), 0)
+    for e in range(epochs):
+        perm_key, _ = jax.random.split(jax.random.fold_in(step_key, e))
+        perm = np.asarray(jax.random.permutation(perm_key, 12))
+        for i in range(minibatches):
+            rows = perm[i * 4:(i + 1) * 4]
+            err = x[rows] @ w - y[rows]
+            losses.append(0.5 * np.mean(err ** 2))
+            w = w - lr * (x[rows].T @ err) / len(rows)
+    np.testing.assert_allclose(np.asarray(state['params']['w']), w, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics['loss']), np.mean(losses), rtol=1e-5)
+    assert bool(finite) and int(state['step']) == 1

@@ -48,6 +48,17 @@ class Algorithm:
       summarize: `(model) -> dict` for summary.json; defaults to `evaluate(model, final_step)`.
       algo_state: controllers carried across steps and checkpoints (an adaptive KL coefficient).
       update_algo_state: `(algo_state, metrics) -> algo_state`, on host after each step.
+      epochs, minibatches: optimizer updates per batch (PPO's several epochs of minibatches over
+        one rollout): each epoch shuffles the batch's rows with the step's RNG and takes one
+        optimizer step per minibatch, all inside the one jitted update. The loop's step counts
+        batches (rollouts); the learning-rate schedule counts optimizer updates.
+
+      save_every: checkpoints only at multiples of this step (besides the last): algorithms whose
+        batch source holds state between steps (Nash mirror prox's anchor policy) save only where
+        that state is the current parameters; a preemption waits for the next such step.
+
+    `batches` may put a dict of host figures under the key 'metrics' (rollout reward, lengths,
+    throughput); the loop logs them with the update's metrics.
     """
 
     model: nnx.Module
@@ -58,24 +69,32 @@ class Algorithm:
     summarize: Callable[[nnx.Module], dict] | None = None
     algo_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     update_algo_state: Callable[[dict, dict], dict] | None = None
+    epochs: int = 1
+    minibatches: int = 1
+    save_every: int = 1
+
+    @property
+    def updates_per_batch(self) -> int:
+        return self.epochs * self.minibatches
 
 
-def _split_micro(batch, n: int):
+def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
     def one(x):
         if x.shape[0] % n:
-            raise ValueError(f'batch of {x.shape[0]} rows does not split into '
-                             f'config.optim.microbatches={n}')
+            raise ValueError(f'batch of {x.shape[0]} rows does not split into {what}={n}')
         return x.reshape(n, x.shape[0] // n, *x.shape[1:])
 
     return jax.tree.map(one, batch)
 
 
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
-                state_shardings, mesh):
+                state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1):
     """The jitted update: (state, frozen_states, batch) -> (state, metrics, finite).
 
-    The state is donated and comes back on exactly the shardings it went in with, so every step
-    after the first reuses one compiled program.
+    With epochs * minibatches > 1 the batch is reused: each epoch permutes its rows and takes one
+    optimizer step per minibatch; the metrics are the mean over those steps. The state is donated
+    and comes back on exactly the shardings it went in with, so every step after the first reuses
+    one compiled program.
     """
 
     def grads_of(params, frozen_states, batch, rng):
@@ -88,9 +107,8 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
         (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         return grads, loss_sum, weight, metrics
 
-    def update(state, frozen_states, batch):
-        params, step = state['params'], state['step']
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
+    def optimizer_step(params, opt_state, frozen_states, batch, rng):
+        """One optimizer update on `batch`, accumulated exactly over `microbatches`."""
         if microbatches == 1:
             grads, loss_sum, weight, metrics = grads_of(params, frozen_states, batch, rng)
         else:
@@ -108,15 +126,41 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
                 body, zeros, (jnp.arange(microbatches), micro))
         weight = jnp.maximum(weight, 1e-12)
         grads = jax.tree.map(lambda g: g / weight, grads)
-        updates, opt_state = tx.update(grads, state['opt_state'], params)
-        new_params = optax.apply_updates(params, updates)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
         out = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in metrics.items()}
         out['loss'] = loss_sum / weight
         out['grad_norm'] = optax.global_norm(grads)
-        out['param_norm'] = optax.global_norm(new_params)
-        out['lr'] = schedule(step)
+        return params, opt_state, out
+
+    def update(state, frozen_states, batch):
+        params, opt_state, step = state['params'], state['opt_state'], state['step']
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
+        if epochs * minibatches == 1:
+            params, opt_state, out = optimizer_step(params, opt_state, frozen_states, batch, rng)
+        else:
+            rows = jax.tree.leaves(batch)[0].shape[0]
+
+            def epoch(carry, e):
+                perm_key, erng = jax.random.split(jax.random.fold_in(rng, e))
+                perm = jax.random.permutation(perm_key, rows)
+                mbs = _split_micro(jax.tree.map(lambda x: x[perm], batch), minibatches,
+                                   what='config.rl.minibatches')
+
+                def one(carry, xs):
+                    i, mb = xs
+                    p, o, m = optimizer_step(*carry, frozen_states, mb, jax.random.fold_in(erng, i))
+                    return (p, o), m
+
+                return jax.lax.scan(one, carry, (jnp.arange(minibatches), mbs))
+
+            (params, opt_state), per_step = jax.lax.scan(epoch, (params, opt_state),
+                                                         jnp.arange(epochs))
+            out = jax.tree.map(jnp.mean, per_step)
+        out['param_norm'] = optax.global_norm(params)
+        out['lr'] = schedule(step * (epochs * minibatches))
         finite = jnp.isfinite(out['loss']) & jnp.isfinite(out['grad_norm'])
-        new_state = dict(state, params=new_params, opt_state=opt_state, step=step + 1)
+        new_state = dict(state, params=params, opt_state=opt_state, step=step + 1)
         return new_state, out, finite
 
     rep = sharding.replicated(mesh)
@@ -139,6 +183,42 @@ def _count_tokens(batch) -> int:
     return int(sum(np.sum(v) for k, v in batch.items() if k.endswith('mask')))
 
 
+@dataclasses.dataclass
+class Setup:
+    """What `train` runs: the initial train state and the jitted update (benchmarks reuse it)."""
+
+    graphdef: Any
+    state: dict
+    shardings: dict
+    frozen_states: dict
+    update: Callable
+
+
+def setup(config, algo: Algorithm, mesh) -> Setup:
+    """The sharded initial train state of `algo` and its jitted update, under `mesh`."""
+    graphdef, params = nnx.split(algo.model)
+    params = nnx.to_pure_dict(params)
+    frozen_graphdefs, frozen_states = {}, {}
+    for name, m in algo.frozen.items():
+        frozen_graphdefs[name], s = nnx.split(m)
+        frozen_states[name] = nnx.to_pure_dict(s)
+    tx, schedule = experiment_lib.make_optimizer(
+        config.optim, config.total_steps * algo.updates_per_batch)
+    algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
+    shardings = state_shardings(params, tx, algo_state, mesh)
+    state = jax.device_put({
+        'params': params,
+        'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
+        'step': jnp.int32(0),
+        'rng': jax.random.key_data(jax.random.key(config.seed)),
+        'algo': algo_state,
+    }, shardings)
+    update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
+                         config.optim.microbatches, shardings, mesh, epochs=algo.epochs,
+                         minibatches=algo.minibatches)
+    return Setup(graphdef, state, shardings, frozen_states, update)
+
+
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     """Runs (or resumes) an experiment in `workdir`; returns the final summary."""
     mesh = experiment_lib.make_mesh(config)
@@ -146,26 +226,15 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     experiment_lib.write_config(config, workdir)
     with jax.set_mesh(mesh):
         algo = build(config, mesh)
-        graphdef, params = nnx.split(algo.model)
-        params = nnx.to_pure_dict(params)
-        frozen_graphdefs, frozen_states = {}, {}
-        for name, m in algo.frozen.items():
-            frozen_graphdefs[name], s = nnx.split(m)
-            frozen_states[name] = nnx.to_pure_dict(s)
-        tx, schedule = experiment_lib.make_optimizer(config.optim, config.total_steps)
-
+        if config.ckpt_every % algo.save_every:
+            raise ValueError(f'config.ckpt_every={config.ckpt_every} must be a multiple of '
+                             f'{algo.save_every} (this algorithm can only save at those steps)')
+        run = setup(config, algo, mesh)
+        graphdef, state, shardings = run.graphdef, run.state, run.shardings
+        frozen_states, update = run.frozen_states, run.update
         ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      save_every=config.ckpt_every, keep=config.keep_ckpts)
         start = ckpt.latest_step()
-        algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
-        shardings = state_shardings(params, tx, algo_state, mesh)
-        state = jax.device_put({
-            'params': params,
-            'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
-            'step': jnp.int32(0),
-            'rng': jax.random.key_data(jax.random.key(config.seed)),
-            'algo': algo_state,
-        }, shardings)
         writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
                                            is_primary=primary)
         if start is not None:
@@ -173,16 +242,15 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
             writer.truncate_after(start)
             logging.info('Resumed from %s at step %d', workdir, start)
         start = int(state['step'])
-
-        update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
-                             config.optim.microbatches, shardings, mesh)
         model = nnx.merge(graphdef, state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
+        stop_requested = False
         tokens = 0
         with ckpt_lib.PreemptionGuard() as guard:
             for step in range(start, config.total_steps):
                 algo_state = jax.device_get(state['algo'])
-                host_batch = algo.batches(step, model, algo_state)
+                host_batch = dict(algo.batches(step, model, algo_state))
+                host_metrics = host_batch.pop('metrics', {})
                 tokens += _count_tokens(host_batch)  # on host: no device round trip per step
                 batch = sharding.shard_batch(host_batch, mesh)
                 state, metrics, finite = update(state, frozen_states, batch)
@@ -191,23 +259,28 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 pending = (step, metrics, finite)
                 if algo.update_algo_state is not None:
                     state['algo'] = jax.device_put(
-                        algo.update_algo_state(algo_state, jax.device_get(metrics)),
+                        algo.update_algo_state(algo_state,
+                                               {**jax.device_get(metrics), **host_metrics}),
                         shardings['algo'])
                 done = step + 1
                 if done % config.log_every == 0 or done == config.total_steps:
                     _check_finite(pending)
-                    writer.write(done, jax.device_get(metrics), tokens=tokens)
+                    writer.write(done, {**jax.device_get(metrics), **host_metrics}, tokens=tokens)
                     tokens = 0
                 if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
                     and done != config.total_steps:
                     writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()},
                                  timed=False)
-                stop = guard.should_stop(done)
+                # A stop request waits for the next save point (the end of an outer step).
+                stop_requested = guard.should_stop(done) or stop_requested
+                boundary = done % algo.save_every == 0
+                stop = stop_requested and boundary
                 final = stop or done == config.total_steps
                 if final or done % config.ckpt_every == 0:
                     # Never write a checkpoint from a non-finite step: the last good one stays.
                     _check_finite(pending)
-                ckpt.save(done, state, force=final)
+                if boundary or final:
+                    ckpt.save(done, state, force=final)
                 if stop:
                     ckpt.wait()
                     logging.warning('Preempted: saved step %d to %s; re-run the command to resume.',
