@@ -73,16 +73,18 @@ def _ref_logprobs(graphdef):
 
 def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt_len: int,
                     max_new_tokens: int, temperature: float, seed: int,
-                    with_kl: bool = False) -> dict[str, float]:
-    """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), and
-    with_kl the sampled KL(policy || reference) per sequence."""
+                    with_kl: bool = False, scorer=None) -> dict[str, float]:
+    """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), with_kl
+    the sampled KL(policy || reference) per sequence, and with a `scorer` (a learned reward model,
+    see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
     kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
               temperature=temperature, key=key)
     samples = sample(model, prompts, tok, **kw)
     ys = samples['texts']
-    refs = sample_responses(ref_model, prompts, tok, **kw)
+    ref_samples = sample(ref_model, prompts, tok, **kw)
+    refs = ref_samples['texts']
     lengths = np.array([len(y) for y in ys], np.float64)
     out = {
         'gold_reward': float(np.mean(task.gold_rewards(prompts, ys))),
@@ -92,6 +94,18 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
     }
     if with_kl:
         out['kl_to_ref'] = kl_to_reference(samples, ref_model)
+    if hasattr(task, 'exploitability'):  # intransitive: the Nash figures, policy and reference
+        out.update(task.exploitability(prompts, ys))
+        ref_figures = task.exploitability(prompts, refs)
+        out['exploitability_ref'] = ref_figures['exploitability']
+        out['worst_case_win_rate_ref'] = ref_figures['worst_case_win_rate']
+        classes = np.array([task.response_class(y) for y in ys])
+        out.update({f'class{c}_fraction': float(np.mean(classes == c)) for c in range(4)})
+    if scorer is not None:
+        for name, s in (('proxy_reward', samples), ('proxy_reward_ref', ref_samples)):
+            batch = {'prompt': s['prompt'], 'prompt_mask': s['prompt_mask'],
+                     'response': s['tokens'], 'response_mask': s['mask']}
+            out[name] = float(np.mean(scorer(prompts, s['texts'], batch)))
     return out
 
 

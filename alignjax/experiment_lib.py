@@ -291,3 +291,77 @@ def fixed_batches(c: ml_collections.ConfigDict, kind: str, records, tok, *, batc
         idx += [idx[-1]] * (batch_size - real)
         rows = [{**tokenize(records[i], i), 'index': np.int32(i)} for i in idx]
         yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, real
+
+
+def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The shared config of the online policy-gradient experiments (ppo, remax, rloo, grpo).
+
+    `a` holds the parsed experiment arguments: tiny, model, task, reward ('gold' or 'rm': a learned
+    reward model trained on the task's preference pairs), ensemble, k (samples per prompt), kl
+    (< 0: 0.05 with the gold reward, 0.2 with a learned one, whose over-optimisation needs the
+    stronger leash: at 0.05 the tiny runs drive the proxy up and the gold reward down), lr, steps. `data.batch_size` counts prompts per iteration; a rollout has batch_size * k rows.
+    """
+    c = base_config(algo=algo, model=a.model, tiny=a.tiny)
+    c.data.train = f'synthetic:{a.task}'
+    c.init_from = f'experiment:experiments/sft.py:tiny,task={a.task}' if a.tiny else ''
+    c.reference_from = ''  # '' -> the same as init_from
+    rm_args = f'tiny,task={a.task}' + (f',ensemble={a.ensemble}' if a.ensemble > 1 else '')
+    c.reward = ml_collections.ConfigDict(dict(
+        source='gold' if a.reward == 'gold' else 'reward_model',
+        reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
+                     if a.reward == 'rm' and a.tiny else ''),
+        aggregate='mean', lam=1.0))
+    if a.reward not in ('gold', 'rm'):
+        raise ValueError(f"reward must be 'gold' or 'rm', got {a.reward!r}")
+    c.critic_from = ''  # ppo: 'reward_model' | 'policy' | '' (scratch)
+    c.rl = ml_collections.ConfigDict(dict(
+        samples_per_prompt=a.k, max_new_tokens=c.data.max_response_len, temperature=1.0,
+        top_k=0, top_p=1.0,
+        epochs=1, minibatches=1,  # optimizer updates per rollout: epochs * minibatches
+        clip=0.2, clip_high=0.0, dual_clip=0.0,  # 0: symmetric clip / no dual clip
+        vf_coef=0.5, value_clip=0.2, gamma=1.0, lam=0.95,
+        kl_coef=a.kl if a.kl >= 0 else (0.2 if a.reward == 'rm' else 0.05), kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
+        kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
+        missing_eos_penalty=0.0, grpo_normalize=True))
+    c.optim.lr = a.lr
+    c.optim.warmup_steps = 5
+    c.optim.schedule = 'constant'
+    c.eval.max_new_tokens = c.data.max_response_len
+    if a.tiny:
+        c.log_every = 10
+        c.ckpt_every = 50
+        c.eval.num_prompts = 128
+    else:
+        c.data.batch_size = 64
+        c.ckpt_every = 100
+        c.eval_every = 200
+    return c
+
+
+def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The shared config of the Nash-learning experiments (nash_md, nash_mp, spo, inpo, dno,
+    sppo, online_ipo): the online config plus `config.nash`.
+
+    `a` holds the parsed arguments: those of `online_config` (reward is unused) and preference
+    ('model': the pairwise preference model trained on the task's pairs; 'gold'), tau, eta.
+    """
+    a = ml_collections.ConfigDict(dict(a.to_dict(), reward='gold', ensemble=1, kl=0.0))
+    c = online_config(algo, a)
+    del c.reward, c.critic_from
+    c.rl.aggregation = 'sequence_sum'  # sequence-level objectives: REINFORCE on log pi(y)
+    c.rl.kl_coef = 0.0  # the KL to the reference is tau, inside each method's objective
+    if a.preference not in ('model', 'gold'):
+        raise ValueError(f"preference must be 'model' or 'gold', got {a.preference!r}")
+    c.nash = ml_collections.ConfigDict(dict(
+        preference=a.preference,
+        preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
+                         if a.preference == 'model' and a.tiny else ''),
+        tau=a.tau, eta=a.eta, mixture=0.125, phase_steps=5, sppo_exact_partition=False))
+    if a.tiny:
+        c.data.batch_size = 64 if a.k == 1 else 64 // a.k
+        c.total_steps = 100
+    else:
+        c.total_steps = 2000
+    if a.steps:
+        c.total_steps = a.steps
+    return c

@@ -90,6 +90,18 @@ def load_params(path: str, abstract_params, *, key: str = 'init_from'):
     return params
 
 
+def run_config(spec: str, *, key: str, algo: str):
+    """(workdir, its resolved config) of a finished `algo` run named by a starting-point spec."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    path = resolve(spec, key=key)
+    with open(os.path.join(path, 'config.json')) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.algo != algo:
+        raise ValueError(f'config.{key}={spec!r} is a {config.algo!r} run, not {algo!r}')
+    config.mesh.rules = None
+    return path, config
+
+
 def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> None:
     """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '')."""
     if not spec:

@@ -8,6 +8,17 @@ ALGORITHMS = {
     'reward_model': 'alignjax.trainers.reward_model',
     'preference_model': 'alignjax.trainers.preference_model',
     'dpo': 'alignjax.trainers.dpo',
+    'ppo': 'alignjax.trainers.policy_gradient',
+    'remax': 'alignjax.trainers.policy_gradient',
+    'rloo': 'alignjax.trainers.policy_gradient',
+    'grpo': 'alignjax.trainers.policy_gradient',
+    'nash_md': 'alignjax.trainers.nash',
+    'nash_mp': 'alignjax.trainers.nash',
+    'spo': 'alignjax.trainers.nash',
+    'inpo': 'alignjax.trainers.nash',
+    'dno': 'alignjax.trainers.nash',
+    'sppo': 'alignjax.trainers.nash',
+    'online_ipo': 'alignjax.trainers.nash',
 }
 
 

@@ -60,6 +60,18 @@ def build_reward_model(config, mesh):
     return model
 
 
+def load_reward_model(spec: str, mesh, *, key: str = 'reward.reward_from'):
+    """A trained reward model from a workdir or `experiment:` spec, rebuilt from its config.json.
+
+    Returns (model, its run config) so callers can read its aggregation and model config.
+    """
+    path, rm_config = pretrained.run_config(spec, key=key, algo='reward_model')
+    rm_config.backbone_from = ''  # every parameter comes from the checkpoint below
+    model = build_reward_model(rm_config, mesh)
+    pretrained.init_module(model, path, key=key)
+    return model, rm_config
+
+
 def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=None,
                    records=None) -> dict[str, float]:
     """Held-out accuracy and calibration of a reward model, per member and aggregated."""

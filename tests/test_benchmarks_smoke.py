@@ -1,0 +1,34 @@
+"""Smoke runs of the benchmarks at the smallest settings: they run and print their JSON line."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'benchmarks')
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f'_bench_{name}',
+                                                  os.path.join(BENCHMARKS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_remax_vs_ppo_smoke(capsys):
+    bench = _load('remax_vs_ppo')
+    result = bench.main(['--model=tiny', '--batch=8', '--new_tokens=4', '--warmup=1',
+                         '--iters=1'])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(result))
+    remax, ppo = result['remax'], result['ppo']
+    # The critic is the policy's backbone (tied embeddings included) plus a value head.
+    assert ppo['state']['params'] == pytest.approx(2 * remax['state']['params'], rel=1e-3)
+    assert result['ratios']['state_bytes'] == pytest.approx(2.0, rel=1e-3)
+    assert remax['updates_per_iteration'] == 1 and ppo['updates_per_iteration'] == 4
+    for r in (remax, ppo):
+        assert r['state']['opt_state'] >= 2 * r['state']['params']  # AdamW: mu and nu
+        assert r['update_memory']['argument'] >= r['state']['params'] + r['state']['opt_state']
+        assert r['time']['iteration_median_s'] > 0
