@@ -253,6 +253,45 @@ class IntransitiveTask(Task):
         return sigmoid_pair(float(z))
 
 
+    def best_responses(self, prompt: str) -> list[str]:
+        """The highest-quality response of each class 0..3 to ``prompt``.
+
+        ``P(y > y')`` increases with ``q(y)`` within a class, so against any
+        policy one of these four is a best response: eight characters, the
+        first from the class (a prompt letter when the class has one), the
+        rest prompt letters.
+        """
+        letters = prompt_letters(prompt)
+        rest = "".join(letters[i % len(letters)] for i in range(TARGET_LEN - 1))
+        out = []
+        for group in CLASS_LETTERS + ("gh",):
+            in_prompt = [c for c in group if c in letters]
+            out.append((in_prompt[0] if in_prompt else group[0]) + rest)
+        return out
+
+    def exploitability(self, prompts: Sequence[str],
+                       responses: Sequence[str]) -> dict[str, float]:
+        """How much the best response beats a policy's samples.
+
+        For each class ``c``, ``win_c`` is the mean gold ``P(y_c > y)`` of
+        the class-best response against the policy's response ``y`` to the
+        same prompt; ``exploitability = max_c win_c - 1/2`` (0 at a Nash
+        equilibrium of the task's preference game, up to sampling) and
+        ``worst_case_win_rate = 1 - max_c win_c``: the policy's win rate
+        against its strongest opponent.
+        """
+        wins = np.zeros(len(CLASS_LETTERS) + 1)
+        for p, y in zip(prompts, responses, strict=True):
+            for c, best in enumerate(self.best_responses(p)):
+                wins[c] += self.gold_preference(p, best, y)
+        wins /= len(prompts)
+        out = {"exploitability": float(wins.max() - 0.5),
+               "worst_case_win_rate": float(1.0 - wins.max())}
+        out.update({f"best_response_win_class{c}": float(w)
+                    for c, w in enumerate(wins)})
+        return out
+
+
 _TASKS = {"transitive": TransitiveTask, "intransitive": IntransitiveTask}
 
 

@@ -32,13 +32,25 @@ def pair_logits(model, batch):
     return model.score(ec, er) - model.score(er, ec), model.score(er, ec) - model.score(ec, er)
 
 
+def build_preference_model(config, mesh):
+    cfg = experiment_lib.model_config_from(config.model)
+    return sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)),
+                                   mesh, experiment_lib.mesh_rules(config))
+
+
+def load_preference_model(spec: str, mesh, *, key: str = 'nash.preference_from'):
+    """A trained pairwise preference model from a workdir or `experiment:` spec."""
+    path, pm_config = pretrained.run_config(spec, key=key, algo='preference_model')
+    model = build_preference_model(pm_config, mesh)
+    pretrained.init_module(model, path, key=key)
+    return model
+
+
 def build(config, mesh) -> loop.Algorithm:
     tok = experiment_lib.make_tokenizer(config)
     train, held_out = experiment_lib.train_eval_records(config, 'preference')
     stream = experiment_lib.make_stream(config, 'preference', train, tok)
-    cfg = experiment_lib.model_config_from(config.model)
-    model = sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)),
-                                    mesh, experiment_lib.mesh_rules(config))
+    model = build_preference_model(config, mesh)
     pretrained.init_module(model.backbone, config.backbone_from, key='backbone_from')
 
     def loss_fn(model, frozen, batch, rng):

@@ -1,0 +1,246 @@
+"""Nash learning from preferences: the policy plays against opponents judged by a preference
+model (or a synthetic task's gold preference), never through a Bradley-Terry reward.
+
+Two shapes of update share `rollout.Rollout` and `losses.nash`:
+
+- policy-gradient methods (rows are samples; the clipped-ratio loss of `losses.policy_gradient`
+  on a sequence advantage):
+  - `nash_md`: the opponent is sampled token by token from the geometric mixture
+    pi^(1-m) mu^m (`sampling.geometric_mixture`); A = P(y > y') - 1/2 - tau log pi/mu.
+  - `nash_mp`: Nash mirror prox. An outer step is two phases of `phase_steps` updates, both
+    proximal to the anchor pi_t (the policy at the outer step's start):
+    A = P(y > y') - 1/2 - tau log pi/mu - (1/eta) log pi/pi_t; the opponent is pi_t in the first
+    phase and the first phase's end (the half step) in the second. Checkpoints are written only
+    at outer-step boundaries, where the anchor is the current policy.
+  - `spo`: the reward of a sample is its win rate against the other k-1 samples of its prompt;
+    A = win - 1/2 - tau log pi/mu.
+- regression methods (rows are prompts, each with k samples from the current policy pi_t, which
+  is also the anchor; every pair of a group is labelled by its preference probability):
+  `inpo`, `dno`, `sppo` and `online_ipo`.
+
+Each method's sample loss reproduces its tabular update exactly on a softmax table
+(tests/test_nash_losses.py against `alignjax.games`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from alignjax import evaluation
+from alignjax import experiment_lib
+from alignjax import pretrained
+from alignjax import rollout as rollout_lib
+from alignjax import sampling
+from alignjax.losses import advantages as adv_lib
+from alignjax.losses import nash as nash_losses
+from alignjax.models import scoring
+from alignjax.trainers import loop
+from alignjax.trainers import policy_gradient
+from alignjax.trainers.preference_model import load_preference_model
+
+PG_METHODS = ('nash_md', 'nash_mp', 'spo')
+PAIR_METHODS = ('inpo', 'dno', 'sppo', 'online_ipo')
+METHODS = PG_METHODS + PAIR_METHODS
+
+
+def check_nash_config(config) -> None:
+    n, algo = config.nash, config.algo
+    if algo not in METHODS:
+        raise ValueError(f'config.algo={algo!r} is not one of {METHODS}')
+    if n.preference not in ('gold', 'model'):
+        raise ValueError(f"config.nash.preference must be 'gold' or 'model', got {n.preference!r}")
+    k = config.rl.samples_per_prompt
+    if (algo == 'spo' or algo in PAIR_METHODS) and k < 2:
+        raise ValueError(f'{algo} compares samples of a prompt: config.rl.samples_per_prompt must '
+                         f'be >= 2, got {k}')
+    if n.tau <= 0 or n.eta <= 0:
+        raise ValueError(f'config.nash.tau and config.nash.eta must be > 0, got {n.tau}, {n.eta}')
+    if algo == 'nash_mp' and n.phase_steps < 1:
+        raise ValueError(f'config.nash.phase_steps must be >= 1, got {n.phase_steps}')
+    if not 0.0 <= n.mixture <= 1.0:
+        raise ValueError(f'config.nash.mixture must be in [0, 1], got {n.mixture}')
+
+
+def group_preferences(oracle, raw: dict, k: int) -> np.ndarray:
+    """[G, k, k] matrix of P(y_gi > y_gj) over the k samples of each prompt (rows contiguous)."""
+    n = len(raw['response'])
+    g = n // k
+    i, j = np.triu_indices(k, 1)
+    rows_a = (np.arange(g)[:, None] * k + i[None]).reshape(-1)
+    rows_b = (np.arange(g)[:, None] * k + j[None]).reshape(-1)
+    take = lambda rows: {key: raw[key][rows] for key in
+                         ('prompt', 'prompt_mask', 'response', 'response_mask')}
+    texts = raw['response_texts']
+    p = oracle([raw['prompt_texts'][r] for r in rows_a], [texts[r] for r in rows_a],
+               [texts[r] for r in rows_b], take(rows_a), take(rows_b)).reshape(g, -1)
+    out = np.full((g, k, k), 0.5, np.float32)
+    out[:, i, j] = p
+    out[:, j, i] = 1.0 - p
+    return out
+
+
+def make_pair_loss_fn(config):
+    """The regression methods' loss on groups: batch rows are prompts with k samples each."""
+    n, algo = config.nash, config.algo
+    k = config.rl.samples_per_prompt
+    i, j = np.triu_indices(k, 1)
+
+    def loss_fn(model, frozen, batch, rng):
+        del frozen, rng
+        g = batch['response'].shape[0]
+        flat = lambda x: x.reshape(g * k, *x.shape[2:])
+        logp = scoring.response_logprobs(model, flat(batch['prompt']), flat(batch['prompt_mask']),
+                                         flat(batch['response']), flat(batch['response_mask']))
+        logp = jnp.sum(logp, axis=-1).reshape(g, k)
+        ref, anchor = batch['ref_logp'], batch['anchor_logp']
+        pref, win = batch['pref'], batch['win']
+        if algo == 'inpo':
+            loss, count = nash_losses.inpo_loss(
+                logp[:, i], logp[:, j], ref[:, i], ref[:, j], anchor[:, i], anchor[:, j],
+                eta=n.eta, tau=n.tau, prob_w=pref[:, i, j])
+        elif algo == 'dno':
+            loss, count = nash_losses.dno_loss(
+                logp[:, i], logp[:, j], anchor[:, i], anchor[:, j],
+                nash_losses.dno_target(win[:, i], win[:, j]), eta=1.0 / n.eta)
+        elif algo == 'sppo':
+            log_z = None
+            if n.sppo_exact_partition:
+                log_z = jnp.broadcast_to(
+                    nash_losses.sppo_log_partition(win, eta=n.eta)[:, None], win.shape)
+            loss, count = nash_losses.sppo_loss(logp, anchor, win, eta=n.eta, log_partition=log_z)
+        else:
+            loss, count = nash_losses.online_ipo_loss(logp[:, i] - ref[:, i],
+                                                      logp[:, j] - ref[:, j], pref[:, i, j],
+                                                      tau=n.tau)
+        metrics = {'logratio_to_anchor': (jnp.sum(logp - anchor), jnp.float32(g * k)),
+                   'logratio_to_ref': (jnp.sum(logp - ref), jnp.float32(g * k))}
+        return loss, count, metrics
+
+    return loss_fn
+
+
+@jax.jit
+def _copy(state):
+    return jax.tree.map(jnp.copy, state)
+
+
+class Opponents:
+    """Nash-MP's anchor pi_t and opponent, refreshed at phase boundaries from the policy."""
+
+    def __init__(self, config, mesh):
+        self.phase = config.nash.phase_steps
+        self.anchor = experiment_lib.build_policy(config, mesh)
+        self.opponent = experiment_lib.build_policy(config, mesh)
+        self._seq_logps = None
+
+    def refresh(self, step: int, policy) -> None:
+        state = nnx.state(policy)
+        outer = 2 * self.phase
+        if step % outer == 0 or self._seq_logps is None:  # resumes start at outer boundaries
+            nnx.update(self.anchor, _copy(state))
+            nnx.update(self.opponent, _copy(state))
+        elif step % outer == self.phase:
+            nnx.update(self.opponent, _copy(state))  # the half step
+        if self._seq_logps is None:
+            graphdef = nnx.graphdef(self.anchor)
+            self._seq_logps = jax.jit(lambda s, *a: jnp.sum(
+                scoring.response_logprobs(nnx.merge(graphdef, s), *a), axis=-1))
+
+    def anchor_logp(self, batch) -> np.ndarray:
+        args = [batch[k] for k in ('prompt', 'prompt_mask', 'response', 'response_mask')]
+        return np.asarray(self._seq_logps(nnx.state(self.anchor), *args))
+
+
+def build(config, mesh) -> loop.Algorithm:
+    check_nash_config(config)
+    n, rl, algo = config.nash, config.rl, config.algo
+    tok = experiment_lib.make_tokenizer(config)
+    task = experiment_lib.synthetic_task(config)
+    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    records = pipeline.load_records(config.data.train, 'prompt',
+                                    num_examples=config.data.num_examples, seed=config.seed)
+    prompts = experiment_lib.make_stream(config, 'prompt', records, tok)
+    policy = experiment_lib.build_policy(config, mesh)
+    pretrained.init_module(policy, config.init_from)
+    reference = experiment_lib.build_policy(config, mesh)
+    pretrained.init_module(reference, config.reference_from or config.init_from,
+                           key='reference_from' if config.reference_from else 'init_from')
+    if n.preference == 'gold':
+        if task is None:
+            raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")
+        oracle = rollout_lib.GoldPreference(task)
+    else:
+        oracle = rollout_lib.ModelPreference(load_preference_model(n.preference_from, mesh), mesh)
+    k = rl.samples_per_prompt
+    rollout = rollout_lib.Rollout(
+        prompts=prompts, records=records, tok=tok, scorer=None, reference=reference, mesh=mesh,
+        seed=config.seed, task=task, config=rollout_lib.RolloutConfig(
+            samples_per_prompt=k, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+            top_k=rl.top_k, top_p=rl.top_p))
+    opponents = Opponents(config, mesh) if algo == 'nash_mp' else None
+    mixture = sampling.geometric_mixture(float(n.mixture))
+
+    def pg_batch(step, model, raw):
+        mask = raw['response_mask'].astype(np.float32)
+        logp, ref = raw['old_logp'].sum(1), raw['ref_logp'].sum(1)
+        metrics = {}
+        if algo == 'spo':
+            pref = group_preferences(oracle, raw, k)
+            win = np.asarray(nash_losses.group_win_rates(pref)).reshape(-1)
+            adv = np.asarray(nash_losses.nash_md_advantages(win, logp, ref, tau=n.tau))
+            metrics['rollout/win_rate_spread'] = float(np.mean(np.abs(win - 0.5)))
+        else:
+            if algo == 'nash_md':
+                opp = rollout.sample_opponents(step, [model, reference], raw, combine=mixture)
+            else:
+                opponents.refresh(step, model)
+                opp = rollout.sample_opponents(step, opponents.opponent, raw)
+            pref = oracle(raw['prompt_texts'], raw['response_texts'], opp['response_texts'],
+                          raw, opp)
+            if algo == 'nash_md':
+                adv = np.asarray(nash_losses.nash_md_advantages(pref, logp, ref, tau=n.tau))
+            else:
+                adv = np.asarray(nash_losses.proximal_advantages(
+                    pref, logp, ref, opponents.anchor_logp(raw), tau=n.tau, eta=n.eta))
+            metrics['rollout/win_rate_vs_opponent'] = float(np.mean(pref))
+        batch = {key: raw[key] for key in policy_gradient.TRAIN_KEYS}
+        batch['advantages'] = np.asarray(adv_lib.sequence_to_tokens(adv, mask))
+        return batch, metrics
+
+    def pair_batch(raw):
+        g = len(raw['response']) // k
+        group = lambda x: x.reshape(g, k, *x.shape[1:])
+        pref = group_preferences(oracle, raw, k)
+        win = np.asarray(nash_losses.group_win_rates(pref))
+        batch = {key: group(raw[key]) for key in
+                 ('prompt', 'prompt_mask', 'response', 'response_mask')}
+        batch.update(ref_logp=group(raw['ref_logp'].sum(1)),
+                     anchor_logp=group(raw['old_logp'].sum(1)), pref=pref, win=win)
+        return batch, {'rollout/win_rate_spread': float(np.mean(np.abs(win - 0.5)))}
+
+    def batches(step, model, algo_state):
+        del algo_state
+        raw = rollout(step, model)
+        batch, metrics = pg_batch(step, model, raw) if algo in PG_METHODS else pair_batch(raw)
+        batch['metrics'] = {**raw['metrics'], **metrics}
+        return batch
+
+    def evaluate(model, step):
+        del step
+        if task is None:
+            return {}
+        e = config.eval
+        return evaluation.gold_evaluation(
+            task, model, reference, tok, num_prompts=e.num_prompts,
+            max_prompt_len=config.data.max_prompt_len, max_new_tokens=rl.max_new_tokens,
+            temperature=e.temperature, seed=config.seed, with_kl=True)
+
+    loss_fn = (policy_gradient.make_loss_fn(config) if algo in PG_METHODS
+               else make_pair_loss_fn(config))
+    return loop.Algorithm(
+        model=policy, loss_fn=loss_fn, batches=batches, evaluate=evaluate,
+        epochs=rl.epochs, minibatches=rl.minibatches,
+        save_every=2 * n.phase_steps if algo == 'nash_mp' else 1)

@@ -1,0 +1,30 @@
+r"""SPPO: squared regression of log pi/pi_t on the scaled win rate.
+
+Wu et al. 2024, "Self-Play Preference Optimization": (log pi(y)/pi_t(y) - eta (P(y > pi_t) - 1/2))^2
+with P(y > pi_t) the win rate among the prompt's samples; `sppo_exact_partition` replaces
+eta/2 by the estimated log-normaliser.
+
+Tiny (CPU; intransitive task; trains or reuses the cached tiny SFT policy (start and reference)
+and the tiny pairwise preference model (the judge), then ~2 minutes):
+  python -m alignjax.main --config=experiments/sppo.py:tiny --workdir=/tmp/sppo_tiny
+  python -m alignjax.main --config=experiments/sppo.py:tiny,preference=gold --workdir=/tmp/sppo_gold
+  summary.json: exploitability (gold preference of the best response class over the policy, minus
+  1/2) and worst_case_win_rate against exploitability_ref / worst_case_win_rate_ref of the SFT
+  reference, class fractions, gold_reward, kl_to_ref.
+
+Full scale (model=small on one GPU or a v5e-8; --config.data.train=jsonl:PATH of prompts,
+--config.init_from=<SFT workdir>, --config.nash.preference_from=<preference-model workdir>):
+  python -m alignjax.main --config=experiments/sppo.py:model=small --workdir=$WORKDIR
+
+Arguments: tiny, model, task, preference (model | gold), tau, eta, k (samples per prompt), lr,
+steps.
+"""
+
+from alignjax import experiment_lib
+
+
+def get_config(arg=None):
+    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='intransitive',
+                                 preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4,
+                                 steps=0)
+    return experiment_lib.nash_config('sppo', a)
