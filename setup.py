@@ -20,6 +20,7 @@ setuptools.setup(
         "grain>=0.2.12",
         "tensorboardX",
         "numpy",
+        "scipy",
         "matplotlib",
     ],
     extras_require={

@@ -357,6 +357,11 @@ def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Confi
         preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
                          if a.preference == 'model' and a.tiny else ''),
         tau=a.tau, eta=a.eta, mixture=0.125, phase_steps=5, sppo_exact_partition=False))
+    if algo in ('inpo', 'dno', 'sppo'):
+        # Iterative methods regress towards a target defined by the anchor pi_t (the sampling
+        # policy): several updates per rollout. With a single update from pi = pi_t, INPO's
+        # gradient is (eta tau)^2 times online IPO's, which Adam cannot tell apart.
+        c.rl.epochs, c.rl.minibatches = 2, 2
     if a.tiny:
         c.data.batch_size = 64 if a.k == 1 else 64 // a.k
         c.total_steps = 100

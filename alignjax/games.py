@@ -22,6 +22,19 @@ import numpy as np
 from scipy import special
 
 
+def cyclic_example() -> tuple[np.ndarray, np.ndarray]:
+    """(P, mu) of the 5-action example game: a cycle 0 > 1 (0.85), 1 > 2 (0.75), 2 > 0 (0.8);
+    each of 0, 1, 2 beats 3 with 0.65 and 4 with 0.7; 3 beats 4 with 0.6; mu = (0.3, 0.1, 0.2,
+    0.15, 0.25). Reward-based optima collapse on one action another beats; at tau = 0.01 the
+    regularised equilibrium mixes 0, 1 and 2."""
+    P = np.full((5, 5), 0.5)
+    wins = [(0, 1, 0.85), (1, 2, 0.75), (2, 0, 0.8), (3, 4, 0.6)]
+    wins += [(i, 3, 0.65) for i in range(3)] + [(i, 4, 0.7) for i in range(3)]
+    for i, j, p in wins:
+        P[i, j], P[j, i] = p, 1.0 - p
+    return P, np.array([0.3, 0.1, 0.2, 0.15, 0.25])
+
+
 def check_preference_matrix(P) -> np.ndarray:
     """Returns P as a float64 array; ValueError unless it is a valid preference matrix."""
     P = np.asarray(P, np.float64)

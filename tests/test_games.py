@@ -26,27 +26,8 @@ import pytest
 from alignjax import games
 
 TAU = 0.01
-MU = np.array([0.3, 0.1, 0.2, 0.15, 0.25])
+P, MU = games.cyclic_example()
 NASH_UNREGULARISED = np.array([0.25, 0.3, 0.35, 0.0, 0.0]) / 0.9
-
-
-def make_game():
-    P = np.full((5, 5), 0.5)
-
-    def beats(i, j, p):
-        P[i, j], P[j, i] = p, 1.0 - p
-
-    beats(0, 1, 0.85)
-    beats(1, 2, 0.75)
-    beats(2, 0, 0.8)
-    for i in range(3):
-        beats(i, 3, 0.65)
-        beats(i, 4, 0.7)
-    beats(3, 4, 0.6)
-    return P
-
-
-P = make_game()
 
 
 @pytest.fixture(scope='module')

@@ -29,23 +29,6 @@ from alignjax.losses import preference as preference_lib
 _sg = jax.lax.stop_gradient
 
 
-def make_acceptance_game():
-    """The acceptance game of tests/test_games.py (copied): a cycle plus a weak transitive part."""
-    P = np.full((5, 5), 0.5)
-
-    def beats(i, j, p):
-        P[i, j], P[j, i] = p, 1.0 - p
-
-    beats(0, 1, 0.85)
-    beats(1, 2, 0.75)
-    beats(2, 0, 0.8)
-    for i in range(3):
-        beats(i, 3, 0.65)
-        beats(i, 4, 0.7)
-    beats(3, 4, 0.6)
-    return P
-
-
 def make_random_game(n=5, seed=0):
     rng = np.random.default_rng(seed)
     s = rng.standard_normal((n, n))
@@ -57,7 +40,7 @@ def make_random_game(n=5, seed=0):
 
 # name -> (P, mu, pi_t, tau); pi_t is a non-trivial previous iterate, not mu.
 GAMES = {
-    'acceptance': (make_acceptance_game(), np.array([0.3, 0.1, 0.2, 0.15, 0.25]),
+    'acceptance': (*games.cyclic_example(),
                    np.array([0.22, 0.18, 0.3, 0.2, 0.1]), 0.01),
     'random5': (*make_random_game(), 0.3),
 }

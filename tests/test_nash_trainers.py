@@ -1,20 +1,15 @@
 """The Nash-learning trainers: every method runs end to end, pairs are labelled right, and Nash
 mirror prox checkpoints only where its anchor is the current policy."""
 
-import os
-
 import numpy as np
 import pytest
 
-from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import pretrained
-from alignjax import trainers
 from alignjax.checkpoint import Checkpointer
-from alignjax.trainers import loop
 from alignjax.trainers import nash
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiment_runs import run
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -22,23 +17,11 @@ def starting_point():
     pretrained.resolve('experiment:experiments/sft.py:tiny,task=intransitive', mesh_shape=(1, 1, 1))
 
 
-def run(workdir, spec, **overrides):
-    config = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
-    config.mesh.shape = (1, 1, 1)
-    config.eval.num_prompts = 16
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return loop.train(config, str(workdir), trainers.get_builder(config.algo))
-
-
 @pytest.mark.parametrize('method', nash.METHODS)
 def test_every_method_runs_and_reports_nash_figures(tmp_path, method):
     s = run(tmp_path, f'{method}.py:tiny,preference=gold', total_steps=3, log_every=1,
-            **{'data.batch_size': 8 if method in ('nash_md', 'nash_mp') else 2})
+            **{'eval.num_prompts': 16,
+               'data.batch_size': 8 if method in ('nash_md', 'nash_mp') else 2})
     assert s['step'] == 3
     for key in ('exploitability', 'worst_case_win_rate', 'exploitability_ref', 'gold_reward',
                 'kl_to_ref', 'class0_fraction'):
@@ -89,4 +72,4 @@ def test_nash_mp_saves_only_at_outer_step_boundaries(tmp_path):
 ])
 def test_bad_nash_config_names_the_key(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
-        run(tmp_path, 'inpo.py:tiny,preference=gold', **override)
+        run(tmp_path, 'inpo.py:tiny,preference=gold', **{'eval.num_prompts': 16}, **override)

@@ -4,34 +4,17 @@ Each test runs an experiment's :tiny preset through the generic loop in process.
 is trained once per session into the test cache (tests/conftest.py) and shared.
 """
 
-import os
-
 import pytest
 
-from alignjax import experiment_lib
 from alignjax import pretrained
-from alignjax import trainers
-from alignjax.trainers import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiment_runs import run
 
 
 @pytest.fixture(scope='module', autouse=True)
 def sft_starting_points():
     """The SFT policies the :tiny presets start from, trained once on one device."""
     pretrained.resolve('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
-
-
-def run(tmp_path, spec, **overrides):
-    config = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
-    config.mesh.shape = (1, 1, 1)  # learning, not sharding, is tested here: one device is faster
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return loop.train(config, str(tmp_path), trainers.get_builder(config.algo))
 
 
 @pytest.mark.parametrize('loss', ['sigmoid', 'ipo', 'hinge'])

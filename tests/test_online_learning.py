@@ -6,18 +6,16 @@ Bradley-Terry reward model). A resumed run must continue the uninterrupted one e
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import pretrained
 from alignjax import trainers
 from alignjax.trainers import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from experiment_runs import config_of, run
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -26,23 +24,6 @@ def starting_points():
     pretrained.resolve('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
     pretrained.resolve('experiment:experiments/reward_model.py:tiny,task=transitive',
                        mesh_shape=(1, 1, 1))
-
-
-def config_of(spec, **overrides):
-    config = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
-    config.mesh.shape = (1, 1, 1)  # learning, not sharding, is tested here: one device is faster
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return config
-
-
-def run(workdir, spec, **overrides):
-    config = config_of(spec, **overrides)
-    return loop.train(config, str(workdir), trainers.get_builder(config.algo))
 
 
 # (algorithm, margin over the SFT start's gold reward). Measured gold rewards at the :tiny
@@ -108,3 +89,21 @@ def test_resumed_run_continues_the_same_curve(tmp_path):
 def test_bad_rl_config_names_the_key(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         run(tmp_path, 'rloo.py:tiny', **override)
+
+
+def test_sharded_iterations_equal_one_device(tmp_path):
+    """Two PPO iterations (rollout, critic, 2 epochs x 2 minibatches) on a (2, 2, 2) mesh of the
+    8 simulated devices log what the 1-device run logs."""
+    over = {'total_steps': 2, 'log_every': 1, 'eval.num_prompts': 8, 'data.batch_size': 16}
+    one = run(tmp_path / 'one', 'ppo.py:tiny', **over)
+    config = config_of('ppo.py:tiny', **over)
+    config.mesh.shape = (2, 2, 2)
+    eight = loop.train(config, str(tmp_path / 'eight'), trainers.get_builder('ppo'))
+    a = metrics_lib.read_metrics(str(tmp_path / 'one'))
+    b = metrics_lib.read_metrics(str(tmp_path / 'eight'))
+    timing = lambda k: k in metrics_lib.TIMING_KEYS or k.endswith(('tokens_per_s', 'seconds'))
+    for ra, rb in zip(a, b, strict=True):
+        for k in ra:
+            if not timing(k):
+                np.testing.assert_allclose(ra[k], rb[k], rtol=2e-4, atol=1e-6, err_msg=k)
+    assert one['gold_reward'] == pytest.approx(eight['gold_reward'], abs=1e-6)

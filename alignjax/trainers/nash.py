@@ -31,7 +31,6 @@ from flax import nnx
 
 from alignjax import evaluation
 from alignjax import experiment_lib
-from alignjax import pretrained
 from alignjax import rollout as rollout_lib
 from alignjax import sampling
 from alignjax.losses import advantages as adv_lib
@@ -157,17 +156,7 @@ class Opponents:
 def build(config, mesh) -> loop.Algorithm:
     check_nash_config(config)
     n, rl, algo = config.nash, config.rl, config.algo
-    tok = experiment_lib.make_tokenizer(config)
-    task = experiment_lib.synthetic_task(config)
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    records = pipeline.load_records(config.data.train, 'prompt',
-                                    num_examples=config.data.num_examples, seed=config.seed)
-    prompts = experiment_lib.make_stream(config, 'prompt', records, tok)
-    policy = experiment_lib.build_policy(config, mesh)
-    pretrained.init_module(policy, config.init_from)
-    reference = experiment_lib.build_policy(config, mesh)
-    pretrained.init_module(reference, config.reference_from or config.init_from,
-                           key='reference_from' if config.reference_from else 'init_from')
+    tok, task, records, prompts, policy, reference = policy_gradient.online_setup(config, mesh)
     if n.preference == 'gold':
         if task is None:
             raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")

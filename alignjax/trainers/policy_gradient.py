@@ -180,21 +180,28 @@ def build_critic(config, mesh, reward_model):
 TRAIN_KEYS = ('prompt', 'prompt_mask', 'response', 'response_mask', 'old_logp', 'ref_logp')
 
 
-def build(config, mesh) -> loop.Algorithm:
-    check_rl_config(config)
-    rl, algo = config.rl, config.algo
+def online_setup(config, mesh):
+    """What every online trainer starts from: tokenizer, synthetic task (or None), prompt records
+    and their batch stream, and the policy and frozen reference (from init_from /
+    reference_from)."""
     tok = experiment_lib.make_tokenizer(config)
     task = experiment_lib.synthetic_task(config)
     from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
     records = pipeline.load_records(config.data.train, 'prompt',
                                     num_examples=config.data.num_examples, seed=config.seed)
     prompts = experiment_lib.make_stream(config, 'prompt', records, tok)
-
     policy = experiment_lib.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
     reference = experiment_lib.build_policy(config, mesh)
     pretrained.init_module(reference, config.reference_from or config.init_from,
                            key='reference_from' if config.reference_from else 'init_from')
+    return tok, task, records, prompts, policy, reference
+
+
+def build(config, mesh) -> loop.Algorithm:
+    check_rl_config(config)
+    rl, algo = config.rl, config.algo
+    tok, task, records, prompts, policy, reference = online_setup(config, mesh)
     reward_model = None
     if config.reward.source == 'gold':
         if task is None:

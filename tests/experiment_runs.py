@@ -1,0 +1,28 @@
+"""Running experiment files in process from tests: load, override, train."""
+
+import os
+
+from alignjax import experiment_lib
+from alignjax import trainers
+from alignjax.trainers import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config_of(spec: str, **overrides):
+    """The config of 'NAME.py[:ARGS]' in experiments/, on one device, with dotted overrides."""
+    config = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
+    config.mesh.shape = (1, 1, 1)  # tests of learning, not sharding: one device is faster
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split('.')
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return config
+
+
+def run(workdir, spec: str, **overrides) -> dict:
+    """Trains (or resumes) experiment `spec` in `workdir`; returns its summary."""
+    config = config_of(spec, **overrides)
+    return loop.train(config, str(workdir), trainers.get_builder(config.algo))
