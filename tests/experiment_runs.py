@@ -1,8 +1,10 @@
 """Running experiment files in process from tests: load, override, train."""
 
+import json
 import os
 
 from alignjax import experiment_lib
+from alignjax import pretrained
 from alignjax import trainers
 from alignjax.trainers import loop
 
@@ -26,3 +28,13 @@ def run(workdir, spec: str, **overrides) -> dict:
     """Trains (or resumes) experiment `spec` in `workdir`; returns its summary."""
     config = config_of(spec, **overrides)
     return loop.train(config, str(workdir), trainers.get_builder(config.algo))
+
+
+def cached_summary(spec: str) -> dict:
+    """The summary of `experiments/<spec>`, trained once per test session into the shared cache
+    of starting points (`pretrained.resolve`): tests that need the same run (a reward model that
+    is also a starting point) train it once, and tests on two workers train different runs at
+    the same time."""
+    workdir = pretrained.resolve(f'experiment:experiments/{spec}', mesh_shape=(1, 1, 1))
+    with open(os.path.join(workdir, 'summary.json')) as f:
+        return json.load(f)
