@@ -1,0 +1,424 @@
+"""Hugging Face checkpoints in and out: config.json + safetensors <-> `Decoder` + `ModelConfig`.
+
+`load_hf` reads a transformers checkpoint (Llama, Qwen2/2.5/3, Mistral, Gemma 1/2/3 text) into a
+`Decoder` whose parameters are placed directly on their shardings, one tensor at a time; `save_hf`
+writes a `Decoder` back, gathering one tensor at a time, so that
+`transformers.AutoModelForCausalLM.from_pretrained` loads it. Neither needs torch or transformers.
+
+Layouts: HF stores a linear layer as weight[out, in] (y = x W^T); alignjax stores [in..., out...]
+with heads split out (q_proj [D, H, hd], o_proj [H, hd, D]), so weights are transposed and
+reshaped; biases [H * hd] become [H, hd]; norms and the embedding are copied as they are (Gemma's
+RMSNorm stores the w of (1 + w), as alignjax does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import shutil
+
+import jax
+import numpy as np
+from flax import nnx
+
+from alignjax import sharding as sharding_lib
+from alignjax.interop import safetensors_io
+from alignjax.models.config import ModelConfig
+from alignjax.models.transformer import Decoder
+
+_PARAM_DTYPES = ('float32', 'bfloat16', 'float16')
+
+# alignjax parameter path inside block i -> HF tensor name after `model.layers.{i}.`.
+_LLAMA_LAYER = {
+    ('attn_norm', 'scale'): 'input_layernorm.weight',
+    **{('attn', f'{x}_proj'): f'self_attn.{x}_proj.weight' for x in 'qkvo'},
+    **{('attn', f'{x}_bias'): f'self_attn.{x}_proj.bias' for x in 'qkv'},
+    **{('attn', f'{x}_norm', 'scale'): f'self_attn.{x}_norm.weight' for x in 'qk'},
+    ('mlp_norm', 'scale'): 'post_attention_layernorm.weight',
+    **{('mlp', x): f'mlp.{x}.weight' for x in ('gate_proj', 'up_proj', 'down_proj')},
+}
+# Gemma-2/3: `post_attention_layernorm` is the attention output's post-norm; the MLP has two.
+_GEMMA2_LAYER = {
+    **_LLAMA_LAYER,
+    ('attn_post_norm', 'scale'): 'post_attention_layernorm.weight',
+    ('mlp_norm', 'scale'): 'pre_feedforward_layernorm.weight',
+    ('mlp_post_norm', 'scale'): 'post_feedforward_layernorm.weight',
+}
+_TOP = {('embedding',): 'model.embed_tokens.weight', ('final_norm', 'scale'): 'model.norm.weight',
+        ('lm_head',): 'lm_head.weight'}
+# Weights HF stores transposed, with the number of leading alignjax axes that are input axes.
+_TRANSPOSED = {'q_proj': 1, 'k_proj': 1, 'v_proj': 1, 'o_proj': 2, 'gate_proj': 1, 'up_proj': 1,
+               'down_proj': 1, 'lm_head': 1}
+_FLAT = ('q_bias', 'k_bias', 'v_bias')  # HF [H * hd] <-> alignjax [H, hd]
+_ACTIVATIONS = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh',
+                'gelu_new': 'gelu_tanh'}
+# transformers' defaults (PreTrainedConfig subclasses) for fields a config.json may leave out.
+_DEFAULTS = {'rms_norm_eps': 1e-6, 'hidden_act': 'silu', 'rope_theta': 10_000.0,
+             'tie_word_embeddings': False, 'max_position_embeddings': 2048}
+_GEMMA_DEFAULTS = {'tie_word_embeddings': True, 'head_dim': 256, 'hidden_act': 'gelu_pytorch_tanh',
+                   'hidden_activation': 'gelu_pytorch_tanh', 'max_position_embeddings': 8192,
+                   'num_key_value_heads': 4, 'sliding_window': 4096, 'query_pre_attn_scalar': 256}
+_QWEN_DEFAULTS = {'num_key_value_heads': 32, 'sliding_window': 4096, 'max_window_layers': 28,
+                  'max_position_embeddings': 32768}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How one transformers model_type maps onto `ModelConfig` and alignjax parameter names."""
+
+    architecture: str
+    layer_names: dict
+    act_key: str = 'hidden_act'
+    gemma: bool = False  # RMSNorm scales by (1 + w); embeddings are multiplied by sqrt(d)
+    post_norms: bool = False
+    qk_norm: bool = False
+    qkv_bias: bool = False  # Qwen2: biases on q, k, v (always; no config switch)
+    bias_switch: bool = False  # config `attention_bias` (it would also add an o_proj bias)
+    sliding: str | None = None  # 'all' (Mistral), 'qwen' (use_sliding_window), 'types' (Gemma)
+    softcaps: bool = False
+    query_pre_attn_scalar: bool = False
+    local_rope: bool = False  # Gemma-3: rope_parameters per layer type
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+FAMILIES = {
+    'llama': Family('LlamaForCausalLM', _LLAMA_LAYER, bias_switch=True),
+    'mistral': Family('MistralForCausalLM', _LLAMA_LAYER, sliding='all',
+                      defaults={'sliding_window': 4096, 'num_key_value_heads': 8,
+                                'max_position_embeddings': 131_072}),
+    'qwen2': Family('Qwen2ForCausalLM', _LLAMA_LAYER, qkv_bias=True, sliding='qwen',
+                    defaults=_QWEN_DEFAULTS),
+    'qwen3': Family('Qwen3ForCausalLM', _LLAMA_LAYER, qk_norm=True, bias_switch=True,
+                    sliding='qwen', defaults={**_QWEN_DEFAULTS, 'head_dim': 128}),
+    'gemma': Family('GemmaForCausalLM', _LLAMA_LAYER, gemma=True, bias_switch=True,
+                    defaults={**_GEMMA_DEFAULTS, 'num_key_value_heads': 16}),
+    'gemma2': Family('Gemma2ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation', gemma=True,
+                     post_norms=True, bias_switch=True, sliding='types', softcaps=True,
+                     query_pre_attn_scalar=True,
+                     defaults={**_GEMMA_DEFAULTS, 'sliding_window_pattern': 2,
+                               'attn_logit_softcapping': 50.0, 'final_logit_softcapping': 30.0}),
+    'gemma3_text': Family('Gemma3ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation',
+                          gemma=True, post_norms=True, qk_norm=True, bias_switch=True,
+                          sliding='types', softcaps=True, query_pre_attn_scalar=True,
+                          local_rope=True,
+                          defaults={**_GEMMA_DEFAULTS, 'sliding_window_pattern': 6,
+                                    'rope_theta': 1_000_000.0, 'rope_local_base_freq': 10_000.0,
+                                    'max_position_embeddings': 131_072}),
+}
+
+
+def _family(model_type, source) -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(f'{source}: model_type={model_type!r} is not supported; supported: '
+                         f'{sorted(FAMILIES)}')
+    return FAMILIES[model_type]
+
+
+def _rope_one(params: dict, max_position: int, source: str):
+    """(theta, rope_scaling or None) of one rope_parameters dict."""
+    kind = params.get('rope_type', params.get('type', 'default'))
+    if params.get('partial_rotary_factor', 1.0) != 1.0:
+        raise ValueError(f'{source}: partial_rotary_factor={params["partial_rotary_factor"]} is '
+                         'not supported (alignjax rotates the whole head)')
+    theta = float(params['rope_theta'])
+    if kind == 'default':
+        return theta, None
+    if kind == 'linear':
+        return theta, {'type': 'linear', 'factor': float(params['factor'])}
+    if kind == 'llama3':
+        return theta, {'type': 'llama3', 'factor': float(params['factor']),
+                       'low_freq_factor': float(params['low_freq_factor']),
+                       'high_freq_factor': float(params['high_freq_factor']),
+                       'original_max_position': int(params.get('original_max_position_embeddings',
+                                                                max_position))}
+    raise ValueError(f'{source}: rope_parameters.rope_type={kind!r} is not supported '
+                     '(default, linear, llama3)')
+
+
+def _local_layers(hf: dict, fam: Family, get, n: int, source: str):
+    """(sliding window or None, [is layer i a sliding-window layer])."""
+    window = get('sliding_window') if fam.sliding != 'qwen' or get('use_sliding_window') else None
+    if fam.sliding is None or not window:
+        return None, [False] * n
+    if fam.sliding == 'all':
+        return int(window), [True] * n
+    types = hf.get('layer_types')
+    if types is None and fam.sliding == 'qwen':
+        types = ['sliding_attention' if i >= get('max_window_layers') else 'full_attention'
+                 for i in range(n)]
+    elif types is None:
+        p = hf.get('sliding_window_pattern', hf.get('_sliding_window_pattern',
+                                                    get('sliding_window_pattern')))
+        types = ['sliding_attention' if (i + 1) % p else 'full_attention' for i in range(n)]
+    if len(types) != n or set(types) - {'sliding_attention', 'full_attention'}:
+        raise ValueError(f'{source}: layer_types={types} is not supported (expected {n} entries of '
+                         'sliding_attention / full_attention)')
+    return int(window), [t == 'sliding_attention' for t in types]
+
+
+def _period(local: list[bool], source: str) -> int:
+    """alignjax's local_layer_period p (layer i global iff (i + 1) % p == 0) for a layer pattern."""
+    if all(local) or not any(local):
+        return 1
+    for p in range(2, len(local) + 1):
+        if all(is_local == bool((i + 1) % p) for i, is_local in enumerate(local)):
+            return p
+    raise ValueError(f'{source}: layer_types pattern {["L" if x else "G" for x in local]} '
+                     '(L: sliding, G: full) is not supported: alignjax makes layer i global iff '
+                     '(i + 1) % local_layer_period == 0')
+
+
+def config_from_hf(hf_config: dict, *, source: str = 'config.json') -> ModelConfig:
+    """The `ModelConfig` of a transformers config.json dict (llama, mistral, qwen2, qwen3, gemma,
+    gemma2, gemma3_text); a feature alignjax lacks raises ValueError naming the field and `source`.
+    """
+    hf = hf_config
+    fam = _family(hf.get('model_type'), source)
+    get = lambda key: hf[key] if key in hf else fam.defaults.get(key, _DEFAULTS.get(key))
+    for key in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+                'num_attention_heads'):
+        if key not in hf:
+            raise ValueError(f'{source}: missing field {key!r}')
+    checks = [('mlp_bias', 'MLP biases'), ('quantization_config', 'quantized weights'),
+              ('use_bidirectional_attention', 'bidirectional attention')]
+    if fam.bias_switch:
+        checks.append(('attention_bias', 'it adds an o_proj bias, which alignjax lacks'))
+    for key, why in checks:
+        if get(key):
+            raise ValueError(f'{source}: {key}={get(key)!r} is not supported ({why})')
+    act = get(fam.act_key)
+    # transformers reads Gemma-1's legacy hidden_act 'gelu' as the tanh approximation.
+    gemma1_gelu = (act, hf['model_type']) == ('gelu', 'gemma')
+    activation = 'gelu_tanh' if gemma1_gelu else _ACTIVATIONS.get(act)
+    if activation is None:
+        raise ValueError(f'{source}: {fam.act_key}={act!r} is not supported (silu or '
+                         'gelu_pytorch_tanh)')
+    n, heads = hf['num_hidden_layers'], hf['num_attention_heads']
+    window, local = _local_layers(hf, fam, get, n, source)
+
+    raw = hf.get('rope_scaling') or hf.get('rope_parameters') or {}
+    if fam.local_rope:
+        nested = 'full_attention' in raw or 'sliding_attention' in raw
+        full = dict((raw.get('full_attention') or {}) if nested else raw)
+        slide = dict((raw.get('sliding_attention') or {}) if nested else {})
+        slide.setdefault('rope_theta', get('rope_local_base_freq'))
+    else:
+        full = dict(raw)
+        slide = full
+    full.setdefault('rope_theta', get('rope_theta'))
+    max_position = get('max_position_embeddings')
+    theta, scaling = _rope_one(full, max_position, source)
+    local_theta, local_scaling = _rope_one(slide, max_position, source)
+    if any(local) and not all(local) and local_scaling != scaling:
+        raise ValueError(f'{source}: rope_parameters scale full-attention layers by {scaling} and '
+                         f'sliding layers by {local_scaling}; alignjax applies one rope_scaling to '
+                         'every layer')
+    if all(local):
+        theta, scaling = local_theta, local_scaling
+    dtype = hf.get('dtype', hf.get('torch_dtype'))
+    softcap = lambda key: None if get(key) is None else float(get(key))
+    return ModelConfig(
+        vocab_size=hf['vocab_size'], embed_dim=hf['hidden_size'], num_layers=n, num_heads=heads,
+        num_kv_heads=get('num_key_value_heads') or heads,
+        head_dim=get('head_dim') or hf['hidden_size'] // heads, mlp_dim=hf['intermediate_size'],
+        activation=activation, norm_eps=float(get('rms_norm_eps')), norm_offset=fam.gemma,
+        post_norms=fam.post_norms, qk_norm=fam.qk_norm, attention_bias=fam.qkv_bias,
+        rope_theta=theta, rope_scaling=scaling,
+        rope_local_theta=local_theta if any(local) and local_theta != theta else None,
+        sliding_window=window if any(local) else None, local_layer_period=_period(local, source),
+        query_scale=(float(get('query_pre_attn_scalar')) ** -0.5
+                     if fam.query_pre_attn_scalar else None),
+        attn_logit_softcap=softcap('attn_logit_softcapping') if fam.softcaps else None,
+        final_logit_softcap=softcap('final_logit_softcapping') if fam.softcaps else None,
+        embed_scale=fam.gemma, tie_embeddings=bool(get('tie_word_embeddings')),
+        param_dtype=dtype if dtype in _PARAM_DTYPES else 'float32',
+        dtype=dtype if dtype in _PARAM_DTYPES else 'float32')
+
+
+def _semantics(cfg: ModelConfig) -> dict:
+    """The fields that decide what a config computes, with equivalent spellings made equal."""
+    local = tuple(cfg.is_local_layer(i) for i in range(cfg.num_layers))
+    out = dataclasses.asdict(cfg)
+    for key in ('param_dtype', 'dtype', 'remat', 'local_layer_period', 'rope_local_theta'):
+        del out[key]
+    out.update(local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,
+               rope_theta=None if all(local) else cfg.rope_theta,
+               local_rope_theta=(cfg.rope_local_theta or cfg.rope_theta) if any(local) else None,
+               query_scale=round(cfg.head_dim ** -0.5 if cfg.query_scale is None
+                                 else cfg.query_scale, 10))
+    return out
+
+
+def _rope_out(theta: float, scaling) -> dict:
+    out = {'rope_type': 'default', 'rope_theta': float(theta)}
+    if scaling is not None:
+        s = dict(scaling)
+        out.update(rope_type=s['type'], factor=s['factor'])
+        if s['type'] == 'llama3':
+            out.update(low_freq_factor=s['low_freq_factor'], high_freq_factor=s['high_freq_factor'],
+                       original_max_position_embeddings=s['original_max_position'])
+    return out
+
+
+def hf_config(cfg: ModelConfig, model_type: str) -> dict:
+    """The config.json dict of `cfg` as a transformers `model_type`; ValueError if that family
+    cannot express `cfg` (checked by reading the dict back with `config_from_hf`)."""
+    fam = _family(model_type, 'save_hf')
+    local = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
+    types = ['sliding_attention' if x else 'full_attention' for x in local]
+    out = {'architectures': [fam.architecture], 'model_type': model_type,
+           'vocab_size': cfg.vocab_size, 'hidden_size': cfg.embed_dim,
+           'intermediate_size': cfg.mlp_dim, 'num_hidden_layers': cfg.num_layers,
+           'num_attention_heads': cfg.num_heads, 'num_key_value_heads': cfg.num_kv_heads,
+           'head_dim': cfg.head_dim, 'rms_norm_eps': cfg.norm_eps,
+           fam.act_key: 'silu' if cfg.activation == 'silu' else 'gelu_pytorch_tanh',
+           'tie_word_embeddings': cfg.tie_embeddings, 'dtype': cfg.param_dtype}
+    rope = _rope_out(cfg.rope_theta, cfg.rope_scaling)
+    if fam.local_rope:
+        rope = {'full_attention': rope, 'sliding_attention': _rope_out(
+            cfg.rope_local_theta or cfg.rope_theta, cfg.rope_scaling)}
+    out['rope_parameters'] = rope
+    if fam.bias_switch:
+        out['attention_bias'] = False
+    if fam.sliding == 'all':
+        out['sliding_window'] = cfg.sliding_window if any(local) else None
+    elif fam.sliding == 'qwen':
+        out.update(use_sliding_window=any(local), layer_types=types,
+                   sliding_window=cfg.sliding_window if any(local) else None)
+    elif fam.sliding == 'types':  # transformers builds the sliding mask even with no local layer
+        out.update(sliding_window=cfg.sliding_window or fam.defaults['sliding_window'],
+                   layer_types=types)
+    if fam.query_pre_attn_scalar:
+        scalar = (cfg.query_scale or cfg.head_dim ** -0.5) ** -2
+        out['query_pre_attn_scalar'] = (round(scalar) if abs(scalar - round(scalar)) < 1e-6
+                                        else scalar)  # transformers types it as int
+    if fam.softcaps:
+        out.update(attn_logit_softcapping=cfg.attn_logit_softcap,
+                   final_logit_softcapping=cfg.final_logit_softcap)
+    want, got = _semantics(cfg), _semantics(config_from_hf(out, source=f'save_hf({model_type})'))
+    differ = sorted(k for k in want if want[k] != got[k])
+    if differ:
+        raise ValueError(f'model_type={model_type!r} cannot express this config: '
+                         + ', '.join(f'{k}={want[k]!r} (would be {got[k]!r})' for k in differ))
+    return out
+
+
+def _hf_name(path: tuple, fam: Family) -> str:
+    if path in _TOP:
+        return _TOP[path]
+    if path[0] == 'layers' and tuple(path[2:]) in fam.layer_names:
+        return f'model.layers.{path[1]}.{fam.layer_names[tuple(path[2:])]}'
+    raise ValueError(f'parameter {"/".join(map(str, path))} has no Hugging Face name')
+
+
+def _hf_shape(leaf: str, shape: tuple) -> tuple:
+    if leaf in _TRANSPOSED:
+        k = _TRANSPOSED[leaf]
+        return (math.prod(shape[k:]), math.prod(shape[:k]))
+    return (math.prod(shape),) if leaf in _FLAT else tuple(shape)
+
+
+def _to_hf(x: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf in _TRANSPOSED:
+        return x.reshape(math.prod(x.shape[:_TRANSPOSED[leaf]]), -1).T
+    return x.reshape(-1) if leaf in _FLAT else x
+
+
+def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, ModelConfig]:
+    """A `Decoder` and its `ModelConfig` from a Hugging Face checkpoint directory.
+
+    Args:
+        directory: holds config.json and model.safetensors (or shards and their index).
+        mesh: the device mesh; every tensor goes straight onto its own sharding.
+        rules: logical-axis rules (`sharding.rules_from_config` format); None: the defaults.
+        dtype: parameter and compute dtype ('float32', 'bfloat16', 'float16'); None: the
+            checkpoint's (that of its embedding).
+
+    Returns:
+        (model, cfg).
+    """
+    config_path = os.path.join(directory, 'config.json')
+    with open(config_path) as f:
+        hf = json.load(f)
+    cfg = config_from_hf(hf, source=config_path)
+    fam = FAMILIES[hf['model_type']]
+    ckpt = safetensors_io.Checkpoint(directory)
+    if dtype is None and _TOP[('embedding',)] in ckpt.entries:
+        dtype = ckpt.dtype(_TOP[('embedding',)]).name
+    name = cfg.param_dtype if dtype is None else (dtype if isinstance(dtype, str)
+                                                  else np.dtype(dtype).name)
+    cfg = cfg.replace(param_dtype=name, dtype=name)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+    shardings = dict(sharding_lib.state_shardings(
+        state, mesh, sharding_lib.rules_from_config(rules)).flat_state())
+    names = {tuple(path): _hf_name(tuple(path), fam) for path, _ in state.flat_state()}
+    ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (
+        cfg.tie_embeddings and key == _TOP[('lm_head',)])
+    missing = sorted(set(names.values()) - set(ckpt.entries))
+    unexpected = sorted(k for k in set(ckpt.entries) - set(names.values()) if not ignored(k))
+    if missing or unexpected:
+        raise ValueError(f'{directory}: the tensors do not match config.json '
+                         f'({hf["model_type"]}): missing {missing}, unexpected {unexpected}')
+    for path, var in state.flat_state():
+        path, hf_name = tuple(path), names[tuple(path)]
+        x = ckpt.read(hf_name)
+        if x.shape != _hf_shape(path[-1], var.shape):
+            raise ValueError(f'{directory}: tensor {hf_name} has shape {x.shape}, config.json '
+                             f'implies {_hf_shape(path[-1], var.shape)}')
+        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(var.shape).astype(var.dtype)
+        var.set_value(jax.make_array_from_callback(var.shape, shardings[path], lambda i: x[i]))
+    return nnx.merge(graphdef, state), cfg
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# Copied from `tokenizer_dir`; generation_config.json carries the EOS ids that generate() stops on.
+_TOKENIZER_FILES = ('tokenizer*', 'special_tokens_map.json', 'added_tokens.json', 'vocab.*',
+                    'merges.txt', '*.model', 'chat_template*', 'generation_config.json')
+
+
+def save_hf(model: Decoder, cfg: ModelConfig, directory: str, *, model_type: str,
+            tokenizer_dir: str | None = None) -> None:
+    """Writes config.json and model.safetensors (and tokenizer files) for transformers.
+
+    Args:
+        model: a `Decoder` with its language-model head.
+        cfg: its config (checked against `model.cfg`).
+        directory: created if needed.
+        model_type: one of `FAMILIES`; ValueError if that family cannot express `cfg`.
+        tokenizer_dir: if given, its tokenizer files (and generation_config.json) are copied.
+
+    Tensors are gathered to the host one at a time and streamed into the file, in the model's
+    parameter dtype. On several processes every process must call this (the gathers are
+    collective); process 0 writes.
+    """
+    if not isinstance(model, Decoder) or not model.has_lm_head:
+        raise ValueError('save_hf writes a language model: a Decoder built with lm_head=True')
+    if _semantics(model.cfg) != _semantics(cfg):
+        raise ValueError('save_hf: cfg does not describe model (compare model.cfg)')
+    config = hf_config(cfg, model_type)
+    fam = FAMILIES[model_type]
+    tensors = []
+    for path, var in sorted(nnx.state(model, nnx.Param).flat_state(),
+                            key=lambda e: _hf_name(tuple(e[0]), fam)):
+        x, leaf = var.get_value(), path[-1]
+        tensors.append((_hf_name(tuple(path), fam), _hf_shape(leaf, x.shape), x.dtype,
+                        lambda x=x, leaf=leaf: _to_hf(_to_host(x), leaf)))
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, 'config.json'), 'w') as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+    safetensors_io.write(os.path.join(directory, 'model.safetensors') if writer else None, tensors)
+    if writer and tokenizer_dir is not None:
+        for pattern in _TOKENIZER_FILES:
+            for path in glob.glob(os.path.join(tokenizer_dir, pattern)):
+                shutil.copy2(path, directory)
