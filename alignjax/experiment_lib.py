@@ -299,7 +299,9 @@ def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Con
     `a` holds the parsed experiment arguments: tiny, model, task, reward ('gold' or 'rm': a learned
     reward model trained on the task's preference pairs), ensemble, k (samples per prompt), kl
     (< 0: 0.05 with the gold reward, 0.2 with a learned one, whose over-optimisation needs the
-    stronger leash: at 0.05 the tiny runs drive the proxy up and the gold reward down), lr, steps. `data.batch_size` counts prompts per iteration; a rollout has batch_size * k rows.
+    stronger leash: at 0.05 the tiny runs drive the proxy up and the gold reward down), lr, steps
+    (iterations; :tiny runs 100 of 64 rollouts). `data.batch_size` counts prompts per iteration;
+    a rollout has batch_size * k rows.
     """
     c = base_config(algo=algo, model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
@@ -320,21 +322,27 @@ def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Con
         epochs=1, minibatches=1,  # optimizer updates per rollout: epochs * minibatches
         clip=0.2, clip_high=0.0, dual_clip=0.0,  # 0: symmetric clip / no dual clip
         vf_coef=0.5, value_clip=0.2, gamma=1.0, lam=0.95,
-        kl_coef=a.kl if a.kl >= 0 else (0.2 if a.reward == 'rm' else 0.05), kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
+        kl_coef=a.kl if a.kl >= 0 else (0.2 if a.reward == 'rm' else 0.05),
+        kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
         kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
         missing_eos_penalty=0.0, grpo_normalize=True))
     c.optim.lr = a.lr
     c.optim.warmup_steps = 5
     c.optim.schedule = 'constant'
     c.eval.max_new_tokens = c.data.max_response_len
-    if a.tiny:
+    if a.tiny:  # 100 iterations of 64 rollouts: batch_size prompts x k samples
+        c.data.batch_size = max(64 // a.k, 1)
+        c.total_steps = 100
         c.log_every = 10
         c.ckpt_every = 50
         c.eval.num_prompts = 128
     else:
         c.data.batch_size = 64
+        c.total_steps = 2000
         c.ckpt_every = 100
         c.eval_every = 200
+    if a.steps:
+        c.total_steps = a.steps
     return c
 
 
@@ -342,8 +350,17 @@ def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Confi
     """The shared config of the Nash-learning experiments (nash_md, nash_mp, spo, inpo, dno,
     sppo, online_ipo): the online config plus `config.nash`.
 
-    `a` holds the parsed arguments: those of `online_config` (reward is unused) and preference
-    ('model': the pairwise preference model trained on the task's pairs; 'gold'), tau, eta.
+    Arguments (`experiments/<method>.py:ARGS`): tiny, model, task (default intransitive),
+    preference ('model': the tiny pairwise preference model trained on the task's pairs, the
+    judge; 'gold': the task's own preference), tau (KL to the reference inside the objective;
+    SPPO and DNO have none), eta (step size), k (samples per prompt), lr, steps.
+
+    :tiny trains or reuses (cached) the SFT policy, start and reference, and the preference
+    model. summary.json on the intransitive task: exploitability (the gold preference of the
+    best response class over the policy's samples, minus 1/2) and worst_case_win_rate, with
+    their `_ref` values for the reference, class fractions, gold_reward and kl_to_ref.
+    Full scale: --config.data.train=jsonl:PATH of prompts, --config.init_from=<SFT workdir>,
+    --config.nash.preference_from=<preference-model workdir>.
     """
     a = ml_collections.ConfigDict(dict(a.to_dict(), reward='gold', ensemble=1, kl=0.0))
     c = online_config(algo, a)
@@ -362,11 +379,4 @@ def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Confi
         # policy): several updates per rollout. With a single update from pi = pi_t, INPO's
         # gradient is (eta tau)^2 times online IPO's, which Adam cannot tell apart.
         c.rl.epochs, c.rl.minibatches = 2, 2
-    if a.tiny:
-        c.data.batch_size = 64 if a.k == 1 else 64 // a.k
-        c.total_steps = 100
-    else:
-        c.total_steps = 2000
-    if a.steps:
-        c.total_steps = a.steps
     return c

@@ -185,17 +185,14 @@ class Rollout:
 
     def sample_opponents(self, step: int, models, batch: dict, combine=None) -> dict:
         """Responses of an opponent (a model, or several through `combine`, e.g. Nash-MD's
-        geometric mixture of policy and reference) to the rows of a rollout batch, with the
-        policy's and the reference's log-probs of them and their texts."""
+        geometric mixture of policy and reference) to the rows of a rollout batch, as tokens,
+        masks and texts: what a preference judge reads; no model pass over them is needed."""
         key = jax.random.fold_in(jax.random.fold_in(self.key, step), 1)
         out = self._sample(models, batch['prompt'], batch['prompt_mask'], key, self._sampling,
                            combine)
-        opp = {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
-               'response': out['tokens'], 'response_mask': out['mask']}
-        policy = models[0] if isinstance(models, (list, tuple)) else models
-        texts = [self.tok.decode(t) for t in out['tokens']]
-        passed = self._score_and_pass(policy, None, batch['prompt_texts'], opp, texts)
-        return {**opp, **passed, 'response_texts': texts}
+        return {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
+                'response': out['tokens'], 'response_mask': out['mask'],
+                'response_texts': [self.tok.decode(t) for t in out['tokens']]}
 
     def _score_and_pass(self, policy, critic, prompt_texts, batch, texts) -> dict:
         policy_def, policy_state = nnx.split(policy)
@@ -205,8 +202,9 @@ class Rollout:
         out = {k: sharding.to_local(v) for k, v in out.items()}
         if self.scorer is not None:
             out['scores'] = self.scorer(prompt_texts, texts, batch)
-        if self.task is not None:
-            out['gold'] = self.task.gold_rewards(prompt_texts, texts).astype(np.float32)
+        if self.task is not None:  # the gold reward next to a learned scorer's (computed once)
+            out['gold'] = (out['scores'] if isinstance(self.scorer, GoldScorer) else
+                           self.task.gold_rewards(prompt_texts, texts).astype(np.float32))
         return out
 
     def __call__(self, step: int, policy, critic=None) -> dict:
@@ -239,7 +237,8 @@ class Rollout:
             g = self._score_and_pass(policy, None, prompt_texts, gb,
                                      [self.tok.decode(t) for t in greedy['tokens']])
             batch.update({f'greedy_{name}': v for name, v in g.items()})
-            batch['greedy_response'], batch['greedy_response_mask'] = greedy['tokens'], greedy['mask']
+            batch['greedy_response'] = greedy['tokens']
+            batch['greedy_response_mask'] = greedy['mask']
             batch['greedy_has_eos'] = np.any(
                 (greedy['tokens'] == self.tok.eos_id) & (greedy['mask'] > 0), axis=1)
             if 'scores' in g:

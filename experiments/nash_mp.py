@@ -5,20 +5,13 @@ phase (`config.nash.phase_steps` updates) maximises P(y > opponent) - tau KL(pi|
 - (1/eta) KL(pi||pi_t); the opponent is pi_t, then the half step. Checkpoints only at
 outer-step boundaries (every 2 * phase_steps updates).
 
-Tiny (CPU; intransitive task; trains or reuses the cached tiny SFT policy (start and reference)
-and the tiny pairwise preference model (the judge), then ~2 minutes):
+Tiny (CPU, intransitive task, ~2 minutes after the cached SFT policy and preference model):
   python -m alignjax.main --config=experiments/nash_mp.py:tiny --workdir=/tmp/nash_mp_tiny
-  python -m alignjax.main --config=experiments/nash_mp.py:tiny,preference=gold --workdir=/tmp/nash_mp_gold
-  summary.json: exploitability (gold preference of the best response class over the policy, minus
-  1/2) and worst_case_win_rate against exploitability_ref / worst_case_win_rate_ref of the SFT
-  reference, class fractions, gold_reward, kl_to_ref.
-
-Full scale (model=small on one GPU or a v5e-8; --config.data.train=jsonl:PATH of prompts,
---config.init_from=<SFT workdir>, --config.nash.preference_from=<preference-model workdir>):
+  measured (seed 0, 100 iterations): exploitability 0.390, worst-case win rate 0.110
+  (SFT reference 0.348 / 0.152; DPO 0.434 / 0.066).
+Full scale (model=small on one GPU or a v5e-8, with real prompts and checkpoints):
   python -m alignjax.main --config=experiments/nash_mp.py:model=small --workdir=$WORKDIR
-
-Arguments: tiny, model, task, preference (model | gold), tau, eta, k (samples per prompt), lr,
-steps.
+Summary fields, the full-scale flags and the arguments: `experiment_lib.nash_config`.
 """
 
 from alignjax import experiment_lib

@@ -36,11 +36,4 @@ def get_config(arg=None):
     c.rl.epochs = 2
     c.rl.minibatches = 2
     c.rl.whiten_advantages = True
-    if a.tiny:
-        c.data.batch_size = 64
-        c.total_steps = 100
-    else:
-        c.total_steps = 2000
-    if a.steps:
-        c.total_steps = a.steps
     return c

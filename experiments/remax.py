@@ -25,11 +25,4 @@ def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', reward='gold',
                                  ensemble=1, k=1, kl=-1.0, lr=3e-4, steps=0)
     c = experiment_lib.online_config('remax', a)
-    if a.tiny:
-        c.data.batch_size = 64
-        c.total_steps = 100
-    else:
-        c.total_steps = 2000
-    if a.steps:
-        c.total_steps = a.steps
     return c

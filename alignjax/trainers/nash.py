@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignjax import evaluation
 from alignjax import experiment_lib
 from alignjax import rollout as rollout_lib
 from alignjax import sampling
@@ -217,19 +216,10 @@ def build(config, mesh) -> loop.Algorithm:
         batch['metrics'] = {**raw['metrics'], **metrics}
         return batch
 
-    def evaluate(model, step):
-        del step
-        if task is None:
-            return {}
-        e = config.eval
-        return evaluation.gold_evaluation(
-            task, model, reference, tok, num_prompts=e.num_prompts,
-            max_prompt_len=config.data.max_prompt_len, max_new_tokens=rl.max_new_tokens,
-            temperature=e.temperature, seed=config.seed, with_kl=True)
-
     loss_fn = (policy_gradient.make_loss_fn(config) if algo in PG_METHODS
                else make_pair_loss_fn(config))
     return loop.Algorithm(
-        model=policy, loss_fn=loss_fn, batches=batches, evaluate=evaluate,
+        model=policy, loss_fn=loss_fn, batches=batches,
+        evaluate=policy_gradient.make_evaluate(config, task, reference, tok),
         epochs=rl.epochs, minibatches=rl.minibatches,
         save_every=2 * n.phase_steps if algo == 'nash_mp' else 1)

@@ -177,6 +177,9 @@ def build_critic(config, mesh, reward_model):
     return critic
 
 
+ADVANTAGE_KEYS = ('response_mask', 'scores', 'has_eos', 'old_logp', 'ref_logp', 'old_values',
+                  'greedy_response_mask', 'greedy_scores', 'greedy_has_eos', 'greedy_old_logp',
+                  'greedy_ref_logp')
 TRAIN_KEYS = ('prompt', 'prompt_mask', 'response', 'response_mask', 'old_logp', 'ref_logp')
 
 
@@ -196,6 +199,24 @@ def online_setup(config, mesh):
     pretrained.init_module(reference, config.reference_from or config.init_from,
                            key='reference_from' if config.reference_from else 'init_from')
     return tok, task, records, prompts, policy, reference
+
+
+def make_evaluate(config, task, reference, tok, *, policy_of=lambda model: model, scorer=None):
+    """`evaluate(model, step)` of an online trainer: the gold evaluation of `policy_of(model)`
+    against the reference on the task's eval prompts (with a learned `scorer`, its proxy reward
+    too); nothing on real data."""
+
+    def evaluate(model, step):
+        del step
+        if task is None:
+            return {}
+        e = config.eval
+        return evaluation.gold_evaluation(
+            task, policy_of(model), reference, tok, num_prompts=e.num_prompts,
+            max_prompt_len=config.data.max_prompt_len, max_new_tokens=config.rl.max_new_tokens,
+            temperature=e.temperature, seed=config.seed, with_kl=True, scorer=scorer)
+
+    return evaluate
 
 
 def build(config, mesh) -> loop.Algorithm:
@@ -228,7 +249,8 @@ def build(config, mesh) -> loop.Algorithm:
         policy, critic = (model.policy, model.critic) if algo == 'ppo' else (model, None)
         raw = rollout(step, policy, critic)
         kl_coef = float(algo_state['kl_coef'])
-        arrays = {k: v for k, v in raw.items() if isinstance(v, np.ndarray)}
+        # Only what the advantages read goes to the device (not tokens, texts or gold scores).
+        arrays = {k: raw[k] for k in ADVANTAGE_KEYS if k in raw}
         adv, returns, adv_metrics = jax.device_get(advantage_fn(arrays, kl_coef))
         batch = {k: raw[k] for k in TRAIN_KEYS}
         batch['advantages'] = np.asarray(adv)
@@ -248,18 +270,9 @@ def build(config, mesh) -> loop.Algorithm:
                                    batch_size=config.data.batch_size * rl.samples_per_prompt)
         return {'kl_coef': np.float32(coef)}
 
-    def evaluate(model, step):
-        del step
-        policy = model.policy if algo == 'ppo' else model
-        if task is None:
-            return {}
-        e = config.eval
-        return evaluation.gold_evaluation(
-            task, policy, reference, tok, num_prompts=e.num_prompts,
-            max_prompt_len=config.data.max_prompt_len, max_new_tokens=rl.max_new_tokens,
-            temperature=e.temperature, seed=config.seed, with_kl=True,
-            scorer=scorer if reward_model is not None else None)
-
+    evaluate = make_evaluate(config, task, reference, tok,
+                             policy_of=(lambda m: m.policy) if algo == 'ppo' else (lambda m: m),
+                             scorer=scorer if reward_model is not None else None)
     return loop.Algorithm(
         model=model, loss_fn=make_loss_fn(config), batches=batches, evaluate=evaluate,
         algo_state={'kl_coef': np.float32(rl.kl_coef)}, update_algo_state=update_algo_state,
