@@ -76,7 +76,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.data.batch_size = 32  # global
     c.data.max_prompt_len = 8
     c.data.max_response_len = 12
-    c.data.truncation = 'left'  # 'left' keeps a prompt's end; 'error' refuses long records
+    # Prompts over max_prompt_len: 'left' truncates (keeps a prompt's end), 'skip' drops the
+    # record, 'error' refuses the data (naming file:line); decided before training, counts logged.
+    c.data.truncation = 'left'
     c.data.eval = ''  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
     c.data.eval_fraction = 0.05
     c.data.num_eval_examples = 512  # synthetic held-out records
@@ -98,6 +100,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.eval_every = 0  # 0: evaluate only at the end
     c.ckpt_every = 100
     c.keep_ckpts = 2
+    # A non-finite loss or gradient: 'stop' the run (naming the step and the metric) or 'skip'
+    # the update (parameters and optimizer state unchanged; counted as nonfinite_skipped).
+    c.nonfinite = 'stop'
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_prompts = 128
@@ -207,6 +212,30 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
         raise ValueError(f'{path}: {e}') from e
 
 
+def _get(c: ml_collections.ConfigDict, dotted: str):
+    for part in dotted.split('.'):
+        c = c[part]
+    return c
+
+
+def check_override_type(key: str, value: str, default, arg: str) -> None:
+    """Raises, naming the key and the expected type, when `value` cannot become `default`'s type
+    (absl would otherwise answer with a traceback)."""
+    if isinstance(default, bool):
+        ok = value.lower() in ('true', 'false', '1', '0')
+    elif isinstance(default, (int, float)):
+        try:
+            type(default)(value)
+            ok = True
+        except ValueError:
+            ok = False
+    else:
+        return  # strings, tuples and None accept what absl parses
+    if not ok:
+        raise ValueError(f"config key '{key}' expects {type(default).__name__}, got {value!r} "
+                         f'(from {arg})')
+
+
 def dotted_keys(c: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
     """Every leaf key of a ConfigDict, as 'a.b.c'."""
     out = []
@@ -231,12 +260,52 @@ def check_config_args(argv: list[str]) -> None:
             overrides.append((a[len('--config.'):].split('=', 1)[0], a))
     if spec is None:
         return
-    keys = set(dotted_keys(load_config(spec)))
+    config = load_config(spec)
+    keys = set(dotted_keys(config))
     for key, arg in overrides:
         if key not in keys:
             close = difflib.get_close_matches(key, sorted(keys), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ''
             raise ValueError(f"Unknown config key '{key}' (from {arg}){hint}")
+        if '=' in arg:
+            check_override_type(key, arg.split('=', 1)[1], _get(config, key), arg)
+
+
+def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_counts=False,
+                 **load_kw):
+    """Records of data spec `spec` with config.data.truncation's policy for long prompts applied
+    (see `data.lengths`), so that validation and training see the same records. Synthetic
+    records are generated once for both (they are a pure function of the arguments)."""
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    from alignjax.data import lengths  # pylint: disable=g-import-not-at-top
+    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    from alignjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
+    key = (spec, kind, c.tokenizer, c.data.max_prompt_len, c.data.truncation,
+           tuple(sorted(load_kw.items())))
+    if spec.startswith('synthetic:') and key in _SYNTHETIC:
+        records, counts = _SYNTHETIC[key]
+        return (records, counts) if with_counts else records
+    records = pipeline.load_records(spec, kind, **load_kw)
+    locate = None
+    if spec.startswith('jsonl:'):
+        path = spec[len('jsonl:'):]
+        locate = lambda i: f'{path}:{records_lib.record_lines(path)[i]}'
+    records, counts = lengths.apply_prompt_policy(
+        records, kind, make_tokenizer(c), max_prompt_len=c.data.max_prompt_len,
+        policy=c.data.truncation, source=spec, locate=locate)
+    if counts['too_long']:
+        logging.warning('%s: %d of %d prompts longer than config.data.max_prompt_len=%d: '
+                        '%d truncated, %d skipped (config.data.truncation=%r)', spec,
+                        counts['too_long'], counts['records'], c.data.max_prompt_len,
+                        counts['truncated'], counts['skipped'], c.data.truncation)
+    if spec.startswith('synthetic:'):
+        if len(_SYNTHETIC) >= 8:
+            _SYNTHETIC.clear()
+        _SYNTHETIC[key] = (records, counts)
+    return (records, counts) if with_counts else records
+
+
+_SYNTHETIC = {}  # the last few synthetic datasets of `load_records`
 
 
 def train_eval_records(c: ml_collections.ConfigDict, kind: str):
@@ -245,14 +314,13 @@ def train_eval_records(c: ml_collections.ConfigDict, kind: str):
     Held-out records come from config.data.eval when set; synthetic tasks draw fresh ones from
     another seed; other sources keep back the last config.data.eval_fraction of the records.
     """
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
     d = c.data
-    train = pipeline.load_records(d.train, kind, num_examples=d.num_examples, seed=c.seed)
+    train = load_records(c, kind, d.train, num_examples=d.num_examples, seed=c.seed)
     if d.eval:
-        return train, pipeline.load_records(d.eval, kind, split='eval', seed=c.seed)
+        return train, load_records(c, kind, d.eval, split='eval', seed=c.seed)
     if d.train.startswith('synthetic:'):
-        held_out = pipeline.load_records(d.train, kind, num_examples=d.num_eval_examples,
-                                         seed=c.seed + 1_000_003)
+        held_out = load_records(c, kind, d.train, num_examples=d.num_eval_examples,
+                                seed=c.seed + 1_000_003)
         return train, held_out
     n_eval = max(1, int(len(train) * d.eval_fraction))
     if len(train) <= n_eval:
@@ -262,13 +330,19 @@ def train_eval_records(c: ml_collections.ConfigDict, kind: str):
         [train[i] for i in range(len(train) - n_eval, len(train))]
 
 
+def prompt_truncation(d: ml_collections.ConfigDict) -> str:
+    """What tokenisation does with a long prompt: the records were already filtered by
+    `load_records`, so 'skip' leaves none and 'left' / 'error' apply as they are."""
+    return 'error' if d.truncation == 'error' else 'left'
+
+
 def make_stream(c: ml_collections.ConfigDict, kind: str, records, tok, *, with_index=False):
     """Random-access batch stream (`stream[step]`) of this process's rows, tokenised."""
     from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
     d = c.data
     tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=d.truncation)
+                                         prompt_truncation=prompt_truncation(d))
     if with_index:
         base = tokenize
         tokenize = lambda record, i: {**base(record, i), 'index': np.int32(i)}
@@ -284,7 +358,7 @@ def fixed_batches(c: ml_collections.ConfigDict, kind: str, records, tok, *, batc
     d = c.data
     tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=d.truncation)
+                                         prompt_truncation=prompt_truncation(d))
     for start in range(0, len(records), batch_size):
         idx = list(range(start, min(start + batch_size, len(records))))
         real = len(idx)

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from alignjax import experiment_lib
 from alignjax import metrics
 from alignjax import trainers
+from alignjax import validation
 from alignjax.trainers import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -34,16 +35,22 @@ def main(argv):
     logging.info('JAX process %d/%d, %d devices (%s)', jax.process_index(), jax.process_count(),
                  jax.device_count(), jax.devices()[0].platform)
     config = _CONFIG.value
-    loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
+    try:
+        loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
+    except (validation.ValidationError, FloatingPointError) as e:
+        sys.exit(f'error: {e}')  # one line: what is wrong and where (also in WORKDIR/error.log)
 
 
 def parse_flags(argv):
-    """absl flag parsing, after checking --config and its overrides with clear messages."""
+    """absl flag parsing, after checking --config and its overrides with clear messages; a
+    refusal goes to stderr and WORKDIR/error.log, and nothing else is written."""
     try:
         experiment_lib.check_config_args(argv[1:])
-    except ValueError as e:
+        return flags.FLAGS(argv)
+    except (ValueError, flags.Error) as e:
+        workdir = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--workdir=')]
+        validation.write_error_log(workdir[-1] if workdir else None, str(e), primary=True)
         sys.exit(f'error: {e}')
-    return flags.FLAGS(argv)
 
 
 if __name__ == '__main__':

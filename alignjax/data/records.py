@@ -122,6 +122,12 @@ def validate_record(record: Any, kind: str, where: str) -> dict[str, Any]:
         if not math.isfinite(margin):
             raise DataError(
                 f"{where}: key 'margin' must be finite, got {margin}")
+        if out["chosen"] == out["rejected"]:
+            # An identical pair carries no preference: every pairwise loss is
+            # flat on it, so it can only be a data bug.
+            raise DataError(
+                f"{where}: 'chosen' and 'rejected' are identical; a preference "
+                f"pair needs two different responses")
         out["margin"] = float(margin)
         return out
     out = dict(record)
@@ -155,19 +161,24 @@ def read_jsonl(path: str | os.PathLike[str], kind: str) -> list[dict[str, Any]]:
     _check_kind(kind)
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             # Split on '\n' only: str.splitlines would also split on U+2028
             # and friends, which JSON allows raw inside strings.
-            lines = f.read().split("\n")
+            raw_lines = f.read().split(b"\n")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a JSONL file") from None
     out = []
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, raw in enumerate(raw_lines, start=1):
+        where = f"{path}:{lineno}"
+        try:  # decoded line by line, so that a bad byte is reported where it is
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at "
+                            f"column {e.start + 1})") from None
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -176,6 +187,14 @@ def read_jsonl(path: str | os.PathLike[str], kind: str) -> list[dict[str, Any]]:
     if not out:
         raise DataError(f"{path}: empty file (no records)")
     return out
+
+
+def record_lines(path: str | os.PathLike[str]) -> list[int]:
+    """1-based line numbers of the records of a JSONL file (its non-blank
+    lines), so that later checks on record ``i`` can name its line."""
+    with open(os.fspath(path), "rb") as f:
+        return [i for i, raw in enumerate(f.read().split(b"\n"), start=1)
+                if raw.strip()]
 
 
 def write_jsonl(path: str | os.PathLike[str],

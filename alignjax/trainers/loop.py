@@ -4,6 +4,11 @@ An algorithm module returns an `Algorithm`; `train` owns the rest: the mesh, the
 jitted update with exact gradient accumulation, checkpoints and resumption, preemption, metrics,
 evaluation and the final summary.
 
+Non-finite guard (config.nonfinite): a NaN or infinite loss or gradient norm either stops the
+run, naming the step and the metric, or ('skip') leaves parameters and optimizer state as they
+were and counts the step in `nonfinite_skipped`. Either way no checkpoint holds a non-finite
+update, so the last good one is never overwritten.
+
 Determinism: the batch of step s is `algorithm.batches(s, ...)` (the data position is the step)
 and the update's RNG is `fold_in(key, s)`, so a run resumed from a checkpoint at step s continues
 bit for bit the curve of a run never stopped.
@@ -27,6 +32,7 @@ from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import sharding
+from alignjax import validation
 
 # loss_fn(model, frozen, batch, rng) -> (loss_sum, weight, {name: (sum, weight)}).
 # The loss minimised is sum(loss_sum) / sum(weight) over all microbatches: exact accumulation.
@@ -88,8 +94,13 @@ def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
 
 
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
-                state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1):
+                state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1,
+                skip_nonfinite: bool = False):
     """The jitted update: (state, frozen_states, batch) -> (state, metrics, finite).
+
+    With `skip_nonfinite` a step whose loss or gradient norm is not finite keeps the old
+    parameters and optimizer state (selected on device: no host round trip) and increments
+    `state['nonfinite_skipped']`; the step counter still advances past the bad batch.
 
     With epochs * minibatches > 1 the batch is reused: each epoch permutes its rows and takes one
     optimizer step per minibatch; the metrics are the mean over those steps. The state is donated
@@ -161,6 +172,13 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
         out['lr'] = schedule(step * (epochs * minibatches))
         finite = jnp.isfinite(out['loss']) & jnp.isfinite(out['grad_norm'])
         new_state = dict(state, params=params, opt_state=opt_state, step=step + 1)
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)
+            new_state['params'] = jax.tree.map(keep, params, state['params'])
+            new_state['opt_state'] = jax.tree.map(keep, opt_state, state['opt_state'])
+            skipped = state['nonfinite_skipped']
+            new_state['nonfinite_skipped'] = skipped + jnp.where(finite, 0, 1).astype(skipped.dtype)
+            out['nonfinite_skipped'] = new_state['nonfinite_skipped']
         return new_state, out, finite
 
     rep = sharding.replicated(mesh)
@@ -206,29 +224,40 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
         config.optim, config.total_steps * algo.updates_per_batch)
     algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
     shardings = state_shardings(params, tx, algo_state, mesh)
+    shardings['nonfinite_skipped'] = sharding.replicated(mesh)  # checkpointed with the state
     state = jax.device_put({
         'params': params,
         'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
         'step': jnp.int32(0),
         'rng': jax.random.key_data(jax.random.key(config.seed)),
+        'nonfinite_skipped': jnp.int32(0),
         'algo': algo_state,
     }, shardings)
     update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
                          config.optim.microbatches, shardings, mesh, epochs=algo.epochs,
-                         minibatches=algo.minibatches)
+                         minibatches=algo.minibatches,
+                         skip_nonfinite=config.get('nonfinite', 'stop') == 'skip')
     return Setup(graphdef, state, shardings, frozen_states, update)
 
 
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
-    """Runs (or resumes) an experiment in `workdir`; returns the final summary."""
+    """Runs (or resumes) an experiment in `workdir`; returns the final summary.
+
+    Bad input (`validation`) raises `validation.ValidationError` before any compute, leaving
+    only `workdir/error.log`.
+    """
+    validation.validate_run(config, workdir)
     mesh = experiment_lib.make_mesh(config)
     primary = jax.process_index() == 0
-    experiment_lib.write_config(config, workdir)
+    policy = config.get('nonfinite', 'stop')
     with jax.set_mesh(mesh):
         algo = build(config, mesh)
         if config.ckpt_every % algo.save_every:
-            raise ValueError(f'config.ckpt_every={config.ckpt_every} must be a multiple of '
-                             f'{algo.save_every} (this algorithm can only save at those steps)')
+            message = (f'config.ckpt_every={config.ckpt_every} must be a multiple of '
+                       f'{algo.save_every} (this algorithm can only save at those steps)')
+            validation.write_error_log(workdir, message)
+            raise validation.ValidationError(message)
+        experiment_lib.write_config(config, workdir)
         run = setup(config, algo, mesh)
         graphdef, state, shardings = run.graphdef, run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update
@@ -255,16 +284,18 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 batch = sharding.shard_batch(host_batch, mesh)
                 state, metrics, finite = update(state, frozen_states, batch)
                 model = nnx.merge(graphdef, state['params'])
-                _check_finite(pending)
+                _check_finite(pending, policy)
                 pending = (step, metrics, finite)
-                if algo.update_algo_state is not None:
+                # A skipped step's metrics must not move the controllers (an adaptive KL).
+                if algo.update_algo_state is not None and (
+                        policy == 'stop' or bool(jax.device_get(finite))):
                     state['algo'] = jax.device_put(
                         algo.update_algo_state(algo_state,
                                                {**jax.device_get(metrics), **host_metrics}),
                         shardings['algo'])
                 done = step + 1
                 if done % config.log_every == 0 or done == config.total_steps:
-                    _check_finite(pending)
+                    _check_finite(pending, policy)
                     writer.write(done, {**jax.device_get(metrics), **host_metrics}, tokens=tokens)
                     tokens = 0
                 if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
@@ -278,7 +309,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 final = stop or done == config.total_steps
                 if final or done % config.ckpt_every == 0:
                     # Never write a checkpoint from a non-finite step: the last good one stays.
-                    _check_finite(pending)
+                    _check_finite(pending, policy)
                 if boundary or final:
                     ckpt.save(done, state, force=final)
                 if stop:
@@ -288,7 +319,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     writer.close()
                     ckpt.close()
                     return {}
-        _check_finite(pending)
+        _check_finite(pending, policy)
         ckpt.wait()
         ckpt.close()
         summary = {'step': int(state['step'])}
@@ -302,13 +333,24 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         return summary
 
 
-def _check_finite(pending) -> None:
+def _check_finite(pending, policy: str = 'stop') -> None:
+    """Stops (policy 'stop') or warns ('skip': the update was already dropped on device) when
+    the pending step was not finite, naming the step and the offending metrics. Called one step
+    late, so the host never waits on the step it just launched."""
     if pending is None:
         return
     step, metrics, finite = pending
-    if not bool(jax.device_get(finite)):
-        m = jax.device_get(metrics)
-        raise FloatingPointError(
-            f'Non-finite values at step {step}: loss={float(m["loss"])}, '
-            f'grad_norm={float(m["grad_norm"])}. The last checkpoint is intact; lower '
-            f'config.optim.lr or check the data.')
+    if bool(jax.device_get(finite)):
+        return
+    m = jax.device_get(metrics)
+    values = {k: float(m[k]) for k in ('loss', 'grad_norm')}
+    bad = ', '.join(k for k, v in values.items() if not np.isfinite(v))
+    shown = ', '.join(f'{k}={v}' for k, v in values.items())
+    if policy == 'skip':
+        logging.warning('Skipped step %d: non-finite %s (%s); parameters unchanged, %d skipped '
+                        'so far (config.nonfinite=skip)', step, bad, shown,
+                        int(m['nonfinite_skipped']))
+        return
+    raise FloatingPointError(
+        f'Non-finite values at step {step} in {bad}: {shown}. The last checkpoint is intact; '
+        f"lower config.optim.lr, check the data, or set config.nonfinite='skip'.")

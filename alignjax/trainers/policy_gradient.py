@@ -189,9 +189,9 @@ def online_setup(config, mesh):
     reference_from)."""
     tok = experiment_lib.make_tokenizer(config)
     task = experiment_lib.synthetic_task(config)
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    records = pipeline.load_records(config.data.train, 'prompt',
-                                    num_examples=config.data.num_examples, seed=config.seed)
+    records = experiment_lib.load_records(config, 'prompt', config.data.train,
+                                          num_examples=config.data.num_examples,
+                                          seed=config.seed)
     prompts = experiment_lib.make_stream(config, 'prompt', records, tok)
     policy = experiment_lib.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)

@@ -24,11 +24,11 @@ def sft_loss_fn(model, frozen, batch, rng):
 def build(config, mesh) -> loop.Algorithm:
     tok = experiment_lib.make_tokenizer(config)
     d = config.data
-    records = pipeline.load_records(d.train, 'sft', num_examples=d.num_examples,
-                                    seed=config.seed)
+    records = experiment_lib.load_records(config, 'sft', d.train, num_examples=d.num_examples,
+                                          seed=config.seed)
     tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=d.truncation)
+                                         prompt_truncation=experiment_lib.prompt_truncation(d))
     stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
