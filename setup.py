@@ -25,7 +25,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
-        "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tokenizers", "trl==1.16.0"],
+        "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tokenizers", "sentencepiece",
+               "jinja2>=3.1.6", "trl==1.16.0"],
         "bench": [],
     },
 )

@@ -30,11 +30,12 @@ def sample(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_token
         greedy=temperature == 0.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
         prompt_bucket=max_prompt_len)
     batch_size = min(batch_size, len(prompts))
+    add_bos = bool(getattr(tok, 'add_bos', False))  # as the training pipeline encodes prompts
     parts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         rows = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one shape, one compile
-        enc = [pipeline.encode_prompt(tok, p, max_prompt_len) for p in rows]
+        enc = [pipeline.encode_prompt(tok, p, max_prompt_len, add_bos=add_bos) for p in rows]
         ids = np.stack([e[0] for e in enc])
         mask = np.stack([e[1] for e in enc])
         out = sampling.generate(model, ids, mask, jax.random.fold_in(key, start), config)

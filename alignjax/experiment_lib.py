@@ -49,11 +49,20 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
-    """Every ModelConfig field of a preset, so `--config.model.num_layers=4` works."""
-    cfg = model_config.get_model_config(preset, **overrides)
+    """Every ModelConfig field of a preset, so `--config.model.num_layers=4` works.
+
+    `preset` is a name in `alignjax.models.config` or `hf:DIR`, the architecture of a Hugging Face
+    checkpoint directory (its config.json), to pair with `init_from='hf:DIR'`.
+    """
+    if preset.startswith('hf:'):
+        from alignjax.interop import hf  # pylint: disable=g-import-not-at-top
+        cfg = hf.read_config(preset[3:]).replace(**overrides)
+    else:
+        cfg = model_config.get_model_config(preset, **overrides)
     fields = dataclasses.asdict(cfg)
-    if fields['rope_scaling'] is not None:
-        fields['rope_scaling'] = dict(fields['rope_scaling'])
+    for key in ('rope_scaling', 'rope_local_scaling'):
+        if fields[key] is not None:
+            fields[key] = dict(fields[key])
     return ml_collections.ConfigDict({'preset': preset, **fields}, type_safe=False)
 
 
@@ -63,7 +72,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.algo = algo
     c.seed = 0
     c.model = model_config_dict(model)
-    c.tokenizer = 'byte'
+    c.tokenizer = 'byte'  # 'byte' or 'hf:DIR' (tokenizer.json or tokenizer.model there)
+    c.special_tokens = ml_collections.ConfigDict({'bos': '', 'eos': '', 'pad': ''})  # '': the
+    # checkpoint's own (hf: tokenizers); otherwise the token's text
     c.init_from = ''  # '' or a workdir whose latest checkpoint's params start this run
 
     c.mesh = ml_collections.ConfigDict()
@@ -113,8 +124,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
 
 def model_config_from(c: ml_collections.ConfigDict) -> model_config.ModelConfig:
     fields = {k: v for k, v in c.to_dict().items() if k != 'preset'}
-    if isinstance(fields.get('rope_scaling'), dict) and not fields['rope_scaling']:
-        fields['rope_scaling'] = None
+    for key in ('rope_scaling', 'rope_local_scaling'):
+        if isinstance(fields.get(key), dict) and not fields[key]:
+            fields[key] = None
     known = {f.name for f in dataclasses.fields(model_config.ModelConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -170,11 +182,18 @@ def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def make_tokenizer(c: ml_collections.ConfigDict):
-    """The tokenizer named by config.tokenizer ('byte' for the synthetic tasks)."""
+    """The tokenizer named by config.tokenizer: 'byte' (the synthetic tasks) or 'hf:DIR'."""
     from alignjax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
-    if c.tokenizer != 'byte':
-        raise ValueError(f"config.tokenizer={c.tokenizer!r} is not supported yet; use 'byte'")
-    return ByteTokenizer()
+    if c.tokenizer == 'byte':
+        return ByteTokenizer()
+    if not c.tokenizer.startswith('hf:'):
+        raise ValueError(f"config.tokenizer={c.tokenizer!r}: expected 'byte' or 'hf:DIR'")
+    from alignjax.interop import tokenizer as hf_tokenizer  # pylint: disable=g-import-not-at-top
+    tok = hf_tokenizer.load_tokenizer(c.tokenizer[3:], **c.special_tokens.to_dict())
+    if tok.vocab_size > c.model.vocab_size:
+        raise ValueError(f'config.tokenizer={c.tokenizer!r} produces {tok.vocab_size} ids but '
+                         f'config.model.vocab_size={c.model.vocab_size}')
+    return tok
 
 
 def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):

@@ -4,6 +4,9 @@
 
 - `''`: start from scratch;
 - a workdir: the params of its latest checkpoint;
+- `hf:DIR`: a Hugging Face checkpoint directory (config.json + safetensors); the model must be
+  built with its architecture (experiment argument `model=hf:DIR`, i.e. `config.model` from its
+  config.json); heads the checkpoint lacks (reward, value) keep their fresh initialisation;
 - `experiment:PATH[:ARGS]`: the experiment `PATH` with `ARGS` (e.g.
   `experiment:experiments/sft.py:tiny`), trained once into a cache directory keyed by the hash of
   its resolved config and reused afterwards. This is how every `:tiny` preset runs standalone from
@@ -111,3 +114,8 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
     params = load_params(resolve(spec, key=key), abstract, key=key)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(module, state)
+    if spec.startswith('hf:'):
+        from alignjax.interop import hf  # pylint: disable=g-import-not-at-top
+        hf.load_into(module, spec[3:], key=key)
+        logging.info('Loaded parameters from Hugging Face checkpoint %s', spec[3:])
+        return

@@ -52,12 +52,19 @@ FAMILIES = {
                 'final_logit_softcapping': 4.0},
                {'post_norms': True, 'sliding_window': 64, 'local_layer_period': 2,
                 'query_scale': 32 ** -0.5, 'attn_logit_softcap': 3.0, 'final_logit_softcap': 4.0}),
+    # Gemma-3 4B and larger: linear RoPE scaling on the global layers only.
     'gemma3_text': ({'sliding_window': 64, 'query_pre_attn_scalar': 24,
                      'layer_types': ['sliding_attention', 'full_attention'],
-                     'final_logit_softcapping': 6.0},
+                     'final_logit_softcapping': 6.0,
+                     'rope_parameters': {
+                         'full_attention': {'rope_type': 'linear', 'rope_theta': 1e6,
+                                            'factor': 8.0},
+                         'sliding_attention': {'rope_type': 'default', 'rope_theta': 10_000.0}}},
                     {'qk_norm': True, 'post_norms': True, 'rope_theta': 1e6,
-                     'rope_local_theta': 10_000.0, 'local_layer_period': 2,
-                     'query_scale': 24 ** -0.5, 'attn_logit_softcap': None}),
+                     'rope_scaling': (('factor', 8.0), ('type', 'linear')),
+                     'rope_local_theta': 10_000.0, 'rope_local_scaling': None,
+                     'local_layer_period': 2, 'query_scale': 24 ** -0.5,
+                     'attn_logit_softcap': None}),
 }
 MESHES = {'llama': (1, 4, 2)}  # every parameter split over all 8 devices; others (1, 1, 1)
 SHARDED_FILES = ('qwen2',)  # saved as several shards with model.safetensors.index.json
@@ -272,19 +279,26 @@ GEMMA_3_1B = {
     'rope_theta': 1000000, 'rope_local_base_freq': 10000, 'rope_scaling': None,
     'attn_logit_softcapping': None, 'final_logit_softcapping': None, 'rms_norm_eps': 1e-06,
     'torch_dtype': 'bfloat16'}
+GEMMA_3_4B = {**GEMMA_3_1B, 'vocab_size': 262208, 'hidden_size': 2560, 'intermediate_size': 10240,
+              'num_hidden_layers': 34, 'num_attention_heads': 8, 'num_key_value_heads': 4,
+              'sliding_window': 1024, 'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'}}
 
 
 @pytest.mark.parametrize('published,preset', [
     (LLAMA_3_2_1B, 'llama3_2_1b'), (QWEN2_5_7B, 'qwen2_5_7b'), (MISTRAL_7B_V0_3, 'mistral_7b'),
-    (GEMMA_2_2B, 'gemma2_2b'), (GEMMA_3_1B, None)])
+    (GEMMA_2_2B, 'gemma2_2b'), (GEMMA_3_1B, None), (GEMMA_3_4B, None)])
 def test_published_configs(published, preset):
     cfg = config_from_hf(published)
     if preset is not None:
         assert cfg == PRESETS[preset].replace(remat=False)
-    else:  # Gemma-3-1B: 5 local layers (window 512, RoPE base 1e4) per global one (base 1e6)
+    else:  # Gemma-3: 5 local layers (RoPE base 1e4, unscaled) per global one (base 1e6)
         assert [cfg.is_local_layer(i) for i in range(6)] == [True] * 5 + [False]
-        assert (cfg.sliding_window, cfg.rope_theta, cfg.rope_local_theta) == (512, 1e6, 1e4)
+        assert (cfg.sliding_window, cfg.rope_theta, cfg.rope_local_theta) == (
+            published['sliding_window'], 1e6, 1e4)
         assert cfg.qk_norm and cfg.post_norms and cfg.query_scale == 256 ** -0.5
+        scaled = published['rope_scaling'] is not None  # 4B and larger: global layers only
+        assert cfg.rope(False) == (1e6, (('factor', 8.0), ('type', 'linear')) if scaled else None)
+        assert cfg.rope(True) == (1e4, None)
     # transformers' own normalisation of the file (rope_parameters, layer_types) maps the same.
     normalised = transformers.AutoConfig.for_model(**published).to_dict()
     assert config_from_hf(normalised) == cfg
@@ -303,10 +317,6 @@ BASE = {'model_type': 'llama', **COMMON}
     ({'hidden_act': 'gelu'}, 'hidden_act'),  # exact GELU: alignjax has the tanh form only
     ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 8,
       'max_window_layers': 1}, 'layer_types'),  # [global, local]: not a local_layer_period
-    ({'model_type': 'gemma3_text', 'layer_types': ['sliding_attention', 'full_attention'],
-      'rope_parameters': {'full_attention': {'rope_type': 'linear', 'factor': 8.0},
-                          'sliding_attention': {'rope_type': 'default'}}},
-     'rope_parameters'),  # Gemma-3 4B+: linear scaling on global layers only
     ({'num_hidden_layers': None}, 'num_hidden_layers'),
 ])
 def test_unsupported_configs_raise_naming_field_and_file(change, field):

@@ -172,17 +172,18 @@ def _tokenize(record: Mapping[str, Any], index: int, *, kind: str,
               tok: ByteTokenizer, max_prompt_len: int, max_response_len: int,
               prompt_truncation: str, response_truncation: str,
               add_bos: bool) -> dict[str, np.ndarray]:
-    prompt_fn = functools.partial(encode_prompt, tok, max_len=max_prompt_len,
-                                  truncation=prompt_truncation, add_bos=add_bos)
     response_fn = functools.partial(encode_response, tok,
                                     max_len=max_response_len,
                                     truncation=response_truncation)
     if kind == "sft" and "messages" in record:
         prompt_text, response_text = tok.format_chat(record["messages"])
+        add_bos = False  # a chat template writes its own BOS
     else:
         prompt_text, response_text = record["prompt"], record.get("response")
     out = {}
-    out["prompt"], out["prompt_mask"] = prompt_fn(prompt_text)
+    out["prompt"], out["prompt_mask"] = encode_prompt(
+        tok, prompt_text, max_prompt_len, truncation=prompt_truncation,
+        add_bos=add_bos)
     if kind == "sft":
         out["response"], out["response_mask"] = response_fn(response_text)
     elif kind == "preference":
@@ -204,10 +205,17 @@ def make_tokenize_fn(
     max_response_len: int = 0,
     prompt_truncation: str = "left",
     response_truncation: str = "right",
-    add_bos: bool = False,
+    add_bos: bool | None = None,
 ) -> TokenizeFn:
     """Returns ``fn(record, index) -> dict of arrays`` in the batch layout of
-    ``kind`` (see the module docstring)."""
+    ``kind`` (see the module docstring).
+
+    ``add_bos=None`` puts BOS before plain-text prompts when the tokenizer
+    itself would (``tok.add_bos``: Llama and Gemma do, Qwen and the byte
+    tokenizer do not); chat-formatted prompts get what their template writes.
+    """
+    if add_bos is None:
+        add_bos = bool(getattr(tok, "add_bos", False))
     if kind not in records_lib.KINDS:
         raise DataError(f"unknown record kind {kind!r}")
     if kind != "prompt" and max_response_len <= 0:

@@ -212,12 +212,9 @@ def config_from_hf(hf_config: dict, *, source: str = 'config.json') -> ModelConf
     max_position = get('max_position_embeddings')
     theta, scaling = _rope_one(full, max_position, source)
     local_theta, local_scaling = _rope_one(slide, max_position, source)
-    if any(local) and not all(local) and local_scaling != scaling:
-        raise ValueError(f'{source}: rope_parameters scale full-attention layers by {scaling} and '
-                         f'sliding layers by {local_scaling}; alignjax applies one rope_scaling to '
-                         'every layer')
     if all(local):
         theta, scaling = local_theta, local_scaling
+    separate = any(local) and (local_theta, local_scaling) != (theta, scaling)
     dtype = hf.get('dtype', hf.get('torch_dtype'))
     softcap = lambda key: None if get(key) is None else float(get(key))
     return ModelConfig(
@@ -227,7 +224,8 @@ def config_from_hf(hf_config: dict, *, source: str = 'config.json') -> ModelConf
         activation=activation, norm_eps=float(get('rms_norm_eps')), norm_offset=fam.gemma,
         post_norms=fam.post_norms, qk_norm=fam.qk_norm, attention_bias=fam.qkv_bias,
         rope_theta=theta, rope_scaling=scaling,
-        rope_local_theta=local_theta if any(local) and local_theta != theta else None,
+        rope_local_theta=local_theta if separate else None,
+        rope_local_scaling=local_scaling if separate else None,
         sliding_window=window if any(local) else None, local_layer_period=_period(local, source),
         query_scale=(float(get('query_pre_attn_scalar')) ** -0.5
                      if fam.query_pre_attn_scalar else None),
@@ -242,11 +240,13 @@ def _semantics(cfg: ModelConfig) -> dict:
     """The fields that decide what a config computes, with equivalent spellings made equal."""
     local = tuple(cfg.is_local_layer(i) for i in range(cfg.num_layers))
     out = dataclasses.asdict(cfg)
-    for key in ('param_dtype', 'dtype', 'remat', 'local_layer_period', 'rope_local_theta'):
+    for key in ('param_dtype', 'dtype', 'remat', 'local_layer_period', 'rope_local_theta',
+                'rope_local_scaling'):
         del out[key]
     out.update(local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,
                rope_theta=None if all(local) else cfg.rope_theta,
-               local_rope_theta=(cfg.rope_local_theta or cfg.rope_theta) if any(local) else None,
+               rope_scaling=None if all(local) else cfg.rope_scaling,
+               local_rope=cfg.rope(True) if any(local) else None,
                query_scale=round(cfg.head_dim ** -0.5 if cfg.query_scale is None
                                  else cfg.query_scale, 10))
     return out
@@ -278,8 +278,7 @@ def hf_config(cfg: ModelConfig, model_type: str) -> dict:
            'tie_word_embeddings': cfg.tie_embeddings, 'dtype': cfg.param_dtype}
     rope = _rope_out(cfg.rope_theta, cfg.rope_scaling)
     if fam.local_rope:
-        rope = {'full_attention': rope, 'sliding_attention': _rope_out(
-            cfg.rope_local_theta or cfg.rope_theta, cfg.rope_scaling)}
+        rope = {'full_attention': rope, 'sliding_attention': _rope_out(*cfg.rope(True))}
     out['rope_parameters'] = rope
     if fam.bias_switch:
         out['attention_bias'] = False
@@ -327,6 +326,49 @@ def _to_hf(x: np.ndarray, leaf: str) -> np.ndarray:
     return x.reshape(-1) if leaf in _FLAT else x
 
 
+def read_config(directory: str) -> ModelConfig:
+    """The `ModelConfig` of a Hugging Face checkpoint directory (its config.json)."""
+    config_path = os.path.join(directory, 'config.json')
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f'{directory}: no config.json (not a Hugging Face checkpoint '
+                                'directory)')
+    with open(config_path) as f:
+        return config_from_hf(json.load(f), source=config_path)
+
+
+def _model_type(directory: str) -> str:
+    with open(os.path.join(directory, 'config.json')) as f:
+        return json.load(f)['model_type']
+
+
+def _fill(state: nnx.State, shardings: dict, directory: str) -> None:
+    """Reads every parameter of `state` (a Decoder's, or a backbone's) from the checkpoint in
+    `directory`, one tensor at a time, straight onto `shardings[path]`.
+
+    Every other checkpoint tensor is an error, except the output head where `state` has none (tied
+    embeddings, or a backbone under a scalar head).
+    """
+    model_type = _model_type(directory)
+    fam = FAMILIES[model_type]
+    ckpt = safetensors_io.Checkpoint(directory)
+    names = {tuple(path): _hf_name(tuple(path), fam) for path, _ in state.flat_state()}
+    ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (
+        key == _TOP[('lm_head',)] and ('lm_head',) not in names)
+    missing = sorted(set(names.values()) - set(ckpt.entries))
+    unexpected = sorted(k for k in set(ckpt.entries) - set(names.values()) if not ignored(k))
+    if missing or unexpected:
+        raise ValueError(f'{directory}: the tensors do not match config.json ({model_type}): '
+                         f'missing {missing}, unexpected {unexpected}')
+    for path, var in state.flat_state():
+        path, hf_name = tuple(path), names[tuple(path)]
+        x = ckpt.read(hf_name)
+        if x.shape != _hf_shape(path[-1], var.shape):
+            raise ValueError(f'{directory}: tensor {hf_name} has shape {x.shape}, the model '
+                             f'expects {_hf_shape(path[-1], var.shape)}')
+        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(var.shape).astype(var.dtype)
+        var.set_value(jax.make_array_from_callback(var.shape, shardings[path], lambda i: x[i]))
+
+
 def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, ModelConfig]:
     """A `Decoder` and its `ModelConfig` from a Hugging Face checkpoint directory.
 
@@ -340,11 +382,7 @@ def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, M
     Returns:
         (model, cfg).
     """
-    config_path = os.path.join(directory, 'config.json')
-    with open(config_path) as f:
-        hf = json.load(f)
-    cfg = config_from_hf(hf, source=config_path)
-    fam = FAMILIES[hf['model_type']]
+    cfg = read_config(directory)
     ckpt = safetensors_io.Checkpoint(directory)
     if dtype is None and _TOP[('embedding',)] in ckpt.entries:
         dtype = ckpt.dtype(_TOP[('embedding',)]).name
@@ -354,23 +392,33 @@ def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, M
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
     shardings = dict(sharding_lib.state_shardings(
         state, mesh, sharding_lib.rules_from_config(rules)).flat_state())
-    names = {tuple(path): _hf_name(tuple(path), fam) for path, _ in state.flat_state()}
-    ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (
-        cfg.tie_embeddings and key == _TOP[('lm_head',)])
-    missing = sorted(set(names.values()) - set(ckpt.entries))
-    unexpected = sorted(k for k in set(ckpt.entries) - set(names.values()) if not ignored(k))
-    if missing or unexpected:
-        raise ValueError(f'{directory}: the tensors do not match config.json '
-                         f'({hf["model_type"]}): missing {missing}, unexpected {unexpected}')
-    for path, var in state.flat_state():
-        path, hf_name = tuple(path), names[tuple(path)]
-        x = ckpt.read(hf_name)
-        if x.shape != _hf_shape(path[-1], var.shape):
-            raise ValueError(f'{directory}: tensor {hf_name} has shape {x.shape}, config.json '
-                             f'implies {_hf_shape(path[-1], var.shape)}')
-        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(var.shape).astype(var.dtype)
-        var.set_value(jax.make_array_from_callback(var.shape, shardings[path], lambda i: x[i]))
+    _fill(state, {tuple(k): v for k, v in shardings.items()}, directory)
     return nnx.merge(graphdef, state), cfg
+
+
+def load_into(module: Decoder, directory: str, *, key: str = 'init_from') -> None:
+    """Overwrites a built `Decoder`'s parameters (a policy, or the backbone of a reward, value or
+    preference model) in place from a Hugging Face checkpoint, keeping their shardings and dtype.
+
+    The module's config must compute what the checkpoint's config.json describes (build it with
+    the experiment argument `model=hf:DIR`); parameters the checkpoint has no tensor for (the
+    scalar heads outside the backbone) keep their fresh initialisation.
+    """
+    if not isinstance(module, Decoder):
+        raise TypeError(f'config.{key}=hf:{directory}: expected a Decoder, got '
+                        f'{type(module).__name__}')
+    want = _semantics(read_config(directory))
+    got = _semantics(module.cfg)
+    differ = sorted(k for k in want if want[k] != got[k])
+    if differ:
+        raise ValueError(f'config.{key}=hf:{directory}: config.model differs from its '
+                         'config.json in ' + ', '.join(f'{k} ({got[k]!r} here, {want[k]!r} '
+                                                       'there)' for k in differ)
+                         + f'; build the model with model=hf:{directory}')
+    state = nnx.state(module, nnx.Param)
+    shardings = {tuple(path): var.get_value().sharding for path, var in state.flat_state()}
+    _fill(state, shardings, directory)
+    nnx.update(module, state)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -34,9 +34,12 @@ class ModelConfig:
         qk_norm: RMSNorm over head_dim of queries and keys (Qwen3, Gemma-3).
         attention_bias: biases on the q, k, v projections (Qwen2/2.5).
         rope_theta: RoPE base of global layers.
-        rope_local_theta: RoPE base of sliding-window layers (Gemma-3); None -> rope_theta.
+        rope_local_theta: RoPE base of sliding-window layers (Gemma-3); None -> the local layers
+            use the global RoPE (rope_theta and rope_scaling).
         rope_scaling: None, {'type': 'linear', 'factor': f} or {'type': 'llama3', 'factor': f,
             'low_freq_factor': a, 'high_freq_factor': b, 'original_max_position': n}.
+        rope_local_scaling: scaling of the sliding-window layers' RoPE when rope_local_theta is
+            set (Gemma-3 4B and larger scale only their global layers); same format.
         sliding_window: window length of local layers, None for global attention everywhere.
         local_layer_period: with a window, layer i is global iff (i + 1) % period == 0 (Gemma-2: 2,
             Gemma-3: 6); 1 makes every layer local (Mistral).
@@ -66,6 +69,7 @@ class ModelConfig:
     rope_theta: float = 10_000.0
     rope_local_theta: float | None = None
     rope_scaling: dict[str, Any] | tuple | None = None
+    rope_local_scaling: dict[str, Any] | tuple | None = None
     sliding_window: int | None = None
     local_layer_period: int = 1
     query_scale: float | None = None
@@ -79,8 +83,9 @@ class ModelConfig:
 
     def __post_init__(self):
         # Stored as sorted (key, value) pairs so that the config stays hashable (a jit static).
-        if isinstance(self.rope_scaling, dict):
-            object.__setattr__(self, 'rope_scaling', tuple(sorted(self.rope_scaling.items())))
+        for key in ('rope_scaling', 'rope_local_scaling'):
+            if isinstance(getattr(self, key), dict):
+                object.__setattr__(self, key, tuple(sorted(getattr(self, key).items())))
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f'model.num_heads={self.num_heads} is not a multiple of '
                              f'model.num_kv_heads={self.num_kv_heads}')
@@ -99,6 +104,12 @@ class ModelConfig:
     @property
     def jnp_param_dtype(self):
         return _DTYPES[self.param_dtype]
+
+    def rope(self, local: bool) -> tuple[float, tuple | None]:
+        """(theta, scaling) of a local (sliding-window) or global layer's RoPE."""
+        if local and self.rope_local_theta:
+            return self.rope_local_theta, self.rope_local_scaling
+        return self.rope_theta, self.rope_scaling
 
     def is_local_layer(self, i: int) -> bool:
         if self.sliding_window is None:

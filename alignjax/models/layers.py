@@ -113,7 +113,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(hd, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
             self.k_norm = RMSNorm(hd, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=pd)
         # A Python float, not an array: arrays on a module would become state.
-        self.rope_theta = cfg.rope_local_theta if (local and cfg.rope_local_theta) else cfg.rope_theta
+        self.rope_theta, self.rope_scaling = cfg.rope(local)
 
     def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None):
         cfg = self.cfg
@@ -128,7 +128,7 @@ class Attention(nnx.Module):
             v = v + self.v_bias[...].astype(dt)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, cfg.rope_scaling)
+        inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
 
