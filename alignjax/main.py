@@ -24,6 +24,14 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, summary.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() (multi-host runs).')
+# On TPU pods, Slurm and Open MPI, jax discovers these itself; elsewhere (several processes on
+# one machine, a hand-made cluster) every process names the coordinator, the count and itself.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (--distributed; default: detected).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes (--distributed; default: detected).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process (--distributed; default: detected).')
 
 
 def main(argv):
@@ -31,7 +39,9 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     metrics.quiet_library_logs()
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
     logging.info('JAX process %d/%d, %d devices (%s)', jax.process_index(), jax.process_count(),
                  jax.device_count(), jax.devices()[0].platform)
     config = _CONFIG.value

@@ -15,12 +15,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 
 import jax
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -62,10 +64,18 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
     name = os.path.basename(exp.split(':')[0]).removesuffix('.py')
     workdir = os.path.join(cache_root(), f'{name}-{digest.hexdigest()[:12]}')
     os.makedirs(cache_root(), exist_ok=True)
-    # One trainer per cache entry, even across concurrent processes (parallel tests, sweeps).
-    with open(workdir + '.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(workdir, 'summary.json')):
+    # One trainer per cache entry, even across concurrent runs (parallel tests, sweeps). In a
+    # multi-process run the training is collective: process 0 holds the lock and decides, the
+    # others follow its answer (a lock of their own would wait on a collective forever).
+    primary = jax.process_index() == 0
+    with open(workdir + '.lock', 'w') if primary else contextlib.nullcontext() as lock:
+        if primary:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        done = os.path.exists(os.path.join(workdir, 'summary.json'))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+            done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+        if not done:
             logging.info('config.%s=%r: training it once into %s', key, spec, workdir)
             with jax.set_mesh(experiment_lib.make_mesh(config)):
                 loop.train(config, workdir, trainers.get_builder(config.algo))

@@ -188,3 +188,19 @@ def to_local(x) -> np.ndarray:
     full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
     start, size = process_batch_slice(full.shape[0])
     return full[start:start + size]
+
+
+def process_sum(values):
+    """Element-wise sum of a host value (scalar or array) over processes. A collective: every
+    process calls it at the same point; on one process it returns `values` unchanged."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0)
+
+
+def process_mean(values):
+    """Element-wise mean over processes (equal-sized per-process parts: the global mean)."""
+    if jax.process_count() == 1:
+        return values
+    return process_sum(values) / jax.process_count()

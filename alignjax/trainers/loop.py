@@ -296,6 +296,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 done = step + 1
                 if done % config.log_every == 0 or done == config.total_steps:
                     _check_finite(pending, policy)
+                    tokens = int(sharding.process_sum(tokens))  # every process's rows
                     writer.write(done, {**jax.device_get(metrics), **host_metrics}, tokens=tokens)
                     tokens = 0
                 if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
