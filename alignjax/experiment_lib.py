@@ -418,7 +418,10 @@ def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Con
         kl_coef=a.kl if a.kl >= 0 else (0.2 if a.reward == 'rm' else 0.05),
         kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
         kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
-        missing_eos_penalty=0.0, grpo_normalize=True))
+        missing_eos_penalty=0.0, grpo_normalize=True,
+        # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
+        # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
+        generation_sharding='train'))
     c.optim.lr = a.lr
     c.optim.warmup_steps = 5
     c.optim.schedule = 'constant'

@@ -8,6 +8,13 @@ policy, the reference and the critic over the samples. With `greedy_baseline` it
 prompt greedily with the same sampler and scores and passes that response too (ReMax's baseline).
 Everything is deterministic in (seed, step, parameters), so a resumed run redraws the same batch.
 
+With a `generation` sharding (`resharding.GenerationSharding`: tensor-parallel, or replicated over
+'data') the sampler runs on its own mesh: the policy is resharded to it before each rollout (the
+frozen reference once), timed and logged as `rollout/reshard_s`; the teacher-forced passes and
+the update stay in the training sharding. Tokens and log-probs do not depend on the choice.
+On several processes each one samples its own rows; the logged rollout figures are global means
+(throughputs: global sums).
+
 Scorers map (prompt texts, response texts, token batch) to one float per response:
 `GoldScorer` (a synthetic task's gold reward), `RewardModelScorer` (a reward model or ensemble,
 aggregated by mean, min or mean - lambda * std). The Nash family scores pairs instead:
@@ -25,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from alignjax import resharding
 from alignjax import sampling
 from alignjax import sharding
 from alignjax.losses import reward as reward_losses
@@ -121,6 +129,17 @@ class ModelPreference:
         return sharding.to_local(out).astype(np.float32)
 
 
+def global_metrics(metrics: dict) -> dict:
+    """Per-process host figures -> global ones: means over processes (every process holds the
+    same number of rows), sums for throughputs. A collective on several processes."""
+    if jax.process_count() == 1:
+        return metrics
+    names = sorted(metrics)
+    values = sharding.process_sum(np.array([metrics[k] for k in names], np.float32))
+    n = jax.process_count()
+    return {k: float(v if k.endswith('tokens_per_s') else v / n) for k, v in zip(names, values)}
+
+
 @functools.lru_cache(maxsize=16)
 def _teacher_forced(policy_def, ref_def, critic_def):
     """Jitted (policy, reference, critic) pass over sampled responses."""
@@ -162,12 +181,19 @@ class Rollout:
       mesh: the device mesh.
       seed: sampling seed; step s samples with `fold_in(key(seed), s)`.
       task: a synthetic task, to log the gold reward next to a learned scorer's.
+      generation: the sampler's sharding (`resharding.GenerationSharding`); None samples in the
+        training sharding.
     """
 
     def __init__(self, *, prompts, records, tok, scorer, reference, config: RolloutConfig,
-                 mesh, seed: int, task=None):
+                 mesh, seed: int, task=None,
+                 generation: resharding.GenerationSharding | None = None):
         self.prompts, self.records, self.tok = prompts, records, tok
         self.scorer, self.config, self.mesh, self.task = scorer, config, mesh, task
+        self.generation = generation
+        self._on_generation = {}  # id(frozen model) -> its copy on the generation mesh
+        self.reshard_s = 0.0  # seconds spent resharding since the last rollout's metrics
+        self.reference = reference
         self.ref_def, self.ref_state = nnx.split(reference)
         self.key = jax.random.key(seed)
         self._sampling = sampling.SamplingConfig(
@@ -178,10 +204,39 @@ class Rollout:
                                            top_k=0, top_p=1.0)
         self._last_end = None  # (time the previous rollout ended, its tokens): update throughput
 
-    def _sample(self, models, prompt, prompt_mask, key, config, combine=None) -> dict:
-        ids = sharding.shard_batch({'p': prompt, 'm': prompt_mask}, self.mesh)
+    def to_generation(self, models):
+        """`models` on the generation mesh: the frozen reference moved once and kept, anything
+        else (the policy, which changes every step) moved now; the time adds to reshard_s."""
+        single = not isinstance(models, (list, tuple))
+        out = []
+        for m in [models] if single else models:
+            if m is self.reference and id(m) in self._on_generation:
+                out.append(self._on_generation[id(m)])
+                continue
+            moved, seconds = self.generation.reshard(m)
+            self.reshard_s += seconds
+            if m is self.reference:
+                self._on_generation[id(m)] = moved
+            out.append(moved)
+        return out[0] if single else out
+
+    def _sample(self, models, prompt, prompt_mask, key, config, combine=None, *,
+                placed=False) -> dict:
+        """Samples on the generation mesh (moving `models` there unless `placed`)."""
+        if self.generation is None:
+            return self._generate(models, prompt, prompt_mask, key, config, combine, self.mesh)
+        if not placed:
+            models = self.to_generation(models)
+        key = jax.device_put(key, sharding.replicated(self.generation.mesh))  # no train mesh
+        with jax.set_mesh(self.generation.mesh):
+            return self._generate(models, prompt, prompt_mask, key, config, combine,
+                                  self.generation.mesh)
+
+    @staticmethod
+    def _generate(models, prompt, prompt_mask, key, config, combine, mesh) -> dict:
+        ids = sharding.shard_batch({'p': prompt, 'm': prompt_mask}, mesh)
         out = sampling.generate(models, ids['p'], ids['m'], key, config, combine)
-        return {k: sharding.to_local(out[k]) for k in ('tokens', 'mask')}
+        return {k: sharding.to_local(out[k]) for k in ('tokens', 'mask', 'logprobs')}
 
     def sample_opponents(self, step: int, models, batch: dict, combine=None) -> dict:
         """Responses of an opponent (a model, or several through `combine`, e.g. Nash-MD's
@@ -221,17 +276,21 @@ class Rollout:
         prompt_mask = np.repeat(pb['prompt_mask'], k, axis=0)
         texts = [t for t in prompt_texts for _ in range(k)]
         key = jax.random.fold_in(self.key, step)
-        sample = self._sample(policy, prompt, prompt_mask, key, self._sampling)
-        gen_s = time.perf_counter() - start
+        moved_before = self.reshard_s
+        sampler = policy if self.generation is None else self.to_generation(policy)
+        sample = self._sample(sampler, prompt, prompt_mask, key, self._sampling, placed=True)
+        gen_s = time.perf_counter() - start - (self.reshard_s - moved_before)  # sampling only
         batch = {'prompt': prompt, 'prompt_mask': prompt_mask, 'response': sample['tokens'],
                  'response_mask': sample['mask']}
         response_texts = [self.tok.decode(t) for t in batch['response']]
         batch.update(self._score_and_pass(policy, critic, texts, batch, response_texts))
+        batch['sample_logp'] = sample['logprobs']  # of the distribution sampled from
         resp_mask = batch['response_mask']
         batch['has_eos'] = np.any((batch['response'] == self.tok.eos_id) & (resp_mask > 0), axis=1)
         metrics = {}
         if c.greedy_baseline:
-            greedy = self._sample(policy, pb['prompt'], pb['prompt_mask'], key, self._greedy)
+            greedy = self._sample(sampler, pb['prompt'], pb['prompt_mask'], key, self._greedy,
+                                  placed=True)
             gb = {'prompt': pb['prompt'], 'prompt_mask': pb['prompt_mask'],
                   'response': greedy['tokens'], 'response_mask': greedy['mask']}
             g = self._score_and_pass(policy, None, prompt_texts, gb,
@@ -260,7 +319,10 @@ class Rollout:
             metrics['rollout/gold_reward'] = float(np.mean(batch['gold']))
         if update_s is not None:
             metrics['update/tokens_per_s'] = self._last_end[1] / max(update_s, 1e-9)
+        if self.generation is not None:
+            metrics['rollout/reshard_s'] = self.reshard_s
+            self.reshard_s = 0.0
         self._last_end = (time.perf_counter(), int(prompt_mask.sum()) + new_tokens)
-        batch['metrics'] = metrics
+        batch['metrics'] = global_metrics(metrics)
         batch['prompt_texts'], batch['response_texts'] = texts, response_texts
         return batch

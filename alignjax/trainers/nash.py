@@ -165,7 +165,8 @@ def build(config, mesh) -> loop.Algorithm:
     k = rl.samples_per_prompt
     rollout = rollout_lib.Rollout(
         prompts=prompts, records=records, tok=tok, scorer=None, reference=reference, mesh=mesh,
-        seed=config.seed, task=task, config=rollout_lib.RolloutConfig(
+        seed=config.seed, task=task, generation=policy_gradient.generation_sharding(config, mesh),
+        config=rollout_lib.RolloutConfig(
             samples_per_prompt=k, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
             top_k=rl.top_k, top_p=rl.top_p))
     opponents = Opponents(config, mesh) if algo == 'nash_mp' else None
@@ -213,7 +214,7 @@ def build(config, mesh) -> loop.Algorithm:
         del algo_state
         raw = rollout(step, model)
         batch, metrics = pg_batch(step, model, raw) if algo in PG_METHODS else pair_batch(raw)
-        batch['metrics'] = {**raw['metrics'], **metrics}
+        batch['metrics'] = {**raw['metrics'], **rollout_lib.global_metrics(metrics)}
         return batch
 
     loss_fn = (policy_gradient.make_loss_fn(config) if algo in PG_METHODS

@@ -26,6 +26,7 @@ from flax import nnx
 from alignjax import evaluation
 from alignjax import experiment_lib
 from alignjax import pretrained
+from alignjax import resharding
 from alignjax import rollout as rollout_lib
 from alignjax import sharding
 from alignjax.losses import advantages as adv_lib
@@ -201,6 +202,12 @@ def online_setup(config, mesh):
     return tok, task, records, prompts, policy, reference
 
 
+def generation_sharding(config, mesh):
+    """The sampler's sharding named by config.rl.generation_sharding (None: the update's)."""
+    return resharding.GenerationSharding.from_spec(config.rl.generation_sharding, mesh,
+                                                   experiment_lib.mesh_rules(config))
+
+
 def make_evaluate(config, task, reference, tok, *, policy_of=lambda model: model, scorer=None):
     """`evaluate(model, step)` of an online trainer: the gold evaluation of `policy_of(model)`
     against the reference on the task's eval prompts (with a learned `scorer`, its proxy reward
@@ -239,7 +246,8 @@ def build(config, mesh) -> loop.Algorithm:
 
     rollout = rollout_lib.Rollout(
         prompts=prompts, records=records, tok=tok, scorer=scorer, reference=reference, mesh=mesh,
-        seed=config.seed, task=task, config=rollout_lib.RolloutConfig(
+        seed=config.seed, task=task, generation=generation_sharding(config, mesh),
+        config=rollout_lib.RolloutConfig(
             samples_per_prompt=rl.samples_per_prompt, max_new_tokens=rl.max_new_tokens,
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             greedy_baseline=algo == 'remax'))
@@ -257,7 +265,8 @@ def build(config, mesh) -> loop.Algorithm:
         if algo == 'ppo':
             batch['old_values'], batch['returns'] = raw['old_values'], np.asarray(returns)
         batch['kl_coef'] = np.full((len(adv),), kl_coef, np.float32)
-        metrics = dict(raw['metrics'], **{k: float(v) for k, v in adv_metrics.items()})
+        metrics = dict(raw['metrics'], **rollout_lib.global_metrics(
+            {k: float(v) for k, v in adv_metrics.items()}))
         metrics['kl_coef'] = kl_coef
         batch['metrics'] = metrics
         return batch
