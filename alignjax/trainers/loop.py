@@ -268,8 +268,9 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                                            is_primary=primary)
         if start is not None:
             state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state))
-            writer.truncate_after(start)
             logging.info('Resumed from %s at step %d', workdir, start)
+        # Rows past the restored step (or any, killed before the first checkpoint) are redone.
+        writer.truncate_after(start or 0)
         start = int(state['step'])
         model = nnx.merge(graphdef, state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
