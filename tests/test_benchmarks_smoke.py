@@ -32,3 +32,16 @@ def test_remax_vs_ppo_smoke(capsys):
         assert r['state']['opt_state'] >= 2 * r['state']['params']  # AdamW: mu and nu
         assert r['update_memory']['argument'] >= r['state']['params'] + r['state']['opt_state']
         assert r['time']['iteration_median_s'] > 0
+
+
+def test_sample_workload_smoke(capsys):
+    bench = _load('sample')
+    result = bench.main(['--size=tiny', '--batches', '2', '--prompt_len=8', '--new_tokens=4',
+                         '--calls=1', '--repeats=1', '--peers=', '--limit_size=128',
+                         '--limit_mib=8'])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(result))
+    assert result['params'] == 231744  # the tiny workload: 232k parameters
+    row = result['batch_2']
+    assert row['tokens_per_s'] == pytest.approx(2 * 4 / (row['ms_per_call'] / 1e3), rel=1e-2)
+    assert 0 < row['fraction_of_bandwidth'] and 0 < row['fraction_of_matmul_peak']

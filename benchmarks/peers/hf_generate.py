@@ -1,0 +1,56 @@
+"""transformers' `generate` (KV cache, CPU torch) on the sample workload; prints one JSON line.
+
+Sampling at temperature 1.0 with top-k and top-p off and no EOS, so every row produces exactly
+`new_tokens` tokens. Spec (argv[1], JSON): model, batches, prompt_len, new_tokens, calls, repeats.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+import torch_common as tc
+
+
+def main():
+    spec = tc.spec_from_argv()
+    torch = tc.setup_torch(spec)
+    model = tc.llama(spec).eval()
+    v, p, n = spec['model']['vocab_size'], spec['prompt_len'], spec['new_tokens']
+    rng = np.random.default_rng(spec.get('seed', 0))
+    out = {'peer': 'transformers.generate', 'versions': tc.versions('transformers', 'torch'),
+           'torch_threads': torch.get_num_threads()}
+    for b in spec['batches']:
+        ids = torch.tensor(rng.integers(4, v, (b, p)), dtype=torch.long)
+        mask = torch.ones_like(ids)
+
+        def call():
+            with torch.inference_mode():
+                y = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0,
+                                   top_k=0, top_p=1.0, max_new_tokens=n, min_new_tokens=n,
+                                   eos_token_id=None, pad_token_id=0, use_cache=True)
+            assert y.shape == (b, p + n), y.shape
+            return y
+
+        start = time.perf_counter()
+        call()
+        warm = time.perf_counter() - start
+        rounds = []
+        for _ in range(spec['repeats']):
+            times = []
+            for _ in range(spec['calls']):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+            rounds.append(times)
+        med = statistics.median([t for r in rounds for t in r])
+        out[f'batch_{b}'] = {'warmup_s': round(warm, 3), 'median_s': med,
+                             'round_medians_s': [round(statistics.median(r), 5) for r in rounds],
+                             'tokens_per_s': round(b * n / med, 1)}
+    tc.emit(out)
+
+
+if __name__ == '__main__':
+    main()
