@@ -227,7 +227,10 @@ class Rollout:
             return self._generate(models, prompt, prompt_mask, key, config, combine, self.mesh)
         if not placed:
             models = self.to_generation(models)
-        key = jax.device_put(key, sharding.replicated(self.generation.mesh))  # no train mesh
+        # The key, replicated on the generation mesh (from host data: on several processes a
+        # device_put of a device array to another mesh's devices is refused).
+        key = jax.random.wrap_key_data(jax.device_put(
+            np.asarray(jax.random.key_data(key)), sharding.replicated(self.generation.mesh)))
         with jax.set_mesh(self.generation.mesh):
             return self._generate(models, prompt, prompt_mask, key, config, combine,
                                   self.generation.mesh)

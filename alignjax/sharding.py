@@ -8,6 +8,7 @@ of 4, say), and the choice is logged once.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -157,6 +158,10 @@ def shard_batch(batch, mesh):
     Each process passes its own rows (`data.pipeline` slices by process index); on one process this
     is a plain sharded device_put. Scalars are replicated. Entries that are already jax.Arrays
     (global arrays computed on device, e.g. reference log-probs) are placed as they are.
+
+    On several processes, a mesh whose batch axes do not give each process its own block of rows
+    (a tensor-parallel generation mesh spanning hosts: every device needs every row) first gathers
+    the rows of all processes, so the global array holds each row once, in process order.
     """
 
     def one(x):
@@ -165,9 +170,28 @@ def shard_batch(batch, mesh):
         x = np.asarray(x)
         if x.ndim == 0:
             return jax.device_put(x, replicated(mesh))
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+        sh = batch_sharding(mesh, x.ndim)
+        n = jax.process_count()
+        if n > 1 and not _rows_by_process(sh, (x.shape[0] * n, *x.shape[1:])):
+            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+            full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+            return jax.make_array_from_callback(full.shape, sh, lambda index: full[index])
+        return jax.make_array_from_process_local_data(sh, x)
 
     return jax.tree.map(one, batch)
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_by_process(sh: NamedSharding, global_shape: tuple[int, ...]) -> bool:
+    """Whether the devices of each process p hold exactly rows [p * L, (p + 1) * L) of a
+    `global_shape` array under `sh` (L = rows / processes): the layout of process-local batches."""
+    n = jax.process_count()
+    local = global_shape[0] // n
+    rows = {}
+    for device, index in sh.devices_indices_map(global_shape).items():
+        start, stop, _ = index[0].indices(global_shape[0])
+        rows.setdefault(device.process_index, set()).update(range(start, stop))
+    return all(rows.get(p) == set(range(p * local, (p + 1) * local)) for p in range(n))
 
 
 def process_batch_slice(global_batch_size: int) -> tuple[int, int]:
