@@ -112,22 +112,25 @@ def test_sigkill_at_random_moments_loses_nothing(reference, data, tmp_path):
     must be no older than before it; the final run must match the uninterrupted one exactly."""
     run = str(tmp_path / 'run')
     rng = random.Random(10)
+    startup = None  # time to the first step of a launch, measured on the 'save' kills
     kinds, in_save, last = [], 0, []
     final = None
     while len(kinds) < KILLS:
         before = (finished_steps(run) or [0])[-1]
         stale = unfinished_saves(run)  # a killed save's leftovers, removed when the run restarts
         log = str(tmp_path / f'launch-{len(kinds) + 1}.log')
+        launched = time.time()
         proc = launch(tmp_path, data, len(kinds) + 1)
         kind = ('save', 'after_progress', 'after_launch')[len(kinds) % 3]
         if kind == 'save':
             _wait(proc, lambda: trained(log))
+            startup = time.time() - launched
             _wait(proc, lambda: bool(unfinished_saves(run)))
         elif kind == 'after_progress':
             _wait(proc, lambda: (finished_steps(run) or [0])[-1] > before)
             time.sleep(rng.uniform(0.0, 0.4))
         else:
-            time.sleep(rng.uniform(0.5, 6.0))
+            time.sleep(rng.uniform(0.1, 1.0) * startup)  # imports, compilation, restore
         if proc.poll() is not None:
             final = proc  # it finished before this kill
             break

@@ -252,3 +252,4 @@ def test_valid_presets_pass():
     for algo in sorted(set(trainers.ALGORITHMS) - {'nash_md'}) + ['nash_md']:
         validation.check_fields(config_of(f'{algo}.py:tiny'))
         validation.check_shapes(config_of(f'{algo}.py:tiny'))
+        validation.check_starting_points(config_of(f'{algo}.py:tiny'))
