@@ -43,3 +43,13 @@ def get_config(arg=None):
     if a.steps:
         c.total_steps = a.steps
     return c
+
+
+def get_hyper(arg=None):
+    """The loss-family ablation: sigmoid (DPO), IPO and hinge (SLiC), each at three betas.
+
+    python launch/sweep.py --config=experiments/dpo.py:tiny --workdir=/tmp/dpo_ablation
+    """
+    del arg
+    return [{'config.loss.types': (loss,), 'config.loss.beta': beta}
+            for loss in ('sigmoid', 'ipo', 'hinge') for beta in (0.05, 0.1, 0.3)]

@@ -98,13 +98,15 @@ def format_value(value) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return '(' + ','.join(format_value(v) for v in value) + (',)' if len(value) == 1 else ')')
+        items = [repr(v) if isinstance(v, str) else format_value(v) for v in value]
+        return '(' + ','.join(items) + (',)' if len(items) == 1 else ')')
     return str(value)
 
 
 def run_name(index: int, overrides: dict) -> str:
     """'003-beta=0.1,lr=0.0003': the index keeps names unique and ordered; the rest explains."""
-    short = ','.join(f'{k.rsplit(".", 1)[-1]}={format_value(v)}' for k, v in overrides.items())
+    text = lambda v: '+'.join(map(str, v)) if isinstance(v, (tuple, list)) else format_value(v)
+    short = ','.join(f'{k.rsplit(".", 1)[-1]}={text(v)}' for k, v in overrides.items())
     short = re.sub(r'[^A-Za-z0-9=,._+-]', '_', short)[:80]
     return f'{index:03d}-{short}' if short else f'{index:03d}'
 
@@ -118,7 +120,6 @@ def main_args(config: str, workdir: str, overrides: dict, extra: list[str]) -> l
 
 def check_keys(config: str, runs: list[dict]) -> None:
     """Every override names a key of the config (the same check main.py makes), before any run."""
-    sys.path.insert(0, ROOT)
     from alignjax import experiment_lib  # pylint: disable=g-import-not-at-top
     for run in runs:  # keys and values, as main.py checks them
         args = main_args(config, '', run, [])
@@ -228,6 +229,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if ROOT not in sys.path:  # experiment files import alignjax
+        sys.path.insert(0, ROOT)
     runs = sweep_product(a.sweep) if a.sweep else hyper_of(a.config)
     if not runs:
         raise SystemExit('error: the sweep is empty')

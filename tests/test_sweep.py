@@ -36,7 +36,7 @@ def test_get_hyper_and_run_names(tmp_path):
     assert runs == [{'optim.lr': 1e-3, 'total_steps': 7}, {'optim.lr': 3e-3, 'total_steps': 7}]
     names = [sweep.run_name(i, r) for i, r in enumerate(runs)]
     assert names == ['000-lr=0.001,total_steps=7', '001-lr=0.003,total_steps=7']
-    assert sweep.run_name(2, {'mesh.shape': (1, -1, 1)}) == '002-shape=_1,-1,1_'
+    assert sweep.run_name(2, {'mesh.shape': (1, -1, 1)}) == '002-shape=1+-1+1'
     assert sweep.main_args('e.py:tiny', '/w/0', {'mesh.shape': (1, -1, 1)}, ['--x']) == [
         '--config=e.py:tiny', '--workdir=/w/0', '--config.mesh.shape=(1,-1,1)', '--x']
 
