@@ -6,6 +6,7 @@ command as one process with 8 devices is the reference. Same global batch, same 
 curve, the summary and the final parameters must agree to float tolerance (collectives may sum
 in another order). The two-process run also resumes: every process restores the checkpoint
 every process wrote, and the run continues the same curve. Metrics are written once (process 0).
+A second test places process-local batches on meshes that do and do not split rows by process.
 """
 
 import json
@@ -134,3 +135,36 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     logs = run_processes(two, 2)
     assert all('Resumed from' in log for log in logs)
     assert_same_run(str(one), str(two))
+
+
+WORKER = r'''
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from alignjax import sharding
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+rows = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)  # the global batch
+i = jax.process_index()
+local = rows[i * 8:(i + 1) * 8]  # this process's rows, as data.pipeline hands them out
+weights = jnp.arange(1, 17, dtype=jnp.float32)[:, None]
+for shape in ((1, -1, 1), (2, 2, 2), (1, 1, -1), (-1, 1, 1)):
+    mesh = sharding.make_mesh(shape)
+    x = sharding.shard_batch({'a': local}, mesh)['a']
+    assert x.shape == (16, 3), (shape, x.shape)
+    total = jax.jit(lambda a: jnp.sum(a * weights), out_shardings=sharding.replicated(mesh))(x)
+    assert float(total) == float(np.sum(rows * np.arange(1, 17)[:, None])), (shape, float(total))
+    np.testing.assert_array_equal(sharding.to_local(x), local)
+print('worker ok', i)
+'''
+
+
+def test_process_local_batches_on_any_mesh():
+    """Rows of each process land once, in process order, whether the mesh splits the batch
+    by process (data, FSDP) or every device needs every row (tensor-parallel across hosts)."""
+    address = f'localhost:{_free_port()}'
+    procs = [subprocess.Popen([sys.executable, '-c', WORKER, address, str(i)], cwd=ROOT,
+                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0 and f'worker ok {i}' in log, log[-3000:]
