@@ -13,8 +13,8 @@ transitive synthetic task, trained longer and at a higher learning rate than the
 over-optimised regime) with a held-out evaluation every `eval_every` steps: gold reward and
 sampled KL on 256 eval prompts, and the mean log-prob of held-out chosen / rejected responses.
 
-    python -m alignjax.repro.daa_overoptimization --outdir=/tmp/repro/daa   # 6 runs, ~20 min
-    python -m alignjax.repro.daa_overoptimization --outdir=/tmp/repro/daa --quick  # 2 x 40 steps
+    python -m alignjax.repro.daa_overoptimization --outdir=/tmp/repro   # 6 runs, ~20 min
+    python -m alignjax.repro.daa_overoptimization --outdir=/tmp/repro --quick  # DPO, 20 steps
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from alignjax.repro import common
 NAME = 'daa_overoptimization'
 FULL = dict(betas={'sigmoid': (0.01, 0.1, 1.0), 'ipo': (0.01, 0.1, 1.0)}, steps=500,
             eval_every=25, lr=3e-4, num_prompts=256)
-QUICK = dict(betas={'sigmoid': (0.1,), 'ipo': (0.1,)}, steps=40, eval_every=20, lr=3e-4,
-             num_prompts=32)
+QUICK = dict(betas={'sigmoid': (0.1,)}, steps=20, eval_every=10, lr=3e-4, num_prompts=16)
 LOSS_NAMES = {'sigmoid': 'DPO', 'ipo': 'IPO'}
 
 

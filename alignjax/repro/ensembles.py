@@ -18,7 +18,7 @@ the standard deviation and lambda = 1; the paper penalises the variance with a t
   `alignjax.repro.overoptimization`) against the single reward model and each aggregate.
 
     python -m alignjax.repro.ensembles --outdir=/tmp/repro   # reuses the over-optimisation runs
-    python -m alignjax.repro.ensembles --outdir=/tmp/repro --quick  # 3 heads, best-of-n only
+    python -m alignjax.repro.ensembles --outdir=/tmp/repro --quick  # 2 heads, best-of-n only
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ LABELS = {'mean': 'ensemble mean', 'min': 'worst case (min)',
           'mean_minus_std': 'uncertainty-weighted (mean - std)'}
 FULL = dict(overoptimization.FULL, rm='reward_model.py:tiny,ensemble=4,ensemble_type=models',
             rl_kl=0.05, rl_aggregations=AGGREGATIONS)
-QUICK = dict(overoptimization.QUICK, rm='reward_model.py:tiny,ensemble=3,steps=100',
+QUICK = dict(overoptimization.QUICK, rm='reward_model.py:tiny,ensemble=2,steps=50',
              rl_kl=0.05, rl_aggregations=())
 
 

@@ -14,14 +14,24 @@ mu and runs the exact update of `games.iterate` with the same step size eta and 
 tau; the Bradley-Terry baseline is `games.bt_rlhf_policy` (the reward fitted by maximum
 likelihood on infinitely many pairs from mu x mu, then the KL-regularised optimum with beta=tau).
 
-    python -m alignjax.repro.nash --outdir=/tmp/repro/nash          # < 5 s, NumPy only
-    python -m alignjax.repro.nash --outdir=/tmp/repro/nash --quick  # 100 iterations
+The full mode also trains the tiny language models on the intransitive synthetic task (three
+response classes in a cycle, `alignjax/data/synthetic.py`) and compares the final exploitability
+of Bradley-Terry methods (DPO on the preference pairs; PPO on a Bradley-Terry reward model) with
+Nash-MD and INPO judged by the learned pairwise preference model (`experiments/*.py:tiny`).
+
+    python -m alignjax.repro.nash --outdir=/tmp/repro --tabular_only  # < 5 s, NumPy only
+    python -m alignjax.repro.nash --outdir=/tmp/repro                 # + 4 LM runs, ~15 min
+    python -m alignjax.repro.nash --outdir=/tmp/repro --quick         # 100 tabular iterations
 
 Figures: exploitability (max_y P(y > pi) - 1/2) and KL(pi* || pi_t) per method and iteration,
-last and average iterate; the iteration at which each method's KL to pi* first falls below 1e-3.
+last and average iterate; the iteration at which each method's KL to pi* first falls below 1e-3;
+in full mode the language models' exploitability and worst-case win rate.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 
@@ -46,7 +56,29 @@ def first_below(values, threshold: float):
     return int(hits[0]) if hits.size else None
 
 
-def run(outdir: str, quick: bool = False) -> dict:
+# label -> (experiment spec, is it a Nash method?)
+LM_RUNS = {
+    'DPO (BT pairs)': ('dpo.py:tiny,task=intransitive', False),
+    'PPO (BT reward model)': ('ppo.py:tiny,task=intransitive,reward=rm', False),
+    'Nash-MD': ('nash_md.py:tiny', True),
+    'INPO': ('inpo.py:tiny', True),
+}
+
+
+def lm_runs(outdir: str) -> dict:
+    """Final exploitability of the tiny language models on the intransitive task."""
+    out = {}
+    for label, (spec, _) in LM_RUNS.items():
+        workdir = os.path.join(outdir, 'runs', spec.replace('.py:', '_').replace(',', '_'))
+        s = common.run(workdir, spec)
+        out[label] = {k: s[k] for k in ('exploitability', 'exploitability_ref',
+                                        'worst_case_win_rate', 'worst_case_win_rate_ref',
+                                        'gold_reward', 'kl_to_ref') if k in s}
+        out[label].update({f'class{c}_fraction': s.get(f'class{c}_fraction') for c in range(4)})
+    return out
+
+
+def run(outdir: str, quick: bool = False, tabular_only: bool = False) -> dict:
     steps = 100 if quick else 300
     P, mu = games.cyclic_example()
     target = games.regularized_nash(P, mu, TAU)  # the regularised equilibrium pi*_tau
@@ -77,6 +109,8 @@ def run(outdir: str, quick: bool = False) -> dict:
                                'final_policy': mu.tolist()}
     figures['equilibrium pi*_tau'] = {'exploitability_final': games.exploitability(P, target),
                                       'final_policy': np.round(target, 4).tolist()}
+    if not (quick or tabular_only):
+        figures['language models (intransitive task)'] = lm_runs(outdir)
     result = {'name': NAME, 'quick': quick, 'tau': TAU, 'eta': ETA, 'steps': steps,
               'figures': figures, 'curves': curves}
     return common.save(outdir, NAME, result, plot)
@@ -84,7 +118,11 @@ def run(outdir: str, quick: bool = False) -> dict:
 
 def plot(result: dict, path: str) -> None:
     plt = common.pyplot()
-    fig, (ax_kl, ax_ex) = plt.subplots(1, 2, figsize=(11, 4.8))
+    lm = result['figures'].get('language models (intransitive task)')
+    fig, axes = plt.subplots(1, 3 if lm else 2, figsize=(16 if lm else 11, 4.8))
+    ax_kl, ax_ex = axes[0], axes[1]
+    if lm:
+        _plot_lm(axes[2], lm)
     colors = dict(zip(METHODS, ('C0', 'C1', 'C2', 'C3')))
     for key, c in result['curves'].items():
         name, kind = key.rsplit(' [', 1)
@@ -114,5 +152,23 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _plot_lm(ax, lm: dict) -> None:
+    labels = ['SFT reference'] + list(lm)
+    first = next(iter(lm.values()))
+    values = [first['exploitability_ref']] + [v['exploitability'] for v in lm.values()]
+    colors = ['gray'] + ['C0' if LM_RUNS[k][1] else 'k' for k in lm]
+    ax.bar(range(len(values)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.annotate(f'{v:.3f}', (i, v), ha='center', fontsize=7, textcoords='offset points',
+                    xytext=(0, 2))
+    ax.set_xticks(range(len(values)), labels, rotation=20, fontsize=7)
+    ax.set(ylabel='exploitability (gold preference)',
+           title='tiny LMs, intransitive task (blue: Nash)')
+
+
 if __name__ == '__main__':
-    common.main(run, __doc__)
+    if '--tabular_only' in sys.argv:
+        sys.argv.remove('--tabular_only')
+        common.main(lambda outdir, quick: run(outdir, quick, tabular_only=True), __doc__)
+    else:
+        common.main(run, __doc__)

@@ -14,8 +14,8 @@ the policy starts from the cached tiny SFT policy.
 - RL: ReMax (`experiments/remax.py:tiny,reward=rm,kl=C`) for a sweep of C; per iteration the
   rollout's proxy score, gold reward and KL to the SFT reference from metrics.jsonl.
 
-    python -m alignjax.repro.overoptimization --outdir=/tmp/repro/overopt   # ~10 min on 2 cores
-    python -m alignjax.repro.overoptimization --outdir=/tmp/repro/overopt --quick
+    python -m alignjax.repro.overoptimization --outdir=/tmp/repro   # ~10 min on 2 busy cores
+    python -m alignjax.repro.overoptimization --outdir=/tmp/repro --quick
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from alignjax.repro import common
 
 NAME = 'overoptimization'
 FULL = dict(bon_prompts=128, bon_n=256, kl_coefs=(0.01, 0.05, 0.2), rl_steps=150, log_every=5)
-QUICK = dict(bon_prompts=16, bon_n=16, kl_coefs=(0.05,), rl_steps=4, log_every=2)
+# Quick: 8 prompts an iteration and 16 eval prompts (the benchmark's shapes in remax_vs_ppo).
+QUICK = dict(bon_prompts=16, bon_n=16, kl_coefs=(0.05,), rl_steps=2, log_every=1,
+             run_overrides={'data.batch_size': 8, 'eval.num_prompts': 16})
 
 
 def best_of_n_curves(members_fn, *, num_prompts: int, n_max: int, seed: int = 0,
@@ -72,7 +74,8 @@ def rl_run(outdir: str, kl_coef: float, s: dict, *, reward_model: str = '',
     """
     tag = f'remax_rm_kl{kl_coef:g}_steps{s["rl_steps"]}'
     spec = f'remax.py:tiny,reward=rm,kl={kl_coef},steps={s["rl_steps"]}'
-    overrides = {'log_every': s['log_every'], 'ckpt_every': s['rl_steps']}
+    overrides = {'log_every': s['log_every'], 'ckpt_every': s['rl_steps'],
+                 **s.get('run_overrides', {})}
     if reward_model:
         tag += '_' + reward_model.removeprefix('reward_model.py:').replace(',', '_') + \
             f'_{aggregate}'
@@ -85,7 +88,7 @@ def rl_run(outdir: str, kl_coef: float, s: dict, *, reward_model: str = '',
     _, gold = common.series(rows, 'rollout/gold_reward')
     _, kl = common.series(rows, 'rollout/kl_to_ref')
     kl = np.maximum(kl, 0.0)
-    return {'kl_coef': kl_coef, 'aggregate': aggregate, 'ensemble': ensemble, 'step': steps,
+    return {'kl_coef': kl_coef, 'aggregate': aggregate, 'reward_model': reward_model, 'step': steps,
             'proxy': proxy, 'gold': gold, 'kl': kl, 'sqrt_kl': np.sqrt(kl), 'summary': summary}
 
 

@@ -29,8 +29,10 @@ from alignjax.repro import common
 NAME = 'remax_vs_ppo'
 FULL = dict(bench=['--model', 'small', '--batch', '64', '--iters', '10', '--warmup', '2'],
             steps=100, log_every=5)
+# Quick: the runs take the benchmark's shapes (8 prompts), so compiled programs can be shared
+# through the persistent compilation cache.
 QUICK = dict(bench=['--model', 'tiny', '--batch', '8', '--iters', '1', '--warmup', '1'],
-             steps=4, log_every=2)
+             steps=2, log_every=1, run_overrides={'data.batch_size': 8, 'eval.num_prompts': 16})
 MIB = 2.0 ** 20
 
 
@@ -52,7 +54,8 @@ def benchmark(args: list[str]) -> dict:
 def reward_curve(outdir: str, algo: str, s: dict) -> dict:
     workdir = os.path.join(outdir, 'runs', f'{algo}_gold_steps{s["steps"]}')
     summary = common.run(workdir, f'{algo}.py:tiny,steps={s["steps"]}',
-                         {'log_every': s['log_every'], 'ckpt_every': s['steps']})
+                         {'log_every': s['log_every'], 'ckpt_every': s['steps'],
+                          **s.get('run_overrides', {})})
     rows = common.read_metrics(workdir)
     steps, gold = common.series(rows, 'rollout/gold_reward')
     _, kl = common.series(rows, 'rollout/kl_to_ref')
