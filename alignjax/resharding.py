@@ -5,8 +5,10 @@ layer); a sampler wants each decode step's weights close at hand: tensor-paralle
 copies replicated over a data axis, so that each device decodes its own rows with no gather per
 token (the idea behind ReaLHF's parameter reallocation). `GenerationSharding` is the sampler's
 mesh over the same devices as the training mesh, reshaped, with its own logical rules; `reshard`
-moves a model onto it with one `jax.device_put` per parameter to its `NamedSharding` (XLA moves
-shards device to device; no weight is ever gathered onto one device or the host), and times it.
+moves a model onto it with one `jax.device_put` per parameter to its `NamedSharding` (shards go
+device to device; nothing is funnelled through the host or one device), and times it. The rollout
+keeps the moved policy for one step and the moved reference for the run: the price of a second
+sharding is one extra copy of each.
 
 `config.rl.generation_sharding` names the choice:
 - 'train': sample in the training sharding (no reshard);
