@@ -171,7 +171,15 @@ class Checkpointer:
             restored = reader.restore(path, args=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True))
-        return _match_keys(abstract_params, restored['params'])
+        params = _match_keys(abstract_params, restored['params'])
+        # A partial restore leaves what the checkpoint lacks as abstract leaves: refuse them.
+        missing = [jax.tree_util.keystr(path) for path, leaf in
+                   jax.tree_util.tree_leaves_with_path(params)
+                   if isinstance(leaf, jax.ShapeDtypeStruct)]
+        if missing:
+            raise KeyError(f'{len(missing)} parameter(s) not in the checkpoint, e.g. '
+                           f'{missing[:3]}')
+        return params
 
     def wait(self):
         """Blocks until pending asynchronous saves are committed."""

@@ -93,7 +93,10 @@ def load_params(path: str, abstract_params, *, key: str = 'init_from'):
     if step is None:
         raise FileNotFoundError(f'config.{key}={path!r}: no complete checkpoint there')
     try:
-        params = ckpt.restore_params(step, abstract_params)
+        try:
+            params = ckpt.restore_params(step, abstract_params)
+        except KeyError:  # a PPO run saves ActorCritic(policy, critic): start from its policy
+            params = ckpt.restore_params(step, {'policy': abstract_params})['policy']
     except (KeyError, ValueError) as e:
         raise ValueError(f'config.{key}={path!r}: its parameters do not fit this model ({e})') \
             from e
@@ -119,13 +122,13 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
     """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '')."""
     if not spec:
         return
-    state = nnx.state(module)
-    abstract = ckpt_lib.abstract_like(nnx.to_pure_dict(state))
-    params = load_params(resolve(spec, key=key), abstract, key=key)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(module, state)
     if spec.startswith('hf:'):
         from alignjax.interop import hf  # pylint: disable=g-import-not-at-top
         hf.load_into(module, spec[3:], key=key)
         logging.info('Loaded parameters from Hugging Face checkpoint %s', spec[3:])
         return
+    state = nnx.state(module)
+    abstract = ckpt_lib.abstract_like(nnx.to_pure_dict(state))
+    params = load_params(resolve(spec, key=key), abstract, key=key)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(module, state)
