@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from alignjax import experiment_lib
 from alignjax import metrics
+from alignjax import stages
 from alignjax import trainers
 from alignjax import validation
 from alignjax.trainers import loop
@@ -46,7 +47,10 @@ def main(argv):
                  jax.device_count(), jax.devices()[0].platform)
     config = _CONFIG.value
     try:
-        loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
+        if config.algo == 'pipeline':  # several runs in one workdir (experiments/quickstart.py)
+            stages.run(config, _WORKDIR.value)
+        else:
+            loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
     except (validation.ValidationError, FloatingPointError) as e:
         sys.exit(f'error: {e}')  # one line: what is wrong and where (also in WORKDIR/error.log)
 
