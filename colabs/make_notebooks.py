@@ -18,7 +18,8 @@ from nbformat import v4
 
 COLABS = os.path.dirname(os.path.abspath(__file__))
 BADGE = ('[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]'
-         '(https://colab.research.google.com/github/alignjax/alignjax/blob/main/colabs/{name}.ipynb)')
+         '(https://colab.research.google.com/github/alignjax/alignjax/blob/main/colabs/'
+         '{name}.ipynb)')
 
 INSTALL = '''\
 # Install alignjax when it is not importable (a fresh Colab runtime). The repository is cloned,

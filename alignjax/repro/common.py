@@ -71,11 +71,11 @@ def _train(workdir: str, spec: str, overrides: dict | None) -> dict:
     from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
     config = config_of(spec, overrides)
     start = time.perf_counter()
-    _log(f'training {spec} {overrides or ""} -> {workdir}')
+    log(f'training {spec} {overrides or ""} -> {workdir}')
     resolve_starting_points(config)
     with jax.set_mesh(experiment_lib.make_mesh(config)):
         summary = loop.train(config, workdir, trainers.get_builder(config.algo))
-    _log(f'  done in {time.perf_counter() - start:.0f} s')
+    log(f'  done in {time.perf_counter() - start:.0f} s')
     return summary
 
 
@@ -164,7 +164,7 @@ def pyplot():
     return plt
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(f'[repro] {msg}', flush=True)
 
 
@@ -176,5 +176,5 @@ def main(run_fn, doc: str) -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     result = run_fn(args.outdir, quick=args.quick or quick_from_env())
-    _log(f'finished in {time.perf_counter() - start:.0f} s; figure {result["figure"]}')
+    log(f'finished in {time.perf_counter() - start:.0f} s; figure {result["figure"]}')
     print(json.dumps(result.get('figures', result), indent=1, default=_jsonable))

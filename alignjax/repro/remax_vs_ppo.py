@@ -43,7 +43,7 @@ def benchmark(args: list[str]) -> dict:
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [pretrained.REPO_ROOT,
                                                       env.get('PYTHONPATH', '')]))
-    common._log(f'benchmark: {" ".join(args)}')  # pylint: disable=protected-access
+    common.log(f'benchmark: {" ".join(args)}')
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode:
