@@ -41,25 +41,31 @@ def test_get_hyper_and_run_names(tmp_path):
         '--config=e.py:tiny', '--workdir=/w/0', '--config.mesh.shape=(1,-1,1)', '--x']
 
 
-def test_dry_run_prints_every_command_and_rejects_unknown_keys():
-    cmd = [sys.executable, 'launch/sweep.py', '--config=experiments/dpo.py:tiny',
-           '--workdir=/tmp/never', '--sweep', 'config.loss.beta=0.05,0.1']
-    out = subprocess.run(cmd + ['--dry_run'], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+def test_dry_run_prints_every_command_and_rejects_unknown_keys(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ['--config=experiments/dpo.py:tiny', '--workdir=/tmp/never', '--sweep',
+            'config.loss.beta=0.05,0.1']
+    assert sweep.main(args + ['--dry_run']) == 0
+    out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all('-m alignjax.main' in line for line in out)
     assert '--workdir=/tmp/never/001-beta=0.1 --config.loss.beta=0.1' in out[1]
-    pod = subprocess.run(cmd + ['--launcher=tpu_pod', '--', '--config.total_steps=9'], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert sweep.main(args + ['--launcher=tpu_pod', '--', '--config.total_steps=9']) == 0
+    pod = capsys.readouterr().out.splitlines()
     assert pod[0].startswith('launch/tpu_pod.sh ') and pod[0].endswith('--config.total_steps=9')
-    bad = subprocess.run(cmd[:-1] + ['config.loss.betta=0.1', '--dry_run'], cwd=ROOT,
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "did you mean 'loss.beta'" in bad.stderr
+    with pytest.raises(SystemExit, match="did you mean 'loss.beta'"):
+        sweep.main(args[:-1] + ['config.loss.betta=0.1', '--dry_run'])
+    # get_hyper() of the experiment file, when no --sweep is given: the DPO loss ablation.
+    assert sweep.main(['--config=experiments/dpo.py:tiny', '--workdir=/tmp/never',
+                       '--dry_run']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 9 and "--config.loss.types=('\"'\"'ipo'\"'\"',)" in out[3]
 
 
 def test_sweep_runs_each_run_in_its_workdir_and_tabulates(tmp_path):
     cmd = [sys.executable, 'launch/sweep.py', '--config=experiments/sft.py:tiny,steps=2',
            f'--workdir={tmp_path}', '--sweep', 'config.optim.lr=1e-3,3e-3', '--parallel=2', '--',
-           '--config.eval.num_prompts=4', '--config.log_every=1', '--config.mesh.shape=(1,1,1)']
+           '--config.eval.num_prompts=4', '--config.log_every=1', '--config.mesh.shape=(1,1,1)',
+           '--config.model.num_layers=1']
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     names = ['000-lr=0.001', '001-lr=0.003']
