@@ -40,6 +40,8 @@ def _env(devices: int) -> dict:
              if 'xla_force_host_platform_device_count' not in f]
     env['XLA_FLAGS'] = ' '.join([*flags, f'--xla_force_host_platform_device_count={devices}'])
     env['JAX_PLATFORMS'] = 'cpu'
+    env['JAX_CPU_COLLECTIVES_IMPLEMENTATION'] = 'gloo'  # cross-process CPU collectives (default
+    # in jax 0.10; named so that a changed default cannot turn the test into a hang)
     return env
 
 
