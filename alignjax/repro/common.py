@@ -32,9 +32,22 @@ def quick_from_env() -> bool:
     return os.environ.get(QUICK_ENV, '').lower() in ('1', 'true', 'yes')
 
 
-def experiments_dir() -> str:
+CHECKOUT_HINT = ('alignjax.repro trains the experiment files in experiments/ and runs benchmarks/, '
+                 'which live in the repository next to the package: clone '
+                 'https://github.com/alignjax/alignjax and `pip install -e` it')
+
+
+def repo_path(*parts: str) -> str:
+    """A path in the repository checkout that holds this alignjax; a clear error without one."""
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    return os.path.join(pretrained.REPO_ROOT, 'experiments')
+    path = os.path.join(pretrained.REPO_ROOT, *parts)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{path} not found. {CHECKOUT_HINT}.')
+    return path
+
+
+def experiments_dir() -> str:
+    return repo_path('experiments')
 
 
 def config_of(spec: str, overrides: dict | None = None):
@@ -96,6 +109,7 @@ def resolve_starting_points(config) -> None:
 def starting_point(spec: str) -> str:
     """The workdir of a cached starting point ('sft.py:tiny'), trained once if missing."""
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
+    experiments_dir()  # a clear error outside a repository checkout
     return pretrained.resolve(f'experiment:experiments/{spec}', mesh_shape=ONE_DEVICE)
 
 

@@ -39,7 +39,7 @@ MIB = 2.0 ** 20
 def benchmark(args: list[str]) -> dict:
     """Runs benchmarks/remax_vs_ppo.py in a fresh process; returns its JSON result."""
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    script = os.path.join(pretrained.REPO_ROOT, 'benchmarks', 'remax_vs_ppo.py')
+    script = common.repo_path('benchmarks', 'remax_vs_ppo.py')
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [pretrained.REPO_ROOT,
                                                       env.get('PYTHONPATH', '')]))
