@@ -15,6 +15,11 @@ def config_of(spec: str, **overrides):
     """The config of 'NAME.py[:ARGS]' in experiments/, on one device, with dotted overrides."""
     config = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
     config.mesh.shape = (1, 1, 1)  # tests of learning, not sharding: one device is faster
+    return override(config, **overrides)
+
+
+def override(config, **overrides):
+    """`config` with dotted-key overrides ('optim.lr': 1e-3) set in place; returns it."""
     for key, value in overrides.items():
         node = config
         *path, last = key.split('.')

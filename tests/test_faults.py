@@ -30,6 +30,8 @@ from alignjax.data import records as records_lib
 from alignjax.trainers import loop
 from alignjax.trainers import sft
 
+import experiment_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
 KILLS = 10
@@ -166,13 +168,7 @@ def tiny_config(**overrides):
     c.keep_ckpts = 10
     c.data.num_examples = 64
     c.mesh.shape = (1, 1, 1)
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return experiment_runs.override(c, **overrides)
 
 
 def with_nan_at(step_index):

@@ -16,6 +16,8 @@ from alignjax.losses import sft as sft_losses
 from alignjax.trainers import loop
 from alignjax.trainers import sft
 
+import experiment_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,13 +28,7 @@ def tiny_config(**overrides):
     c.eval.num_prompts = 4
     c.eval.max_new_tokens = 4
     c.mesh.shape = (1, 1, 1)  # the loop's arithmetic is tested here; sharding in test_sharding
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return experiment_runs.override(c, **overrides)
 
 
 def build_without_eval(config, mesh):

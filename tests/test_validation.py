@@ -24,6 +24,8 @@ from alignjax.models import Decoder
 from alignjax.models import config as model_config
 from alignjax.trainers import loop
 
+import experiment_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD_SFT = json.dumps({'prompt': 'abc:', 'response': 'aab'})
 GOOD_PAIR = json.dumps({'prompt': 'abc:', 'chosen': 'aab', 'rejected': 'bba'})
@@ -31,13 +33,7 @@ GOOD_PAIR = json.dumps({'prompt': 'abc:', 'chosen': 'aab', 'rejected': 'bba'})
 
 def config_of(spec, **overrides):
     c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', spec))
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split('.')
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return experiment_runs.override(c, **overrides)
 
 
 def write_lines(path, lines):
