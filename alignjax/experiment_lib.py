@@ -255,6 +255,28 @@ def check_override_type(key: str, value: str, default, arg: str) -> None:
                          f'(from {arg})')
 
 
+def apply_override(c: ml_collections.ConfigDict, item: str, where: str) -> None:
+    """Sets one 'a.b=value' override in place, typed by the value it replaces (a tuple or None
+    field parses `value` as a Python literal); a bad key or value raises naming `where`."""
+    import ast  # pylint: disable=g-import-not-at-top
+    key, sep, text = item.partition('=')
+    key = key.strip()
+    if not sep or key not in dotted_keys(c):
+        raise ValueError(f"{where}: {item!r} is not 'KEY=VALUE' with a known config key")
+    *path, leaf = key.split('.')
+    node = _get(c, '.'.join(path)) if path else c
+    old = node[leaf]
+    check_override_type(key, text, old, where)
+    if isinstance(old, bool):
+        node[leaf] = text.lower() in ('true', '1')
+    elif isinstance(old, (int, float)):
+        node[leaf] = type(old)(text)
+    elif isinstance(old, str):
+        node[leaf] = text
+    else:
+        node[leaf] = ast.literal_eval(text)
+
+
 def dotted_keys(c: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
     """Every leaf key of a ConfigDict, as 'a.b.c'."""
     out = []

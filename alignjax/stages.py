@@ -16,7 +16,6 @@ WORKDIR/reward_vs_kl.png.
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import os
@@ -38,35 +37,6 @@ COLUMNS = ('algorithm', 'signal', 'gold_reward', 'proxy_reward', 'kl_to_ref', 'g
            'wall_s')
 
 
-def _set(config: ml_collections.ConfigDict, item: str, where: str) -> None:
-    """Applies one 'a.b=value' override, typed by the field it replaces."""
-    key, sep, text = item.partition('=')
-    node, *path = config, *key.strip().split('.')
-    if not sep or not key.strip():
-        raise ValueError(f"{where}: override {item!r} is not 'key=value'")
-    for part in path[:-1]:
-        if part not in node:
-            raise ValueError(f'{where}: unknown config key {key!r}')
-        node = node[part]
-    if path[-1] not in node:
-        raise ValueError(f'{where}: unknown config key {key!r}')
-    old = node[path[-1]]
-    if isinstance(old, str):
-        value = text
-    elif isinstance(old, bool):
-        if text.lower() not in ('true', 'false'):
-            raise ValueError(f'{where}: {key} expects true or false, got {text!r}')
-        value = text.lower() == 'true'
-    elif isinstance(old, (int, float)):
-        try:
-            value = type(old)(text)
-        except ValueError as e:
-            raise ValueError(f'{where}: {key} expects {type(old).__name__}, got {text!r}') from e
-    else:
-        value = ast.literal_eval(text)
-    node[path[-1]] = value
-
-
 def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
     """The resolved config of stage `name`."""
     stage = config.stages[name]
@@ -76,7 +46,8 @@ def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
     sub.mesh.shape = tuple(config.mesh_shape)
     dirs = {other: os.path.join(workdir, other) for other in config.order}
     for item in stage.overrides:
-        _set(sub, item.format(**dirs), f'config.stages.{name}.overrides')
+        experiment_lib.apply_override(sub, item.format(**dirs),
+                                      f'config.stages.{name}.overrides')
     return sub
 
 

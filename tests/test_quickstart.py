@@ -8,6 +8,8 @@ of the full run are in README.md and docs/results.md.
 import json
 import os
 
+import pytest
+
 from alignjax import experiment_lib
 from alignjax import stages
 
@@ -39,3 +41,16 @@ def test_quickstart_smoke(tmp_path):
     stages.run(config, str(tmp_path))
     with open(tmp_path / 'stage_times.json') as f:
         assert json.load(f) == times
+
+
+def test_stage_overrides_are_typed_and_checked():
+    config = experiment_runs.config_of('ppo.py:tiny')
+    for item in ('init_from=/w/sft', 'total_steps=7', 'rl.whiten_advantages=false',
+                 'mesh.shape=(1, 2, 1)'):
+        experiment_lib.apply_override(config, item, 'config.stages.ppo.overrides')
+    assert (config.init_from, config.total_steps, config.rl.whiten_advantages,
+            tuple(config.mesh.shape)) == ('/w/sft', 7, False, (1, 2, 1))
+    with pytest.raises(ValueError, match="'total_steps' expects int, got 'x'.*stages.ppo"):
+        experiment_lib.apply_override(config, 'total_steps=x', 'config.stages.ppo.overrides')
+    with pytest.raises(ValueError, match="stages.ppo.overrides: 'rl.kl=1' is not 'KEY=VALUE'"):
+        experiment_lib.apply_override(config, 'rl.kl=1', 'config.stages.ppo.overrides')
