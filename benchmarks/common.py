@@ -126,6 +126,15 @@ def timed_steps(step, *, steps: int, repeats: int = 2, sync=lambda out: out) -> 
             'times_s': [[round(t, 5) for t in r] for r in rounds]}
 
 
+def add_shared_flags(parser) -> None:
+    """The flags every workload script takes: the limit measurement's sizes and the seed."""
+    parser.add_argument('--limit_size', type=int, default=2048,
+                        help='matmul size of the peak measurement (smaller: a quick smoke run)')
+    parser.add_argument('--limit_mib', type=int, default=512,
+                        help='array MiB of the bandwidth measurement')
+    parser.add_argument('--seed', type=int, default=0)
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -171,11 +171,7 @@ def main(argv=None) -> dict:
     parser.add_argument('--peers', default='trl,tunix', help="comma-separated; '' for none")
     parser.add_argument('--trl_python', default=common.default_python('trl'))
     parser.add_argument('--tunix_python', default=common.default_python('tunix'))
-    parser.add_argument('--limit_size', type=int, default=2048,
-                        help='matmul size of the peak measurement (smaller: a quick smoke run)')
-    parser.add_argument('--limit_mib', type=int, default=512,
-                        help='array MiB of the bandwidth measurement')
-    parser.add_argument('--seed', type=int, default=0)
+    common.add_shared_flags(parser)
     args = parser.parse_args(argv)
 
     cfg = common.model_config(args.size)

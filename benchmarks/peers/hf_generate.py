@@ -6,11 +6,9 @@ Sampling at temperature 1.0 with top-k and top-p off and no EOS, so every row pr
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
+import peer_common
 import torch_common as tc
 
 
@@ -34,21 +32,8 @@ def main():
             assert y.shape == (b, p + n), y.shape
             return y
 
-        start = time.perf_counter()
-        call()
-        warm = time.perf_counter() - start
-        rounds = []
-        for _ in range(spec['repeats']):
-            times = []
-            for _ in range(spec['calls']):
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-            rounds.append(times)
-        med = statistics.median([t for r in rounds for t in r])
-        out[f'batch_{b}'] = {'warmup_s': round(warm, 3), 'median_s': med,
-                             'round_medians_s': [round(statistics.median(r), 5) for r in rounds],
-                             'tokens_per_s': round(b * n / med, 1)}
+        timing = peer_common.time_calls(call, spec['calls'], spec['repeats'])
+        out[f'batch_{b}'] = {**timing, 'tokens_per_s': round(b * n / timing['median_s'], 1)}
     tc.emit(out)
 
 

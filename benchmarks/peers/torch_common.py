@@ -7,15 +7,10 @@ Run under the peer's own interpreter; imports nothing from alignjax.
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import sys
 import time
 
-
-def spec_from_argv() -> dict:
-    return json.loads(sys.argv[1])
+from peer_common import emit, spec_from_argv, summarise, versions  # pylint: disable=unused-import
 
 
 def setup_torch(spec: dict):
@@ -89,31 +84,6 @@ class StepTimer:
                 self.times.append(time.perf_counter() - self._start)
 
         return _Timer()
-
-
-def summarise(times: list[float], steps: int, repeats: int) -> dict:
-    """warmup (the first step) apart; rounds of `steps` steps; medians."""
-    warm, rest = times[0], times[1:1 + steps * repeats]
-    rounds = [rest[i * steps:(i + 1) * steps] for i in range(repeats)]
-    return {'warmup_s': round(warm, 3),
-            'round_medians_s': [round(statistics.median(r), 5) for r in rounds if r],
-            'median_s': statistics.median(rest) if rest else None,
-            'steps_timed': len(rest)}
-
-
-def versions(*names) -> dict:
-    import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-    out = {}
-    for n in names:
-        try:
-            out[n] = md.version(n)
-        except md.PackageNotFoundError:
-            out[n] = None
-    return out
-
-
-def emit(result: dict) -> None:
-    print(json.dumps(result), flush=True)
 
 
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')

@@ -3,14 +3,10 @@ a step timer over a data iterator, and the JSON summary. Run under the Tunix ven
 
 from __future__ import annotations
 
-import json
-import statistics
-import sys
 import time
 
-
-def spec_from_argv() -> dict:
-    return json.loads(sys.argv[1])
+import peer_common
+from peer_common import emit, spec_from_argv  # pylint: disable=unused-import
 
 
 def llama3(spec: dict, seed: int = 0):
@@ -44,18 +40,8 @@ class TimedIterator:
 def summarise(stamps: list[float], steps: int, repeats: int) -> dict:
     """stamps[i] is when step i's batch was requested; the last one when the loop asked past the
     end. Step i took stamps[i+1] - stamps[i]; step 0 is the warm-up (compilation)."""
-    times = [b - a for a, b in zip(stamps, stamps[1:])]
-    warm, rest = times[0], times[1:1 + steps * repeats]
-    rounds = [rest[i * steps:(i + 1) * steps] for i in range(repeats)]
-    return {'warmup_s': round(warm, 3),
-            'round_medians_s': [round(statistics.median(r), 5) for r in rounds if r],
-            'median_s': statistics.median(rest) if rest else None, 'steps_timed': len(rest)}
+    return peer_common.summarise([b - a for a, b in zip(stamps, stamps[1:])], steps, repeats)
 
 
 def versions() -> dict:
-    import importlib.metadata as md  # pylint: disable=g-import-not-at-top
-    return {n: md.version(n) for n in ('google-tunix', 'jax', 'flax')}
-
-
-def emit(result: dict) -> None:
-    print(json.dumps(result), flush=True)
+    return peer_common.versions('google-tunix', 'jax', 'flax')

@@ -7,11 +7,9 @@ Prompts are word strings 't<i>' that a minimal word-level tokenizer maps back to
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
+import peer_common
 import tunix_common as tc
 
 
@@ -58,21 +56,8 @@ def main():
             assert all(len(t) == n for t in res.tokens), [len(t) for t in res.tokens]
             return res
 
-        start = time.perf_counter()
-        call()
-        warm = time.perf_counter() - start
-        rounds = []
-        for _ in range(spec['repeats']):
-            times = []
-            for _ in range(spec['calls']):
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
-            rounds.append(times)
-        med = statistics.median([t for r in rounds for t in r])
-        out[f'batch_{b}'] = {'warmup_s': round(warm, 3), 'median_s': med,
-                             'round_medians_s': [round(statistics.median(r), 5) for r in rounds],
-                             'tokens_per_s': round(b * n / med, 1)}
+        timing = peer_common.time_calls(call, spec['calls'], spec['repeats'])
+        out[f'batch_{b}'] = {**timing, 'tokens_per_s': round(b * n / timing['median_s'], 1)}
     tc.emit(out)
 
 
