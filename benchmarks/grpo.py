@@ -1,7 +1,7 @@
-"""The `grpo` and `ppo` workloads side by side with TRL's GRPOTrainer (and Tunix where it runs).
+"""The `grpo` and `ppo` workloads side by side with TRL's GRPOTrainer and Tunix's RL learners.
 
-    PYTHONPATH=. python benchmarks/grpo.py --algo=grpo --size=small [--peers=trl]
-    PYTHONPATH=. python benchmarks/grpo.py --algo=ppo --size=small --peers=
+    PYTHONPATH=. python benchmarks/grpo.py --algo=grpo --size=small [--peers=trl,tunix]
+    PYTHONPATH=. python benchmarks/grpo.py --algo=ppo --size=small [--peers=tunix]
 
 One iteration: 2 prompts x 4 samples, 32-token prompts, 64 new tokens (temperature 1.0, EOS
 disabled so every row has 64 tokens), scored by a cheap host reward (the fraction of even token
@@ -15,7 +15,9 @@ epochs x 2 minibatches (experiments/ppo.py). AdamW at 1e-6, no clipping, constan
 Reported: warm-up (first iteration: compilation) apart, the median of --steps iterations repeated
 twice, split into rollout and update; tokens/s (rows x (prompt + response) a second); model FLOP/s
 against the matmul peak; the peers' figures and the ratio peer / alignjax. The last line is one
-JSON object.
+JSON object. Peers: TRL's GRPOTrainer (grpo only; peers/trl_grpo.py) and Tunix's GRPOLearner /
+PPOLearner (peers/tunix_grpo.py, whose docstring says where Tunix's iteration differs: no
+old-policy pass in GRPO, and PPO's 2 epochs over the whole rollout rather than 2 x 2 minibatches).
 """
 
 from __future__ import annotations
@@ -168,8 +170,11 @@ def main(argv=None) -> dict:
     parser.add_argument('--new_tokens', type=int, default=64)
     parser.add_argument('--steps', type=int, default=10, help='timed iterations per round')
     parser.add_argument('--repeats', type=int, default=2, help='rounds of --steps iterations')
-    parser.add_argument('--peers', default='trl', help="comma-separated (trl: grpo only)")
+    parser.add_argument('--peers', default=None,
+                        help='comma-separated of trl (grpo only), tunix; default: trl,tunix for '
+                             'grpo, tunix for ppo; empty: none')
     parser.add_argument('--trl_python', default=common.default_python('trl'))
+    parser.add_argument('--tunix_python', default=common.default_python('tunix'))
     common.add_shared_flags(parser)
     args = parser.parse_args(argv)
 
@@ -201,7 +206,9 @@ def main(argv=None) -> dict:
     spec = dict(model=common.workload_spec(args.size), prompts=args.prompts,
                 samples=args.samples, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                 steps=args.steps, repeats=args.repeats, lr=1e-6, beta=config.rl.kl_coef,
-                threads=2, seed=args.seed)
+                threads=2, seed=args.seed, algo=args.algo, epochs=config.rl.epochs)
+    if args.peers is None:
+        args.peers = 'trl,tunix' if args.algo == 'grpo' else 'tunix'
     peers = {}
     for peer in filter(None, args.peers.split(',')):
         if peer == 'trl' and args.algo == 'grpo':
@@ -209,6 +216,9 @@ def main(argv=None) -> dict:
             peers['trl'] = common.run_peer('trl_grpo.py', args.trl_python, spec)
         elif peer == 'trl':
             peers['trl'] = {'error': 'TRL 1.x has no PPOTrainer in its stable API'}
+        elif peer == 'tunix':
+            common.log('running tunix ...')
+            peers['tunix'] = common.run_peer('tunix_grpo.py', args.tunix_python, spec)
         else:
             raise ValueError(f'unknown peer {peer!r}')
 

@@ -9,9 +9,10 @@ import peer_common
 from peer_common import emit, spec_from_argv  # pylint: disable=unused-import
 
 
-def llama3(spec: dict, seed: int = 0):
+def llama3(spec: dict, seed: int = 0, weight_tying: bool = False):
     """tunix.models.llama3.Llama3 of the workload shape (Tunix initialises its MLP kernels at zero;
-    the matmuls cost the same)."""
+    the matmuls cost the same). weight_tying=True leaves out the output head (a critic's
+    backbone)."""
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from tunix.models.llama3 import model as llama  # pylint: disable=g-import-not-at-top
     m = spec['model']
@@ -19,7 +20,7 @@ def llama3(spec: dict, seed: int = 0):
                             embed_dim=m['embed_dim'], hidden_dim=m['mlp_dim'],
                             num_heads=m['num_heads'], head_dim=m['head_dim'],
                             num_kv_heads=m['num_kv_heads'], rope_theta=int(m['rope_theta']),
-                            norm_eps=m['norm_eps'], weight_tying=False)
+                            norm_eps=m['norm_eps'], weight_tying=weight_tying)
     return llama.Llama3(cfg, rngs=nnx.Rngs(seed))
 
 
