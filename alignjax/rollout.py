@@ -141,14 +141,17 @@ def global_metrics(metrics: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _teacher_forced(policy_def, ref_def, critic_def):
-    """Jitted (policy, reference, critic) pass over sampled responses."""
+def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1):
+    """Jitted (policy, reference, critic) pass over sampled responses. With `group` > 1 the rows
+    are groups of `group` samples of one prompt (contiguous): each prompt runs once per model."""
 
     def run(policy_state, ref_state, critic_state, batch):
         args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
         out = {
-            'old_logp': scoring.response_logprobs(nnx.merge(policy_def, policy_state), *args),
-            'ref_logp': scoring.response_logprobs(nnx.merge(ref_def, ref_state), *args),
+            'old_logp': scoring.rows_response_logprobs(nnx.merge(policy_def, policy_state), *args,
+                                                       group=group),
+            'ref_logp': scoring.rows_response_logprobs(nnx.merge(ref_def, ref_state), *args,
+                                                       group=group),
         }
         if critic_def is not None:
             out['old_values'] = response_values(nnx.merge(critic_def, critic_state), *args)
@@ -252,10 +255,10 @@ class Rollout:
                 'response': out['tokens'], 'response_mask': out['mask'],
                 'response_texts': [self.tok.decode(t) for t in out['tokens']]}
 
-    def _score_and_pass(self, policy, critic, prompt_texts, batch, texts) -> dict:
+    def _score_and_pass(self, policy, critic, prompt_texts, batch, texts, group=1) -> dict:
         policy_def, policy_state = nnx.split(policy)
         critic_def, critic_state = nnx.split(critic) if critic is not None else (None, None)
-        fn = _teacher_forced(policy_def, self.ref_def, critic_def)
+        fn = _teacher_forced(policy_def, self.ref_def, critic_def, group)
         out = fn(policy_state, self.ref_state, critic_state, sharding.shard_batch(batch, self.mesh))
         out = {k: sharding.to_local(v) for k, v in out.items()}
         if self.scorer is not None:
@@ -286,7 +289,7 @@ class Rollout:
         batch = {'prompt': prompt, 'prompt_mask': prompt_mask, 'response': sample['tokens'],
                  'response_mask': sample['mask']}
         response_texts = [self.tok.decode(t) for t in batch['response']]
-        batch.update(self._score_and_pass(policy, critic, texts, batch, response_texts))
+        batch.update(self._score_and_pass(policy, critic, texts, batch, response_texts, group=k))
         batch['sample_logp'] = sample['logprobs']  # of the distribution sampled from
         resp_mask = batch['response_mask']
         batch['has_eos'] = np.any((batch['response'] == self.tok.eos_id) & (resp_mask > 0), axis=1)

@@ -5,9 +5,9 @@
 One step: 8 preference pairs, a 64-token prompt and 64-token chosen and rejected responses,
 AdamW at 1e-6 (no weight decay, no clipping, constant rate), beta 0.1, sigmoid loss, the
 reference a frozen copy evaluated every step; the precomputed-reference variant is timed apart.
-The alignjax step is what `loop.train` runs for DPO: the reference log-probs of the batch
-(`trainers.dpo.ReferenceLogps`), the batch put on the mesh, the jitted donated update
-(`loop.setup`), the model re-bound to the new parameters, blocked on the loss.
+The alignjax step is what `loop.train` runs for DPO: the batch put on the mesh, the jitted donated
+update (`loop.setup`; the frozen reference evaluated inside it, or its log-probs looked up from
+the precomputed cache), the model re-bound to the new parameters, blocked on the loss.
 
 Reported: warm-up (the first step: compilation) apart from the steady state, the median of
 --steps steps repeated twice; tokens/s (2 x pairs x 128 sequence tokens a step); model FLOP/s
@@ -74,12 +74,17 @@ class Step:
         ctor = lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed))
         with jax.set_mesh(self.mesh):
             policy = sharding.create_sharded(ctor, self.mesh)
+            frozen = {}
             if mode == 'sft':
                 loss_fn = sft.sft_loss_fn
             else:
-                self.ref = dpo.ReferenceLogps(sharding.create_sharded(ctor, self.mesh), self.mesh)
+                reference = sharding.create_sharded(ctor, self.mesh)
+                if mode == 'dpo':
+                    frozen = {'reference': reference}
+                else:
+                    self.ref = dpo.ReferenceLogps(reference, self.mesh)
                 loss_fn = dpo.make_loss_fn(config.loss)
-            algo = loop.Algorithm(model=policy, loss_fn=loss_fn, batches=None)
+            algo = loop.Algorithm(model=policy, loss_fn=loss_fn, batches=None, frozen=frozen)
             run = loop.setup(config, algo, self.mesh)
         self.graphdef, self.state, self.frozen, self.update = (
             run.graphdef, run.state, run.frozen_states, run.update)
@@ -104,7 +109,7 @@ class Step:
         host = self.batches[self.i % len(self.batches)]
         self.i += 1
         with jax.set_mesh(self.mesh):
-            batch = host if self.mode == 'sft' else self.ref(host)
+            batch = self.ref(host) if self.mode == 'dpo_precomputed' else host
             batch = sharding.shard_batch(batch, self.mesh)
             self.state, metrics, finite = self.update(self.state, self.frozen, batch)
             nnx.merge(self.graphdef, self.state['params'])  # the loop re-binds its model

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from alignjax import experiment_lib
+from alignjax import metrics as metrics_lib
 from alignjax import trainers
 from alignjax.data import pipeline
 from alignjax.data import synthetic
@@ -97,6 +98,7 @@ def test_reward_and_preference_scores_ignore_padding():
 
 
 def test_precomputed_reference_equals_per_step_reference(tmp_path):
+    """The reference inside the update and the precomputed cache give the same training run."""
     def run(name, precompute):
         c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'dpo.py') +
                                        ':tiny,steps=3')
@@ -111,18 +113,22 @@ def test_precomputed_reference_equals_per_step_reference(tmp_path):
 
         def capture(config, mesh):
             algo = build(config, mesh)
+            captured['frozen'] = sorted(algo.frozen)
             captured['batches'] = [algo.batches(s, None, {}) for s in range(3)]
             algo.evaluate = None
             return algo
 
         loop.train(c, workdir, capture)
-        return captured['batches']
+        return captured, metrics_lib.read_metrics(workdir)
 
-    cached, fresh = run('cached', True), run('fresh', False)
-    assert len(cached) == 3
-    for a, b in zip(cached, fresh, strict=True):
-        np.testing.assert_array_equal(a['ref_chosen_logps'], b['ref_chosen_logps'])
-        np.testing.assert_array_equal(a['ref_rejected_logps'], b['ref_rejected_logps'])
+    (cached, cached_rows), (fresh, fresh_rows) = run('cached', True), run('fresh', False)
+    assert cached['frozen'] == [] and fresh['frozen'] == ['reference']
+    assert 'ref_chosen_logps' in cached['batches'][0]
+    assert 'ref_chosen_logps' not in fresh['batches'][0]
+    assert len(cached_rows) == len(fresh_rows) == 3
+    for a, b in zip(cached_rows, fresh_rows, strict=True):
+        for k in ('loss', 'grad_norm', 'rewards/margin', 'param_norm'):
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 def test_dpo_config_errors_name_the_key():

@@ -159,8 +159,14 @@ class Attention(nnx.Module):
                             preferred_element_type=jnp.float32) * scale
         logits = softcap(logits, cfg.attn_logit_softcap)
         logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum('bkgts,bksh->btkgh', probs, v.astype(dt))
+        # Softmax normalised after the value product: the division runs on [.., T, head_dim]
+        # instead of [.., T, S], and the shift (any constant per row gives the same softmax) is
+        # outside the gradient. A fully masked row stays uniform, as softmax leaves it.
+        shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        weights = jnp.exp(logits - shift)
+        total = jnp.sum(weights, axis=-1)  # [B, kv, G, T], >= 1
+        out = jnp.einsum('bkgts,bksh->btkgh', weights.astype(dt), v.astype(dt))
+        out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
         out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
         return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), cache
 

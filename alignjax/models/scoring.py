@@ -1,7 +1,18 @@
 """Teacher-forced scoring of responses: the bridge from models to the pure losses.
 
 Batches hold a left-padded prompt [B, P] and a right-padded response [B, R]; the model sees their
-concatenation, and the logits at positions P-1 .. P+R-2 predict the response tokens.
+concatenation, and the hidden states at positions P-1 .. P+R-2 predict the response tokens.
+
+What makes scoring cheap, in the order it matters (`benchmarks/dpo.py` measures it):
+- The output head runs on those R positions only, never on the prompt's.
+- log pi(y_t) = z[y_t] - logsumexp(z): the chosen logit is the dot product of the hidden state
+  with the token's output column, so no [N, V] log-softmax is materialised and its backward is
+  no [N, V] scatter; with `chunk` tokens a chunk (and recomputation in the backward) the [N, V]
+  logits never exist at once, which 128k-256k vocabularies need.
+- Several responses to one prompt (`grouped_response_logprobs`: DPO's chosen and rejected, a
+  GRPO group) run the prompt through the model once and attend to its cached keys and values.
+  Rows stay grouped by prompt ([B, G] flattened prompt-major), so a batch sharded over rows
+  needs no communication to share a prompt.
 """
 
 from __future__ import annotations
@@ -9,25 +20,127 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from alignjax.models.layers import softcap
+from alignjax.models.transformer import init_cache, positions_from_mask
 
-def sequence_logits(model, prompt, prompt_mask, response, response_mask):
-    """Logits [B, R, V] (float32) that predict each response token."""
+# Tokens per chunk of the output head when the [N, V] float32 logits would exceed this many
+# elements (256 MiB); below it the head runs in one piece.
+MAX_LOGITS = 1 << 26
+
+
+def _head_chunk(tokens: int, vocab: int, chunk: int | None) -> int | None:
+    if chunk is not None:
+        return chunk if 0 < chunk < tokens else None
+    if tokens * vocab <= MAX_LOGITS:
+        return None
+    return max(1, MAX_LOGITS // vocab)
+
+
+def _token_logprobs(model, h, targets, with_entropy: bool):
+    """log pi(targets) [N] (and the entropy [N]) from final hidden states h [N, D]."""
+    cfg = model.cfg
+    w = model.output_weight()  # [D, V] in the compute dtype
+    h = h.astype(cfg.jnp_dtype)
+    logits = softcap(jnp.dot(h, w, preferred_element_type=jnp.float32), cfg.final_logit_softcap)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    # The target's logit from its own output column: a gather of N columns, not of the [N, V]
+    # logits (whose backward would scatter into an [N, V] zero array).
+    picked = jnp.einsum('nd,nd->n', h, jnp.take(w, targets, axis=1).T,
+                        preferred_element_type=jnp.float32)
+    logp = softcap(picked, cfg.final_logit_softcap) - lse
+    if not with_entropy:
+        return logp, None
+    probs = jnp.exp(logits - lse[:, None])
+    return logp, lse - jnp.sum(probs * logits, axis=-1)
+
+
+def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | None):
+    """Per-token log-probs (and entropies) [..., R] of `targets` given hidden states [..., R, D]."""
+    lead = targets.shape
+    h = h.reshape(-1, h.shape[-1])
+    targets = targets.reshape(-1)
+    n = targets.shape[0]
+    size = _head_chunk(n, model.cfg.vocab_size, chunk)
+    if size is None:
+        logp, ent = _token_logprobs(model, h, targets, with_entropy)
+    else:
+        pad = -n % size
+        hc = jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, size, h.shape[-1])
+        tc = jnp.pad(targets, (0, pad)).reshape(-1, size)
+        # Rematerialised per chunk: the backward recomputes one chunk's logits at a time.
+        one = jax.checkpoint(lambda x: _token_logprobs(model, x[0], x[1], with_entropy))
+        logp, ent = jax.lax.map(one, (hc, tc))
+        logp = logp.reshape(-1)[:n]
+        ent = None if ent is None else ent.reshape(-1)[:n]
+    m = mask.astype(jnp.float32)
+    logp = logp.reshape(lead) * m
+    return logp if not with_entropy else (logp, ent.reshape(lead) * m)
+
+
+def response_hidden(model, prompt, prompt_mask, response, response_mask):
+    """Final hidden states [B, R, D] at the positions that predict each response token."""
     tokens = jnp.concatenate([prompt, response], axis=1)
     mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
     p = prompt.shape[1]
-    logits = model(tokens, mask)
-    return logits[:, p - 1:p - 1 + response.shape[1]]
+    h, _ = model.hidden(tokens, positions=positions_from_mask(mask), kv_mask=mask)
+    return h[:, p - 1:p - 1 + response.shape[1]]
+
+
+def sequence_logits(model, prompt, prompt_mask, response, response_mask):
+    """Logits [B, R, V] (float32) that predict each response token."""
+    return model.logits(response_hidden(model, prompt, prompt_mask, response, response_mask))
 
 
 def response_logprobs(model, prompt, prompt_mask, response, response_mask, *,
-                      with_entropy: bool = False):
-    """Per-token log pi(y_t | x, y_<t) [B, R], zero on padding; optionally the entropy too."""
-    logits = sequence_logits(model, prompt, prompt_mask, response, response_mask)
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    logp = jnp.take_along_axis(logp_all, response[..., None], axis=-1)[..., 0]
-    mask = response_mask.astype(jnp.float32)
-    logp = logp * mask
-    if not with_entropy:
-        return logp
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1) * mask
-    return logp, entropy
+                      with_entropy: bool = False, chunk: int | None = None):
+    """Per-token log pi(y_t | x, y_<t) [B, R], zero on padding; optionally the entropy too.
+
+    `chunk`: tokens per piece of the output head (default: one piece unless the logits would
+    exceed `MAX_LOGITS` elements).
+    """
+    h = response_hidden(model, prompt, prompt_mask, response, response_mask)
+    return _head_logprobs(model, h, response, response_mask, with_entropy=with_entropy,
+                          chunk=chunk)
+
+
+def grouped_response_hidden(model, prompt, prompt_mask, responses, response_masks):
+    """Like `response_hidden` for G responses to each prompt: prompt [B, P], responses [B, G, R]
+    -> [B, G, R, D]. The prompt runs once; each response attends to its cached keys/values."""
+    b, p = prompt.shape
+    g, r = responses.shape[1:]
+    cache = init_cache(model.cfg, b, p)
+    h_prompt, cache = model.hidden(prompt, positions=positions_from_mask(prompt_mask),
+                                   kv_mask=prompt_mask, cache=cache, cache_index=0)
+    rows = lambda x: jnp.repeat(x, g, axis=0)  # [B, ...] -> [B * G, ...], prompt-major
+    flat = lambda x: x.reshape(b * g, *x.shape[2:])
+    mask = jnp.concatenate([rows(prompt_mask), flat(response_masks)], axis=1)
+    grown = [{k: jnp.pad(rows(c[k]), ((0, 0), (0, 0), (0, r), (0, 0))) for k in c} for c in cache]
+    h, _ = model.hidden(flat(responses), positions=positions_from_mask(mask)[:, p:], kv_mask=mask,
+                        cache=grown, cache_index=p)
+    h = jnp.concatenate([rows(h_prompt[:, -1:]), h[:, :-1]], axis=1)
+    return h.reshape(b, g, r, h.shape[-1])
+
+
+def grouped_response_logprobs(model, prompt, prompt_mask, responses, response_masks, *,
+                              with_entropy: bool = False, chunk: int | None = None):
+    """`response_logprobs` of G responses per prompt ([B, G, R] -> [B, G, R]), the prompt's
+    forward pass shared by its G responses; equal to scoring each (prompt, response) row."""
+    h = grouped_response_hidden(model, prompt, prompt_mask, responses, response_masks)
+    return _head_logprobs(model, h, responses, response_masks, with_entropy=with_entropy,
+                          chunk=chunk)
+
+
+def rows_response_logprobs(model, prompt, prompt_mask, response, response_mask, *, group: int,
+                           with_entropy: bool = False):
+    """`response_logprobs` of flat rows [N, ...] laid out in contiguous groups of `group` rows
+    that share a prompt (a rollout's samples of one prompt): each prompt runs once. Rows that do
+    not split into groups are scored one by one."""
+    n, r = response.shape
+    if group == 1 or n % group:
+        return response_logprobs(model, prompt, prompt_mask, response, response_mask,
+                                 with_entropy=with_entropy)
+    first = lambda x: x.reshape(n // group, group, x.shape[1])[:, 0]
+    groups = lambda x: x.reshape(n // group, group, r)
+    out = grouped_response_logprobs(model, first(prompt), first(prompt_mask), groups(response),
+                                    groups(response_mask), with_entropy=with_entropy)
+    return jax.tree.map(lambda x: x.reshape(n, r), out)

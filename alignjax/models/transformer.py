@@ -70,13 +70,15 @@ class Decoder(nnx.Module):
                 new_cache.append(layer_cache)
         return self.final_norm(x), new_cache
 
+    def output_weight(self) -> jax.Array:
+        """The output projection [D, V] in the compute dtype (the embedding's transpose if tied)."""
+        if self.cfg.tie_embeddings:
+            return self.embedding[...].astype(self.cfg.jnp_dtype).T
+        return self.lm_head[...].astype(self.cfg.jnp_dtype)
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Output logits in float32, soft-capped if configured."""
-        if self.cfg.tie_embeddings:
-            w = self.embedding[...].astype(self.cfg.jnp_dtype).T
-        else:
-            w = self.lm_head[...].astype(self.cfg.jnp_dtype)
-        out = jnp.einsum('btd,dv->btv', h.astype(self.cfg.jnp_dtype), w,
+        out = jnp.einsum('...d,dv->...v', h.astype(self.cfg.jnp_dtype), self.output_weight(),
                          preferred_element_type=jnp.float32)
         return softcap(out, self.cfg.final_logit_softcap)
 

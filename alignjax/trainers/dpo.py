@@ -5,10 +5,11 @@ label smoothing), robust, ipo, hinge (SLiC) or simpo; `rpo_alpha > 0` adds RPO's
 `reference_free` drops the reference; `length_normalize` uses per-token average log-probs (TRL's
 IPO convention; SimPO always does).
 
-Reference log-probs come from one jitted function of the frozen reference: computed for each
-batch as it is drawn, or, with `config.loss.precompute_ref`, once over the whole dataset before
-training and looked up by record index. Both paths run the same program on the same batch shape,
-so they give the same numbers.
+Reference log-probs are computed inside the jitted update from the frozen reference (one program
+a step), or, with `config.loss.precompute_ref`, once over the whole dataset before training and
+looked up by record index (`ReferenceLogps`); reference-free losses (SimPO, `reference_free`)
+never run the reference. Chosen and rejected share one pass over their prompt
+(`scoring.grouped_response_logprobs`).
 """
 
 from __future__ import annotations
@@ -29,17 +30,17 @@ from alignjax.trainers import loop
 
 
 def pair_logps(model, batch):
-    """Per-sequence log-prob sums, token counts and the chosen mean NLL, from one forward pass."""
-    b = batch['prompt'].shape[0]
-    twice = lambda x: jnp.concatenate([x, x], axis=0)
-    logp = scoring.response_logprobs(
-        model, twice(batch['prompt']), twice(batch['prompt_mask']),
-        jnp.concatenate([batch['chosen'], batch['rejected']], axis=0),
-        jnp.concatenate([batch['chosen_mask'], batch['rejected_mask']], axis=0))
-    sums = jnp.sum(logp, axis=-1)
-    lengths = jnp.concatenate([batch['chosen_mask'], batch['rejected_mask']], 0).sum(-1)
-    lengths = jnp.maximum(lengths.astype(jnp.float32), 1.0)
-    return sums[:b], sums[b:], lengths[:b], lengths[b:]
+    """Per-sequence log-prob sums and token counts of chosen and rejected, the prompt run once."""
+    chosen, rejected = batch['chosen'], batch['rejected']
+    cm, rm = batch['chosen_mask'], batch['rejected_mask']
+    width = max(chosen.shape[1], rejected.shape[1])
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
+    responses = jnp.stack([pad(chosen), pad(rejected)], axis=1)  # [B, 2, R]
+    masks = jnp.stack([pad(cm), pad(rm)], axis=1)
+    sums = jnp.sum(scoring.grouped_response_logprobs(
+        model, batch['prompt'], batch['prompt_mask'], responses, masks), axis=-1)
+    lengths = jnp.maximum(jnp.sum(masks, axis=-1).astype(jnp.float32), 1.0)
+    return sums[:, 0], sums[:, 1], lengths[:, 0], lengths[:, 1]
 
 
 def _check_loss_config(loss) -> tuple[str, ...]:
@@ -58,21 +59,28 @@ def _check_loss_config(loss) -> tuple[str, ...]:
     return types
 
 
+def uses_reference(loss) -> bool:
+    return not (tuple(loss.types) == ('simpo',) or loss.reference_free)
+
+
 def make_loss_fn(loss):
     types = _check_loss_config(loss)
     simpo = types == ('simpo',)
     normalize = simpo or loss.length_normalize
-    no_ref = simpo or loss.reference_free
+    no_ref = not uses_reference(loss)
 
     def loss_fn(model, frozen, batch, rng):
-        del frozen, rng
+        del rng
         pc, pr, lc, lr = pair_logps(model, batch)
-        rc, rr = batch['ref_chosen_logps'], batch['ref_rejected_logps']
+        if no_ref:
+            rc, rr = jnp.zeros_like(pc), jnp.zeros_like(pr)
+        elif 'ref_chosen_logps' in batch:  # precomputed
+            rc, rr = batch['ref_chosen_logps'], batch['ref_rejected_logps']
+        else:
+            rc, rr = jax.lax.stop_gradient(pair_logps(frozen['reference'], batch)[:2])
         chosen_nll = -pc / lc
         if normalize:
             pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
-        if no_ref:
-            rc, rr = jnp.zeros_like(rc), jnp.zeros_like(rr)
         return pref_losses.dpo_loss(
             pc, pr, rc, rr, loss_types=types, loss_weights=tuple(loss.weights) or None,
             beta=loss.beta, label_smoothing=loss.label_smoothing, gamma=loss.gamma,
@@ -104,12 +112,9 @@ class ReferenceLogps:
         self.cache = cache
 
     def __call__(self, batch) -> dict:
-        if self.cache is not None:
-            rows = self.cache[batch['index']]
-            rc, rr = rows[:, 0], rows[:, 1]
-        else:
-            rc, rr = self.compute(batch)
-        return {**batch, 'ref_chosen_logps': rc, 'ref_rejected_logps': rr}
+        """The batch with its precomputed reference log-probs (after `precompute`)."""
+        rows = self.cache[batch['index']]
+        return {**batch, 'ref_chosen_logps': rows[:, 0], 'ref_rejected_logps': rows[:, 1]}
 
 
 def build(config, mesh) -> loop.Algorithm:
@@ -127,8 +132,14 @@ def build(config, mesh) -> loop.Algorithm:
         ref.precompute(experiment_lib.fixed_batches(config, 'preference', train, tok,
                                                     batch_size=config.data.batch_size), len(train))
 
-    algo = loop.Algorithm(model=policy, loss_fn=make_loss_fn(config.loss),
-                          batches=lambda step, model, algo_state: ref(stream[step]))
+    loss_fn = make_loss_fn(config.loss)
+    if config.loss.precompute_ref:
+        algo = loop.Algorithm(model=policy, loss_fn=loss_fn,
+                              batches=lambda step, model, algo_state: ref(stream[step]))
+    else:
+        frozen = {'reference': reference} if uses_reference(config.loss) else {}
+        algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen,
+                              batches=lambda step, model, algo_state: stream[step])
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = experiment_lib.synthetic_task(config)

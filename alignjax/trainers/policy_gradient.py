@@ -121,13 +121,17 @@ def make_advantage_fn(config):
 
 def make_loss_fn(config):
     rl, algo = config.rl, config.algo
+    # One update per rollout keeps the rollout's row order (groups of a prompt's samples
+    # contiguous, microbatches cutting between groups): each prompt then runs once.
+    group = rl.samples_per_prompt if rl.epochs * rl.minibatches == 1 else 1
 
     def loss_fn(model, frozen, batch, rng):
         del frozen, rng
         policy = model.policy if algo == 'ppo' else model
         args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
         mask = batch['response_mask'].astype(jnp.float32)
-        logp, entropy = scoring.response_logprobs(policy, *args, with_entropy=True)
+        logp, entropy = scoring.rows_response_logprobs(policy, *args, group=group,
+                                                       with_entropy=True)
         total, weight, metrics = pg.policy_loss(
             logp, batch['old_logp'], batch['advantages'], mask, clip_low=rl.clip,
             clip_high=rl.clip_high or None, dual_clip=rl.dual_clip or None, mode=rl.aggregation)
