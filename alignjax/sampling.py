@@ -13,12 +13,16 @@ Greedy decoding samples from a point mass; its `logprobs` are the policy's (temp
 Prompts are left-padded to a multiple of `prompt_bucket` before the jitted call, so batches of
 the same size and bucket reuse one compiled program. Row b's token t is drawn with the key
 `fold_in(key, t)` over the whole batch, so extra left-padding changes nothing that is sampled.
+The draw is `jax.random.categorical`'s Gumbel-max, reproduced bit for bit by `gumbel_noise` and
+`first_argmax`, which XLA:CPU runs as unrolled vector loops instead of a rolled Threefry loop and
+a scalar (value, index) reduction; the KV cache is `decode_cache`'s [B * kv_heads, S, head_dim].
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.layers import NEG_INF
-from alignjax.models.transformer import init_cache, positions_from_mask
+from alignjax.models.transformer import positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +85,88 @@ def _gather(logp, tokens):
     return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=('graphdefs', 'config', 'combine'))
-def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingConfig, combine):
+# ----------------------------------------------------------------------------- exact fast sampling
+# `jax.random.categorical(key, logits)` is argmax(gumbel(key) + logits). On CPU, JAX lowers the
+# Threefry hash as a rolled 5-iteration while loop whose rotation amounts are loop data, and
+# `argmax` as a two-operand (value, index) reduce that XLA does not vectorise: per decode step of
+# the tiny workload these two were ~3/4 of the time. Below are the same computations, bit for bit
+# (tests/test_sampling.py checks them against jax.random), written so that XLA emits one unrolled,
+# vectorised elementwise loop and two single-operand reductions.
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+    """Threefry-2x32 (20 rounds), as JAX's `threefry2x32_p` computes it, with constant shifts."""
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x1, x2
+
+
+def exact_gumbel_supported(key) -> bool:
+    """Whether `gumbel_noise` reproduces `jax.random.gumbel` for this key and JAX configuration."""
+    return (str(jax.random.key_impl(key)) == 'threefry2x32'
+            and bool(jax.config.jax_threefry_partitionable)
+            and not jax.config.jax_high_dynamic_range_gumbel)
+
+
+def gumbel_noise(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 `jax.random.gumbel(key, shape)` from the key's uint32[2] data (see the guard above).
+
+    Same steps as JAX: counters are the flat index (high word 0), bits = x1 ^ x2, the top 23 bits
+    fill a mantissa in [1, 2), minus 1, mapped to [tiny, 1), then -log(-log(u)).
+    """
+    size = math.prod(shape)
+    if size >= 2 ** 32:
+        raise ValueError(f'gumbel_noise: {size} values exceed a 32-bit counter')
+    counts = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    x1, x2 = _threefry2x32(key_data[0], key_data[1], jnp.zeros_like(counts), counts)
+    bits = (x1 ^ x2) >> jnp.uint32(32 - 23) | jnp.uint32(0x3F800000)  # float32 1.0's exponent
+    floats = jax.lax.bitcast_convert_type(bits, jnp.float32) - jnp.float32(1.0)
+    tiny = jnp.float32(jnp.finfo(jnp.float32).tiny)
+    u = jnp.maximum(tiny, floats * (jnp.float32(1.0) - tiny) + tiny)
+    return -jnp.log(-jnp.log(u))
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (first maximum; a NaN counts as the maximum) as two reductions."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    idx = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(hit, idx, x.shape[-1]), axis=-1)
+
+
+# Up to this many bytes, the Gumbel noise of every decode step is drawn before the loop.
+NOISE_TABLE_BYTES = 1 << 24
+
+
+def decode_cache(cfg, batch: int, length: int) -> list[dict]:
+    """A zeroed KV cache of [B * kv_heads, S, head_dim] arrays per layer: `Attention`'s layout
+    for decoding (`init_cache`'s [B, kv_heads, S, head_dim] made XLA:CPU copy it every step)."""
+    shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
+    return [{'k': jnp.zeros(shape, cfg.jnp_dtype), 'v': jnp.zeros(shape, cfg.jnp_dtype)}
+            for _ in range(cfg.num_layers)]
+
+
+def noise_mode(key, config: SamplingConfig, batch: int, vocab: int) -> str:
+    """How the sampler draws its Gumbel noise (the same values whichever): 'table' (every
+    step's before the loop, up to NOISE_TABLE_BYTES), 'step' (per step, `gumbel_noise`) or 'jax'
+    (`jax.random.categorical`, for keys and settings `gumbel_noise` does not reproduce)."""
+    if not exact_gumbel_supported(key):
+        return 'jax'
+    small = config.max_new_tokens * batch * vocab * 4 <= NOISE_TABLE_BYTES
+    return 'table' if small and not config.greedy else 'step'
+
+
+@functools.partial(jax.jit, static_argnames=('graphdefs', 'config', 'combine', 'noise'))
+def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingConfig, combine,
+              noise: str):
     models = [nnx.merge(g, s) for g, s in zip(graphdefs, states)]
     b, p = prompt.shape
     n = config.max_new_tokens
@@ -92,12 +176,19 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
 
     caches, last_logits = [], []
     for m in models:
-        cache = init_cache(m.cfg, b, p + n)
+        cache = decode_cache(m.cfg, b, p + n)
         h, cache = m.hidden(prompt, positions=positions, kv_mask=kv_mask, cache=cache,
                             cache_index=0)
         caches.append(cache)
         last_logits.append(m.logits(h[:, -1:])[:, 0])
     next_position = jnp.sum(prompt_mask, axis=-1)  # position of the first response token
+    if noise != 'jax':  # every step's fold_in(key, t) at once, as uint32[n, 2] key data
+        step_keys = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(key, t))(
+            jnp.arange(n, dtype=jnp.int32)))
+    if noise == 'table' and not config.greedy:
+        # All steps' noise in one parallel pass: per step, a [B, V] noise pass cost more in the
+        # hand-off to the second thread than in arithmetic (tiny batch 1: half of a step).
+        noise_table = jax.vmap(lambda kd: gumbel_noise(kd, last_logits[0].shape))(step_keys)
 
     def cond(carry):
         t, done = carry[0], carry[1]
@@ -109,11 +200,17 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
         combined = combine(logits)
         if config.greedy:
             sample_lp = policy_lp
-            tok = jnp.argmax(combined, axis=-1).astype(jnp.int32)
+            tok = first_argmax(combined).astype(jnp.int32)
         else:
             sample_lp = process_logits(combined, temperature=config.temperature, top_k=config.top_k,
                                        top_p=config.top_p)
-            tok = jax.random.categorical(jax.random.fold_in(key, t), sample_lp).astype(jnp.int32)
+            if noise != 'jax':  # = jax.random.categorical(fold_in(key, t), sample_lp), bit for bit
+                g = (noise_table[t] if noise == 'table'
+                     else gumbel_noise(step_keys[t], sample_lp.shape))
+                tok = first_argmax(g + sample_lp)
+            else:
+                tok = jax.random.categorical(jax.random.fold_in(key, t), sample_lp)
+            tok = tok.astype(jnp.int32)
         live = ~done
         tok = jnp.where(live, tok, config.pad_id)
         tokens = tokens.at[:, t].set(tok)
@@ -171,5 +268,8 @@ def generate(models, prompt, prompt_mask, key, config: SamplingConfig,
     prompt, prompt_mask = bucket_prompts(jnp.asarray(prompt, jnp.int32),
                                          jnp.asarray(prompt_mask, jnp.int32),
                                          config.prompt_bucket, config.pad_id)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key: the same bits, typed
+    noise = noise_mode(key, config, prompt.shape[0], models[0].cfg.vocab_size)
     return _generate(list(states), prompt, prompt_mask, key, graphdefs=tuple(graphdefs),
-                     config=config, combine=combine)
+                     config=config, combine=combine, noise=noise)

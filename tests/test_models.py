@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alignjax import sampling
 from alignjax.models import (PRESETS, Decoder, PreferenceModel, RewardModel, ValueModel,
                              init_cache, positions_from_mask, response_logprobs)
 from alignjax.models import layers
@@ -454,9 +455,11 @@ def test_remat_gives_identical_loss_and_gradients():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
 
 
-def test_cached_decoding_in_chunks_equals_one_uncached_pass():
+@pytest.mark.parametrize('layout', ['heads', 'rows'])
+def test_cached_decoding_in_chunks_equals_one_uncached_pass(layout):
     """Prefill and decode chunks through the KV cache reproduce the uncached logits, on a model
-    with every switch on (local and global layers, GQA, soft-caps, qk-norm, post-norms)."""
+    with every switch on (local and global layers, GQA, soft-caps, qk-norm, post-norms), with
+    `init_cache`'s [B, kv, S, hd] arrays and the sampler's [B * kv, S, hd] ones."""
     model = make(**VARIANTS['gemma_like'])
     cfg = model.cfg
     rng = np.random.RandomState(4)
@@ -475,7 +478,7 @@ def test_cached_decoding_in_chunks_equals_one_uncached_pass():
                                           cache_index=index)
 
     positions = np.asarray(positions_from_mask(jnp.asarray(mask)))
-    cache = init_cache(cfg, 3, s)
+    cache = init_cache(cfg, 3, s) if layout == 'heads' else sampling.decode_cache(cfg, 3, s)
     chunks = []
     bounds = [0, 4, 5, 9, 10, 14, 15, s]  # chunks of 4 and 1 tokens (two compiled shapes)
     for start, end in zip(bounds[:-1], bounds[1:]):

@@ -329,3 +329,41 @@ def test_left_padding_beyond_the_bucket_changes_nothing(policy):
     np.testing.assert_array_equal(padded['mask'], out['mask'])
     close(padded['logprobs'], out['logprobs'])
     close(padded['policy_logprobs'], out['policy_logprobs'])
+
+
+# ----------------------------------------------------------------------------- exact fast noise
+
+
+@pytest.mark.parametrize('shape', [(1, 1024), (4, 7), (3, 1000)])
+def test_gumbel_noise_is_jax_random_gumbel_bit_for_bit(shape):
+    gumbel = jax.jit(lambda k: jax.random.gumbel(k, shape))
+    ours = jax.jit(lambda k: sampling.gumbel_noise(jax.random.key_data(k), shape))
+    for seed, t in [(0, 0), (42, 5), (7, 127)]:
+        key = jax.random.fold_in(jax.random.key(seed), t)
+        want, got = np.asarray(gumbel(key)), np.asarray(ours(key))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_first_argmax_is_argmax_with_ties_and_nans():
+    x = jnp.asarray([[1., 3., 3., 2.], [np.nan, 1., np.nan, 5.], [-np.inf] * 4, [0.] * 4,
+                     [NEG_INF, -2., NEG_INF, -2.]], jnp.float32)
+    np.testing.assert_array_equal(sampling.first_argmax(x), jnp.argmax(x, axis=-1))
+
+
+@pytest.mark.parametrize('name', ['temperature', 'top_k_top_p', 'greedy'])
+def test_every_noise_mode_samples_the_same_tokens(name, policy, prompts):
+    """The noise table, per-step `gumbel_noise` and jax.random.categorical agree bit for bit."""
+    config = SAMPLERS[name]
+    graphdef, state = nnx.split(policy)
+    prompt, mask = sampling.bucket_prompts(jnp.asarray(prompts[0]), jnp.asarray(prompts[1]),
+                                           config.prompt_bucket, config.pad_id)
+    run = lambda mode: to_numpy(sampling._generate(
+        [state], prompt, mask, KEY, graphdefs=(graphdef,), config=config,
+        combine=sampling.first_model_logits, noise=mode))
+    ref = run('jax')
+    for mode in ('step', 'table'):
+        out = run(mode)
+        for k in ref:
+            np.testing.assert_array_equal(out[k], ref[k], err_msg=f'{mode} {k}')
+    assert sampling.noise_mode(KEY, config, 4, V) == ('step' if config.greedy else 'table')
+    assert sampling.noise_mode(jax.random.key(0, impl='rbg'), config, 4, V) == 'jax'

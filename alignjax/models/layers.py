@@ -137,6 +137,9 @@ class Attention(nnx.Module):
         # are contiguous, so a decode step's batched q.k and p.v need no transpose of the cache
         # (on CPU, batch 16, that transpose made attention ~10x the cost of the projections).
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        if cache is not None and cache['k'].ndim == 3:
+            return self._rows_cache_call(q, k, v, kv_mask=kv_mask, cache=cache,
+                                         cache_index=cache_index)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
                                              (0, 0, cache_index, 0))
@@ -169,6 +172,46 @@ class Attention(nnx.Module):
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
         out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
         return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), cache
+
+    def _rows_cache_call(self, q, k, v, *, kv_mask, cache, cache_index):
+        """The cache branch for a cache of [B * kv_heads, S, head_dim] arrays (the sampler's).
+
+        The same attention as above, with (batch, kv head) merged into one dimension, so that the
+        array the loop carries, the one written and the one the dots read all have one shape.
+        With [B, kv, S, hd] at batch 1, XLA:CPU saw a reshape between the write and the dots,
+        duplicated the in-place write into the dots' operand and copied every layer's cache
+        (and transposed the values) at every decode step: 5x the attention time.
+        """
+        cfg = self.cfg
+        dt = cfg.jnp_dtype
+        b, t = q.shape[:2]
+        kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        rows = lambda x: x.reshape(b * kv, t, hd).astype(cache['k'].dtype)
+        keys = jax.lax.dynamic_update_slice(cache['k'], rows(k), (0, cache_index, 0))
+        values = jax.lax.dynamic_update_slice(cache['v'], rows(v), (0, cache_index, 0))
+        s = keys.shape[1]
+        q_idx = cache_index + jnp.arange(t)
+        k_idx = jnp.arange(s)
+        allowed = k_idx[None, :] <= q_idx[:, None]
+        if self.local:
+            allowed &= (q_idx[:, None] - k_idx[None, :]) < cfg.sliding_window
+        mask = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+
+        q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, hd)
+        scale = cfg.query_scale if cfg.query_scale is not None else hd ** -0.5
+        logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt),
+                            preferred_element_type=jnp.float32) * scale
+        logits = softcap(logits.reshape(b, kv, g, t, s), cfg.attn_logit_softcap)
+        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+        shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        weights = jnp.exp(logits - shift)
+        total = jnp.sum(weights, axis=-1)  # [B, kv, G, T]
+        out = jnp.einsum('nqs,nsh->nqh', weights.reshape(b * kv, g * t, s).astype(dt),
+                         values.astype(dt))
+        out = (out.reshape(b, kv, g, t, hd).astype(jnp.float32) / total[..., None]).astype(dt)
+        out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads, hd)
+        out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
+        return out, {'k': keys, 'v': values}
 
 
 class MLP(nnx.Module):
