@@ -84,6 +84,19 @@ def sequence_flops(cfg, rows: int, prompt: int, response: int, *, train: bool) -
     return 3.0 * fwd if train else fwd
 
 
+def grouped_sequence_flops(cfg, prompts: int, group: int, prompt: int, response: int, *,
+                           train: bool) -> float:
+    """FLOPs alignjax executes for `group` responses to each of `prompts` prompts when the prompt
+    runs once (scoring.grouped_response_logprobs): the prompt pass, then the responses attending
+    to its cache. `sequence_flops(rows=prompts * group)` is the model-FLOP count (every row's
+    prompt counted)."""
+    fwd = forward_flops(cfg, prompts * prompt, (prompt + 1) / 2, head_tokens=0)
+    rows = prompts * group
+    fwd += forward_flops(cfg, rows * response, prompt + (response + 1) / 2,
+                         head_tokens=rows * response)
+    return 3.0 * fwd if train else fwd
+
+
 def param_bytes(cfg) -> int:
     from alignjax.models.config import _DTYPES  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top

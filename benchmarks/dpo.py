@@ -13,7 +13,8 @@ Reported: warm-up (the first step: compilation) apart from the steady state, the
 --steps steps repeated twice; tokens/s (2 x pairs x 128 sequence tokens a step); model FLOP/s
 (forward + backward of the policy, forward of the reference, attention included, the output head
 over response positions only) as a fraction of the dense float32 matmul peak measured in the same
-run; and the peers' figures with the ratio peer / alignjax. `--size=1b --mode=sft` (GPU) gives the
+run, and the FLOPs alignjax executes (chosen and rejected share one pass over their prompt) as
+another fraction; and the peers' figures with the ratio peer / alignjax. `--size=1b --mode=sft` (GPU) gives the
 MFU of the SFT update of a Llama-3.2-1B-shaped bfloat16 model. The last line is one JSON object.
 """
 
@@ -124,6 +125,13 @@ def measure(cfg, args, mode: str, hw: dict) -> dict:
     flops = common.sequence_flops(cfg, rows, args.prompt_len, args.response_len, train=True)
     if mode == 'dpo':
         flops += common.sequence_flops(cfg, rows, args.prompt_len, args.response_len, train=False)
+    # What runs: chosen and rejected share one pass over their prompt (model FLOPs count it
+    # twice, as every library's plain forward does).
+    executed = 0.0
+    if mode != 'sft':
+        grouped = lambda train: common.grouped_sequence_flops(
+            cfg, args.pairs, 2, args.prompt_len, args.response_len, train=train)
+        executed = grouped(True) + (grouped(False) if mode == 'dpo' else 0.0)
     # Weight and optimizer-state traffic a step cannot avoid: params read by the forward and the
     # backward, gradients written, AdamW reading p, g, m, v and writing p, m, v (10 passes), the
     # reference read once when it is evaluated.
@@ -135,6 +143,9 @@ def measure(cfg, args, mode: str, hw: dict) -> dict:
            'tokens_per_s': round(rows * (args.prompt_len + args.response_len) / s, 1),
            'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
            'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4),
+           'executed_flops_per_step': executed or flops,
+           'executed_fraction_of_matmul_peak': round((executed or flops) / s
+                                                     / hw['matmul_peak_flops'], 4),
            'bytes_per_step': nbytes, 'bytes_per_s': round(nbytes / s, 1),
            'fraction_of_bandwidth': round(nbytes / s / hw['read_bandwidth_bytes_per_s'], 4)}
     if jax.default_backend() != 'cpu' and hw.get('jax_matmul_bf16_flops'):
@@ -207,23 +218,23 @@ def main(argv=None) -> dict:
     rows = []
     for name, r in ours.items():
         rows.append([f'alignjax {name}', r['ms_per_step'], r['warmup_s'], r['tokens_per_s'],
-                     r['fraction_of_matmul_peak'], None])
+                     r['fraction_of_matmul_peak'], r['executed_fraction_of_matmul_peak'], None])
     ratios = {}
     tokens = 2 * args.pairs * (args.prompt_len + args.response_len)
     for name, r in peers.items():
         if r.get('median_s'):
             ms = 1e3 * r['median_s']
-            base = ours['dpo_precomputed' if 'precomputed' in name else 'dpo']['ms_per_step']
-            ratios[name] = round(ms / base, 2)
-            rows.append([name, round(ms, 3), r['warmup_s'],
-                         round(tokens / r['median_s'], 1),
-                         round(ours[main_mode]['model_flops_per_step'] / r['median_s']
-                               / hw['matmul_peak_flops'], 4), ratios[name]])
+            same = ours['dpo_precomputed' if 'precomputed' in name else 'dpo']
+            ratios[name] = round(ms / same['ms_per_step'], 2)
+            # Peers run the plain forward: what they execute is the model-FLOP count.
+            frac = round(same['model_flops_per_step'] / r['median_s'] / hw['matmul_peak_flops'], 4)
+            rows.append([name, round(ms, 3), r['warmup_s'], round(tokens / r['median_s'], 1),
+                         frac, frac, ratios[name]])
         else:
-            rows.append([name, None, None, None, None, r.get('error', '')[:80]])
+            rows.append([name, None, None, None, None, None, r.get('error', '')[:80]])
     result['speedup_vs_peers'] = ratios
-    common.log(common.table(rows, ['', 'ms/step', 'warm-up s', 'tokens/s', 'of peak',
-                                   'peer/alignjax']))
+    common.log(common.table(rows, ['', 'ms/step', 'warm-up s', 'tokens/s', 'of peak (model)',
+                                   'of peak (executed)', 'peer/alignjax']))
     print(json.dumps(result))
     return result
 

@@ -45,3 +45,19 @@ def test_sample_workload_smoke(capsys):
     row = result['batch_2']
     assert row['tokens_per_s'] == pytest.approx(2 * 4 / (row['ms_per_call'] / 1e3), rel=1e-2)
     assert 0 < row['fraction_of_bandwidth'] and 0 < row['fraction_of_matmul_peak']
+
+
+def test_dpo_workload_smoke(capsys):
+    bench = _load('dpo')
+    result = bench.main(['--size=tiny', '--pairs=8', '--prompt_len=8', '--response_len=4',
+                         '--steps=1', '--repeats=1', '--peers=', '--limit_size=128',
+                         '--limit_mib=8'])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(result))
+    pre = result['variants']['dpo_precomputed']
+    for r in (result, pre):
+        assert r['ms_per_step'] > 0 and r['model_flops_per_step'] > 0
+        # The shared prompt pass executes fewer FLOPs than the plain forward model count.
+        assert 0 < r['executed_flops_per_step'] < r['model_flops_per_step']
+    # The reference's forward pass is part of the reference-every-step variant only.
+    assert result['model_flops_per_step'] > pre['model_flops_per_step']
