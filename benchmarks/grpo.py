@@ -149,15 +149,25 @@ class Iteration:
         return metrics
 
 
-def flops_per_iteration(cfg, args, config) -> float:
+def flops_per_iteration(cfg, args, config, *, executed: bool = False) -> float:
+    """Model FLOPs of an iteration (every row's prompt counted, as a plain forward does); with
+    `executed`, what alignjax runs: the policy and reference passes, and a single update's policy
+    pass, run each prompt once for its group of samples (scoring.grouped_response_logprobs)."""
     rows, p, n = args.prompts * args.samples, args.prompt_len, args.new_tokens
     gen = common.forward_flops(cfg, rows * p, (p + 1) / 2, head_tokens=rows)
     gen += sum(common.forward_flops(cfg, rows, p + i + 1) for i in range(n))
-    fwd = lambda: common.sequence_flops(cfg, rows, p, n, train=False)
-    passes = 2 + (1 if args.algo == 'ppo' else 0)  # policy, reference (, critic) teacher-forced
-    updates = config.rl.epochs  # each epoch passes over every row once (in minibatches)
-    models = 2 if args.algo == 'ppo' else 1  # the critic trains beside the policy
-    return gen + passes * fwd() + updates * models * 3 * fwd()
+    fwd = lambda train: common.sequence_flops(cfg, rows, p, n, train=train)
+    grouped = lambda train: common.grouped_sequence_flops(cfg, args.prompts, args.samples, p, n,
+                                                          train=train)
+    shared = grouped if executed and args.samples > 1 else fwd
+    one_update = config.rl.epochs * config.rl.minibatches == 1
+    total = gen + 2 * shared(False)  # policy and reference teacher-forced
+    if args.algo == 'ppo':
+        # The critic's pass, then each epoch's minibatches over every row: policy and critic.
+        total += fwd(False) + config.rl.epochs * 2 * fwd(True)
+    else:
+        total += config.rl.epochs * (shared if one_update else fwd)(True)
+    return total
 
 
 def main(argv=None) -> dict:
@@ -193,13 +203,16 @@ def main(argv=None) -> dict:
     s = t['median_s']
     rows = args.prompts * args.samples
     flops = flops_per_iteration(cfg, args, config)
+    executed = flops_per_iteration(cfg, args, config, executed=True)
     ours = {'ms_per_step': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
             'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
             'rollout_ms': round(1e3 * statistics.median(it.rollout_s[1:]), 3),
             'update_ms': round(1e3 * statistics.median(it.update_s[1:]), 3),
             'tokens_per_s': round(rows * (args.prompt_len + args.new_tokens) / s, 1),
             'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
-            'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4)}
+            'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4),
+            'executed_flops_per_step': executed,
+            'executed_fraction_of_matmul_peak': round(executed / s / hw['matmul_peak_flops'], 4)}
     common.log(f'alignjax {args.algo}: {ours["ms_per_step"]:.1f} ms/iteration (rollout '
                f'{ours["rollout_ms"]:.1f}, update {ours["update_ms"]:.1f})')
 
