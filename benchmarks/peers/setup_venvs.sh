@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the peers' virtual environments (never dependencies of alignjax), outside the repo:
 #   $ALIGNJAX_BENCH_VENVS/trl    CPU torch 2.13.0, transformers 5.23.0, TRL 1.16.0
-#   $ALIGNJAX_BENCH_VENVS/tunix  google-tunix (pins its own jax)
+#   $ALIGNJAX_BENCH_VENVS/tunix  google-tunix 0.1.7 (pins its own jax)
 # The benchmark scripts find them there (or take --trl_python / --hf_python / --tunix_python).
 set -euo pipefail
 VENVS="${ALIGNJAX_BENCH_VENVS:-/tmp/alignjax_bench_venvs}"
@@ -17,6 +17,6 @@ fi
 if [ ! -x "$VENVS/tunix/bin/python" ]; then
   python3 -m venv "$VENVS/tunix"
   "$VENVS/tunix/bin/pip" install -q --upgrade pip
-  "$VENVS/tunix/bin/pip" install -q google-tunix
+  "$VENVS/tunix/bin/pip" install -q google-tunix==0.1.7
 fi
 echo "peer venvs ready under $VENVS"
