@@ -15,7 +15,7 @@ the same size and bucket reuse one compiled program. Row b's token t is drawn wi
 `fold_in(key, t)` over the whole batch, so extra left-padding changes nothing that is sampled.
 The draw is `jax.random.categorical`'s Gumbel-max, reproduced bit for bit by `gumbel_noise` and
 `first_argmax`, which XLA:CPU runs as unrolled vector loops instead of a rolled Threefry loop and
-a scalar (value, index) reduction; the KV cache is `decode_cache`'s [B * kv_heads, S, head_dim].
+a scalar (value, index) reduction.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.layers import NEG_INF
-from alignjax.models.transformer import positions_from_mask
+from alignjax.models.transformer import init_cache, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,14 +146,6 @@ def first_argmax(x: jax.Array) -> jax.Array:
 NOISE_TABLE_BYTES = 1 << 24
 
 
-def decode_cache(cfg, batch: int, length: int) -> list[dict]:
-    """A zeroed KV cache of [B * kv_heads, S, head_dim] arrays per layer: `Attention`'s layout
-    for decoding (`init_cache`'s [B, kv_heads, S, head_dim] made XLA:CPU copy it every step)."""
-    shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
-    return [{'k': jnp.zeros(shape, cfg.jnp_dtype), 'v': jnp.zeros(shape, cfg.jnp_dtype)}
-            for _ in range(cfg.num_layers)]
-
-
 def noise_mode(key, config: SamplingConfig, batch: int, vocab: int) -> str:
     """How the sampler draws its Gumbel noise (the same values whichever): 'table' (every
     step's before the loop, up to NOISE_TABLE_BYTES), 'step' (per step, `gumbel_noise`) or 'jax'
@@ -176,7 +168,7 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
 
     caches, last_logits = [], []
     for m in models:
-        cache = decode_cache(m.cfg, b, p + n)
+        cache = init_cache(m.cfg, b, p + n)
         h, cache = m.hidden(prompt, positions=positions, kv_mask=kv_mask, cache=cache,
                             cache_index=0)
         caches.append(cache)

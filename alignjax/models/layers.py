@@ -133,79 +133,67 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions, inv_freq)
 
         b, t = x.shape[:2]
-        # Keys and values are kv-head-major [B, kv, S, hd] (the cache's layout): each head's keys
-        # are contiguous, so a decode step's batched q.k and p.v need no transpose of the cache
-        # (on CPU, batch 16, that transpose made attention ~10x the cost of the projections).
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-        if cache is not None and cache['k'].ndim == 3:
-            return self._rows_cache_call(q, k, v, kv_mask=kv_mask, cache=cache,
-                                         cache_index=cache_index)
         if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype),
-                                             (0, 0, cache_index, 0))
-            v = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype),
-                                             (0, 0, cache_index, 0))
-            cache = {'k': k, 'v': v}
-            q_idx = cache_index + jnp.arange(t)
-        else:
-            q_idx = jnp.arange(t)
-        k_idx = jnp.arange(k.shape[2])
-        allowed = k_idx[None, :] <= q_idx[:, None]
-        if self.local:
-            allowed &= (q_idx[:, None] - k_idx[None, :]) < cfg.sliding_window
-        mask = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
-
-        kv, groups = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(b, t, kv, groups, cfg.head_dim)
-        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+            return self._cached_call(q, k, v, kv_mask=kv_mask, cache=cache,
+                                     cache_index=cache_index)
+        # Keys and values kv-head-major [B, kv, S, hd]: each head's keys contiguous for the dots.
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+        kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        q = q.reshape(b, t, kv, g, hd)
         logits = jnp.einsum('btkgh,bksh->bkgts', q, k.astype(dt),
-                            preferred_element_type=jnp.float32) * scale
-        logits = softcap(logits, cfg.attn_logit_softcap)
-        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-        # Softmax normalised after the value product: the division runs on [.., T, head_dim]
-        # instead of [.., T, S], and the shift (any constant per row gives the same softmax) is
-        # outside the gradient. A fully masked row stays uniform, as softmax leaves it.
-        shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        weights = jnp.exp(logits - shift)
-        total = jnp.sum(weights, axis=-1)  # [B, kv, G, T], >= 1
+                            preferred_element_type=jnp.float32)
+        weights, total = self._softmax_parts(logits, self._mask(jnp.arange(t), t, kv_mask))
         out = jnp.einsum('bkgts,bksh->btkgh', weights.astype(dt), v.astype(dt))
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
-        out = out.reshape(b, t, cfg.num_heads, cfg.head_dim)
-        return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), cache
+        out = out.reshape(b, t, cfg.num_heads, hd)
+        return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), None
 
-    def _rows_cache_call(self, q, k, v, *, kv_mask, cache, cache_index):
-        """The cache branch for a cache of [B * kv_heads, S, head_dim] arrays (the sampler's).
+    def _mask(self, q_idx, length: int, kv_mask):
+        """[B, T, S]: query at absolute index q_idx[i] sees key j <= q_idx[i] that is real
+        (kv_mask) and, on local layers, within the sliding window."""
+        k_idx = jnp.arange(length)
+        allowed = k_idx[None, :] <= q_idx[:, None]
+        if self.local:
+            allowed &= (q_idx[:, None] - k_idx[None, :]) < self.cfg.sliding_window
+        return allowed[None] & kv_mask[:, None, :].astype(bool)
 
-        The same attention as above, with (batch, kv head) merged into one dimension, so that the
-        array the loop carries, the one written and the one the dots read all have one shape.
-        With [B, kv, S, hd] at batch 1, XLA:CPU saw a reshape between the write and the dots,
-        duplicated the in-place write into the dots' operand and copied every layer's cache
-        (and transposed the values) at every decode step: 5x the attention time.
+    def _softmax_parts(self, logits, mask):
+        """Unnormalised softmax weights [B, kv, G, T, S] and their row sums [B, kv, G, T] of
+        scaled, soft-capped, masked logits. The caller divides after the value product (the
+        division then runs on [.., T, head_dim] instead of [.., T, S]); the shift (any constant
+        per row gives the same softmax) is outside the gradient; a fully masked row stays
+        uniform, as softmax leaves it."""
+        cfg = self.cfg
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        logits = softcap(logits * scale, cfg.attn_logit_softcap)
+        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+        shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        weights = jnp.exp(logits - shift)
+        return weights, jnp.sum(weights, axis=-1)
+
+    def _cached_call(self, q, k, v, *, kv_mask, cache, cache_index):
+        """Attention through a KV cache of [B * kv_heads, S, head_dim] arrays (`init_cache`),
+        writing this call's keys and values at `cache_index`.
+
+        (batch, kv head) are one dimension, so that the array a decode loop carries, the one
+        written and the one the dots read have one shape: with [B, kv, S, hd] XLA:CPU saw a
+        reshape between the write and the dots at batch 1, duplicated the in-place write into
+        the dots' operand and copied every layer's cache at every decode step (5x the attention
+        time).
         """
         cfg = self.cfg
         dt = cfg.jnp_dtype
         b, t = q.shape[:2]
         kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-        rows = lambda x: x.reshape(b * kv, t, hd).astype(cache['k'].dtype)
+        rows = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * kv, t, hd).astype(cache['k'].dtype)
         keys = jax.lax.dynamic_update_slice(cache['k'], rows(k), (0, cache_index, 0))
         values = jax.lax.dynamic_update_slice(cache['v'], rows(v), (0, cache_index, 0))
         s = keys.shape[1]
-        q_idx = cache_index + jnp.arange(t)
-        k_idx = jnp.arange(s)
-        allowed = k_idx[None, :] <= q_idx[:, None]
-        if self.local:
-            allowed &= (q_idx[:, None] - k_idx[None, :]) < cfg.sliding_window
-        mask = allowed[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
-
         q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, hd)
-        scale = cfg.query_scale if cfg.query_scale is not None else hd ** -0.5
         logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt),
-                            preferred_element_type=jnp.float32) * scale
-        logits = softcap(logits.reshape(b, kv, g, t, s), cfg.attn_logit_softcap)
-        logits = jnp.where(mask[:, None, None], logits, NEG_INF)
-        shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        weights = jnp.exp(logits - shift)
-        total = jnp.sum(weights, axis=-1)  # [B, kv, G, T]
+                            preferred_element_type=jnp.float32)
+        weights, total = self._softmax_parts(logits.reshape(b, kv, g, t, s),
+                                             self._mask(cache_index + jnp.arange(t), s, kv_mask))
         out = jnp.einsum('nqs,nsh->nqh', weights.reshape(b * kv, g * t, s).astype(dt),
                          values.astype(dt))
         out = (out.reshape(b, kv, g, t, hd).astype(jnp.float32) / total[..., None]).astype(dt)

@@ -114,7 +114,12 @@ def grouped_response_hidden(model, prompt, prompt_mask, responses, response_mask
     rows = lambda x: jnp.repeat(x, g, axis=0)  # [B, ...] -> [B * G, ...], prompt-major
     flat = lambda x: x.reshape(b * g, *x.shape[2:])
     mask = jnp.concatenate([rows(prompt_mask), flat(response_masks)], axis=1)
-    grown = [{k: jnp.pad(rows(c[k]), ((0, 0), (0, 0), (0, r), (0, 0))) for k in c} for c in cache]
+
+    def grow(x):  # the prompt's cache [B * kv, P, hd] -> every response's [B * G * kv, P + R, hd]
+        x = rows(x.reshape(b, -1, *x.shape[1:]))
+        return jnp.pad(x.reshape(-1, *x.shape[2:]), ((0, 0), (0, r), (0, 0)))
+
+    grown = [{k: grow(c[k]) for k in c} for c in cache]
     h, _ = model.hidden(flat(responses), positions=positions_from_mask(mask)[:, p:], kv_mask=mask,
                         cache=grown, cache_index=p)
     h = jnp.concatenate([rows(h_prompt[:, -1:]), h[:, :-1]], axis=1)

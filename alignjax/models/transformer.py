@@ -27,9 +27,10 @@ def last_token_index(mask: jax.Array) -> jax.Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[dict]:
-    """A zeroed KV cache: one {'k', 'v'} pair of [B, kv_heads, S, head_dim] per layer."""
+    """A zeroed KV cache: one {'k', 'v'} pair of [B * kv_heads, S, head_dim] per layer (row
+    b * kv_heads + h holds head h of batch row b; see `Attention._cached_call`)."""
     dtype = dtype or cfg.jnp_dtype
-    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
     return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
             for _ in range(cfg.num_layers)]
 
