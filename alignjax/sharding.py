@@ -8,6 +8,8 @@ of 4, say), and the choice is logged once.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -22,6 +24,10 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
 # logical axis -> mesh axes (None: replicated). Overridable by config.mesh.rules.
+# Parameters use the plain names; activations use batch, length and the act_* names, so that the
+# embedding width of a weight (sharded over fsdp) and of an activation (replicated: its batch
+# takes the fsdp axis) are set apart. The batch of every activation stays sharded over
+# ('data', 'fsdp') from the embedding to the loss.
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('batch', BATCH_AXES),
     ('vocab', 'tensor'),
@@ -32,7 +38,15 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('head_dim', None),
     ('norm', None),
     ('length', None),
+    ('act_embed', None),
+    ('act_heads', 'tensor'),
+    ('act_kv_heads', 'tensor'),
+    ('act_mlp', 'tensor'),
+    ('act_vocab', 'tensor'),
 )
+
+# The rules activations are constrained by (`constrain`); parameters get theirs explicitly.
+_ACTIVATION_RULES: contextvars.ContextVar = contextvars.ContextVar('rules', default=None)
 
 _warned: set = set()
 
@@ -77,6 +91,32 @@ def rules_from_config(rules) -> tuple:
             target = tuple(target)
         out.append((name, target))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def use_rules(rules):
+    """Activations traced inside this context are constrained by `rules` (a config's
+    `mesh.rules`, normalised by `rules_from_config`); outside it, by `DEFAULT_RULES`."""
+    token = _ACTIVATION_RULES.set(rules_from_config(rules) if rules is not None else None)
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def current_rules() -> tuple:
+    rules = _ACTIVATION_RULES.get()
+    return DEFAULT_RULES if rules is None else rules
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` constrained to the sharding its logical `axes` get under the current mesh and rules
+    (a no-op without a mesh: `jax.set_mesh`). A dimension that does not divide is replicated."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    spec = logical_to_spec(axes, x.shape, mesh, current_rules())
+    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh, rules=DEFAULT_RULES):
@@ -144,8 +184,10 @@ def spec_tree(module_or_state):
 
 
 def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) dimension over ('data', 'fsdp'), the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+    """Leading (batch) dimension over the mesh axes of the rules' `batch` entry (by default
+    ('data', 'fsdp')), the rest replicated."""
+    target = dict(current_rules()).get('batch', BATCH_AXES)
+    return NamedSharding(mesh, P(target, *([None] * (ndim - 1))))
 
 
 def replicated(mesh) -> NamedSharding:

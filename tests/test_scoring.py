@@ -79,7 +79,7 @@ def test_response_logprobs_and_entropy_match_the_full_log_softmax(name):
     model = model_of(cfg)
     args = flat_rows(*make_batch(cfg))
     want_logp, want_ent = reference_logprobs(model, *args)
-    for chunk in (None, 4, 7):  # one piece; chunks dividing N=18 rows x 6 tokens; a ragged tail
+    for chunk in (None, 2, 4):  # one piece; positions dividing R=6; a ragged tail
         logp, ent = scoring.response_logprobs(model, *args, with_entropy=True, chunk=chunk)
         np.testing.assert_allclose(logp, want_logp, atol=2e-5, rtol=2e-5)
         np.testing.assert_allclose(ent, want_ent, atol=2e-5, rtol=2e-5)
@@ -141,10 +141,22 @@ def test_bfloat16_grouped_scoring_stays_close_to_float32():
 
 
 def test_head_is_chunked_only_when_the_logits_would_be_large():
-    assert scoring._head_chunk(1024, 8192, None) is None
-    assert scoring._head_chunk(4096, 256_000, None) == scoring.MAX_LOGITS // 256_000
-    assert scoring._head_chunk(100, 10, 40) == 40
-    assert scoring._head_chunk(100, 10, 100) is None
+    # (rows, positions, vocab, chunk) -> positions per chunk; no mesh here: every row local.
+    assert scoring._head_chunk(4, 256, 8192, None) is None
+    assert scoring._head_chunk(4, 1024, 256_000, None) == scoring.MAX_LOGITS // (4 * 256_000)
+    assert scoring._head_chunk(2, 100, 10, 40) == 40
+    assert scoring._head_chunk(2, 100, 10, 100) is None
+
+
+def test_head_chunks_count_the_rows_of_one_device():
+    """Under a mesh the rows are split over the batch axes: the chunk is sized by one device's
+    rows, so 8 devices take chunks 8 times longer than one would."""
+    mesh = jax.make_mesh((1, 8, 1), ('data', 'fsdp', 'tensor'),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    with jax.set_mesh(mesh):
+        assert scoring._head_chunk(64, 1024, 256_000, None) == scoring.MAX_LOGITS // (8 * 256_000)
+        # 12 rows do not divide over 8 devices: replicated, every row on every device.
+        assert scoring._head_chunk(12, 1024, 256_000, None) == scoring.MAX_LOGITS // (12 * 256_000)
 
 
 def test_rows_in_contiguous_groups_are_scored_once_per_prompt_and_equal_row_scoring():

@@ -225,3 +225,31 @@ def test_sampling_equals_single_device(sharded, single_device):
     for key in ('logprobs', 'policy_logprobs'):
         np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-5)
     assert len(np.unique(ref['tokens'])) > 8  # not a degenerate sample
+
+
+def _hidden_sharding(mesh, rules=None):
+    """The sharding XLA gives a Decoder's hidden states (and a block's MLP activations) when it
+    is free to choose: only the activations' constraints fix them."""
+    cfg = PRESETS['tiny'].replace(num_layers=1)
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        model = sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh)
+        graphdef, state = nnx.split(model)
+        tokens = jnp.ones((8, 16), jnp.int32)
+        f = jax.jit(lambda s, t: nnx.merge(graphdef, s).hidden(
+            t, positions=jnp.zeros_like(t), kv_mask=jnp.ones_like(t))[0])
+        spec = tuple(f.lower(state, tokens).compile().output_shardings.spec)
+        return P(*spec, *([None] * (3 - len(spec))))
+
+
+def test_activations_follow_the_rules_table():
+    """The batch of every activation stays sharded over (data, fsdp) by default, whatever the
+    input's placement, and `config.mesh.rules` moves it (a dead rule would change nothing)."""
+    mesh = sharding.make_mesh((2, 4, 1))
+    assert _hidden_sharding(mesh) == P(('data', 'fsdp'), None, None)
+    rules = [list(r) for r in sharding.DEFAULT_RULES if r[0] not in ('batch', 'length')]
+    rules += [['batch', 'data'], ['length', 'fsdp']]
+    assert _hidden_sharding(mesh, rules) == P('data', 'fsdp', None)
+    # And batch_sharding (what shard_batch places host batches on) reads the same table.
+    with sharding.use_rules(rules):
+        assert sharding.batch_sharding(mesh, 2).spec == P('data', None)
+    assert sharding.batch_sharding(mesh, 2).spec == P(('data', 'fsdp'), None)

@@ -14,6 +14,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.config import ModelConfig
+from alignjax.sharding import constrain
+
+# Logical axes of activations (resolved by `alignjax.sharding`'s rules table, like parameters).
+BTD = ('batch', 'length', 'act_embed')
+BTHK = ('batch', 'length', 'act_heads', None)
+BTKK = ('batch', 'length', 'act_kv_heads', None)
+BTF = ('batch', 'length', 'act_mlp')
 
 # Finite "minus infinity": a fully masked row (a left-pad query) gets a uniform softmax, never NaN.
 NEG_INF = -1e30
@@ -126,6 +133,7 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
+        q, k, v = constrain(q, BTHK), constrain(k, BTKK), constrain(v, BTKK)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
@@ -145,8 +153,8 @@ class Attention(nnx.Module):
         weights, total = self._softmax_parts(logits, self._mask(jnp.arange(t), t, kv_mask))
         out = jnp.einsum('bkgts,bksh->btkgh', weights.astype(dt), v.astype(dt))
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
-        out = out.reshape(b, t, cfg.num_heads, hd)
-        return jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), None
+        out = constrain(out.reshape(b, t, cfg.num_heads, hd), BTHK)
+        return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), BTD), None
 
     def _mask(self, q_idx, length: int, kv_mask):
         """[B, T, S]: query at absolute index q_idx[i] sees key j <= q_idx[i] that is real
@@ -215,9 +223,10 @@ class MLP(nnx.Module):
     def __call__(self, x):
         dt = self.cfg.jnp_dtype
         x = x.astype(dt)
-        gate = x @ self.gate_proj[...].astype(dt)
+        gate = constrain(x @ self.gate_proj[...].astype(dt), BTF)
         act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(gate, approximate=True)
-        return (act * (x @ self.up_proj[...].astype(dt))) @ self.down_proj[...].astype(dt)
+        hidden = constrain(act * (x @ self.up_proj[...].astype(dt)), BTF)
+        return constrain(hidden @ self.down_proj[...].astype(dt), BTD)
 
 
 class Block(nnx.Module):
@@ -241,8 +250,8 @@ class Block(nnx.Module):
                              cache_index=cache_index)
         if self.post_norms:
             y = self.attn_post_norm(y)
-        x = x + y.astype(x.dtype)
+        x = constrain(x + y.astype(x.dtype), BTD)
         y = self.mlp(self.mlp_norm(x))
         if self.post_norms:
             y = self.mlp_post_norm(y)
-        return x + y.astype(x.dtype), cache
+        return constrain(x + y.astype(x.dtype), BTD), cache

@@ -8,7 +8,8 @@ What makes scoring cheap, in the order it matters (`benchmarks/dpo.py` measures 
 - log pi(y_t) = z[y_t] - logsumexp(z): the chosen logit is the dot product of the hidden state
   with the token's output column, so no [N, V] log-softmax is materialised and its backward is
   no [N, V] scatter; with `chunk` tokens a chunk (and recomputation in the backward) the [N, V]
-  logits never exist at once, which 128k-256k vocabularies need.
+  logits never exist at once, which 128k-256k vocabularies need. Chunks cut response positions,
+  never rows, so the batch stays sharded through the head.
 - Several responses to one prompt (`grouped_response_logprobs`: DPO's chosen and rejected, a
   GRPO group) run the prompt through the model once and attend to its cached keys and values.
   Rows stay grouped by prompt ([B, G] flattened prompt-major), so a batch sharded over rows
@@ -17,61 +18,87 @@ What makes scoring cheap, in the order it matters (`benchmarks/dpo.py` measures 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
+from alignjax import sharding
 from alignjax.models.layers import softcap
 from alignjax.models.transformer import init_cache, positions_from_mask
 
-# Tokens per chunk of the output head when the [N, V] float32 logits would exceed this many
-# elements (256 MiB); below it the head runs in one piece.
+# Per-device elements of the [rows, positions, V] float32 logits above which the output head runs
+# in chunks of response positions (256 MiB a device); below it the head runs in one piece.
 MAX_LOGITS = 1 << 26
 
 
-def _head_chunk(tokens: int, vocab: int, chunk: int | None) -> int | None:
+def _batch_shards(rows: int) -> int:
+    """Devices the rows of a batch are split over under the current mesh and rules (1 without a
+    mesh, or when the rows do not divide)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    spec = sharding.logical_to_spec(('batch',), (rows,), mesh, sharding.current_rules())[0]
+    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _head_chunk(rows: int, positions: int, vocab: int, chunk: int | None) -> int | None:
+    """Response positions per chunk of the head, or None for one piece."""
     if chunk is not None:
-        return chunk if 0 < chunk < tokens else None
-    if tokens * vocab <= MAX_LOGITS:
+        return chunk if 0 < chunk < positions else None
+    local_rows = max(1, rows // _batch_shards(rows))
+    if local_rows * positions * vocab <= MAX_LOGITS:
         return None
-    return max(1, MAX_LOGITS // vocab)
+    return max(1, MAX_LOGITS // (local_rows * vocab))
 
 
 def _token_logprobs(model, h, targets, with_entropy: bool):
-    """log pi(targets) [N] (and the entropy [N]) from final hidden states h [N, D]."""
+    """log pi(targets) [M, C] (and the entropy) from final hidden states h [M, C, D]."""
     cfg = model.cfg
     w = model.output_weight()  # [D, V] in the compute dtype
     h = h.astype(cfg.jnp_dtype)
-    logits = softcap(jnp.dot(h, w, preferred_element_type=jnp.float32), cfg.final_logit_softcap)
+    logits = jnp.einsum('mcd,dv->mcv', h, w, preferred_element_type=jnp.float32)
+    logits = softcap(sharding.constrain(logits, ('batch', 'length', 'act_vocab')),
+                     cfg.final_logit_softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
-    # The target's logit from its own output column: a gather of N columns, not of the [N, V]
-    # logits (whose backward would scatter into an [N, V] zero array).
-    picked = jnp.einsum('nd,nd->n', h, jnp.take(w, targets, axis=1).T,
+    # The target's logit from its own output column: a gather of M * C columns, not of the
+    # [M, C, V] logits (whose backward would scatter into a zero array of that size).
+    picked = jnp.einsum('mcd,mcd->mc', h, jnp.moveaxis(jnp.take(w, targets, axis=1), 0, -1),
                         preferred_element_type=jnp.float32)
     logp = softcap(picked, cfg.final_logit_softcap) - lse
     if not with_entropy:
         return logp, None
-    probs = jnp.exp(logits - lse[:, None])
+    probs = jnp.exp(logits - lse[..., None])
     return logp, lse - jnp.sum(probs * logits, axis=-1)
 
 
 def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | None):
-    """Per-token log-probs (and entropies) [..., R] of `targets` given hidden states [..., R, D]."""
+    """Per-token log-probs (and entropies) [..., R] of `targets` given hidden states [..., R, D].
+
+    Rows keep their (sharded) batch layout; chunks, when the logits are too large, cut the
+    response positions, so that every device computes its own rows' chunk at once and no row
+    ever moves between devices.
+    """
     lead = targets.shape
-    h = h.reshape(-1, h.shape[-1])
-    targets = targets.reshape(-1)
-    n = targets.shape[0]
-    size = _head_chunk(n, model.cfg.vocab_size, chunk)
+    r = lead[-1]
+    h = h.reshape(-1, r, h.shape[-1])
+    targets = targets.reshape(-1, r)
+    rows = targets.shape[0]
+    size = _head_chunk(rows, r, model.cfg.vocab_size, chunk)
     if size is None:
         logp, ent = _token_logprobs(model, h, targets, with_entropy)
     else:
-        pad = -n % size
-        hc = jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, size, h.shape[-1])
-        tc = jnp.pad(targets, (0, pad)).reshape(-1, size)
+        pad = -r % size
+        n = (r + pad) // size
+        hc = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(rows, n, size, h.shape[-1])
+        tc = jnp.pad(targets, ((0, 0), (0, pad))).reshape(rows, n, size)
         # Rematerialised per chunk: the backward recomputes one chunk's logits at a time.
         one = jax.checkpoint(lambda x: _token_logprobs(model, x[0], x[1], with_entropy))
-        logp, ent = jax.lax.map(one, (hc, tc))
-        logp = logp.reshape(-1)[:n]
-        ent = None if ent is None else ent.reshape(-1)[:n]
+        logp, ent = jax.lax.map(one, (jnp.moveaxis(hc, 1, 0), jnp.moveaxis(tc, 1, 0)))
+        unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, n * size)[:, :r]
+        logp = unchunk(logp)
+        ent = None if ent is None else unchunk(ent)
     m = mask.astype(jnp.float32)
     logp = logp.reshape(lead) * m
     return logp if not with_entropy else (logp, ent.reshape(lead) * m)
@@ -95,8 +122,8 @@ def response_logprobs(model, prompt, prompt_mask, response, response_mask, *,
                       with_entropy: bool = False, chunk: int | None = None):
     """Per-token log pi(y_t | x, y_<t) [B, R], zero on padding; optionally the entropy too.
 
-    `chunk`: tokens per piece of the output head (default: one piece unless the logits would
-    exceed `MAX_LOGITS` elements).
+    `chunk`: response positions per piece of the output head (default: one piece unless one
+    device's logits would exceed `MAX_LOGITS` elements).
     """
     h = response_hidden(model, prompt, prompt_mask, response, response_mask)
     return _head_logprobs(model, h, response, response_mask, with_entropy=with_entropy,

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.config import ModelConfig
-from alignjax.models.layers import Block, RMSNorm, param, softcap
+from alignjax.models.layers import BTD, Block, RMSNorm, param, softcap
+from alignjax.sharding import constrain
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -57,6 +58,7 @@ class Decoder(nnx.Module):
         x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
         if cfg.embed_scale:
             x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
+        x = constrain(x, BTD)
         new_cache = [] if cache is not None else None
 
         def run_block(block, x, layer_cache):
@@ -69,7 +71,7 @@ class Decoder(nnx.Module):
             x, layer_cache = run_block(block, x, None if cache is None else cache[i])
             if cache is not None:
                 new_cache.append(layer_cache)
-        return self.final_norm(x), new_cache
+        return constrain(self.final_norm(x), BTD), new_cache
 
     def output_weight(self) -> jax.Array:
         """The output projection [D, V] in the compute dtype (the embedding's transpose if tied)."""
@@ -81,6 +83,8 @@ class Decoder(nnx.Module):
         """Output logits in float32, soft-capped if configured."""
         out = jnp.einsum('...d,dv->...v', h.astype(self.cfg.jnp_dtype), self.output_weight(),
                          preferred_element_type=jnp.float32)
+        if out.ndim == 3:
+            out = constrain(out, ('batch', 'length', 'act_vocab'))
         return softcap(out, self.cfg.final_logit_softcap)
 
     def __call__(self, tokens, mask=None, *, positions=None, kv_mask=None, cache=None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +93,54 @@ def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
     return jax.tree.map(one, batch)
 
 
+class MasterState(NamedTuple):
+    """Optimizer state of `float32_master`: the float32 master parameters and the inner state."""
+
+    master: Any
+    inner: Any
+
+
+def _is_low_precision(x) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+
+
+def needs_master(params) -> bool:
+    """Whether any trainable parameter is stored below float32 (bfloat16, float16)."""
+    return any(_is_low_precision(x) for x in jax.tree.leaves(params))
+
+
+def float32_master(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Runs `inner` on a float32 master copy of low-precision parameters.
+
+    At the learning rates of DPO and RL (1e-7 to 1e-5) an AdamW step is below bfloat16's
+    resolution (8 bits of mantissa: a relative step under 2^-9 rounds to nothing), so updating
+    bfloat16 parameters in place trains nothing. Here the optimizer state holds the parameters in
+    float32 (`MasterState.master`), `inner` updates that copy, and the update returned moves each
+    stored parameter exactly onto its master rounded to the stored dtype: the stored weights
+    are a rounding of the master, never the result of a rounded update. Costs 4 bytes a
+    parameter; a model with any low-precision parameter gets every parameter mirrored (the models
+    here store one dtype throughout).
+    """
+    f32 = lambda x: x.astype(jnp.float32) if _is_low_precision(x) else x
+
+    def init(params):
+        master = jax.tree.map(f32, params)
+        return MasterState(master, inner.init(master))
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError('float32_master needs the parameters in update()')
+        updates, inner_state = inner.update(jax.tree.map(f32, grads), state.inner, state.master)
+        master = optax.apply_updates(state.master, updates)
+        # The stored parameter p becomes round(master): p + (round(master) - p) in float32 is
+        # exact (both are low-precision values), and apply_updates casts back to p's dtype.
+        out = jax.tree.map(lambda m, p: m.astype(p.dtype).astype(m.dtype) - p.astype(m.dtype),
+                           master, params)
+        return out, MasterState(master, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
                 state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1,
                 skip_nonfinite: bool = False):
@@ -116,6 +164,9 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
             return loss_sum, (weight, metrics)
 
         (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
+        # Accumulated and normalised in float32 whatever the parameters' storage dtype.
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g,
+                             grads)
         return grads, loss_sum, weight, metrics
 
     def optimizer_step(params, opt_state, frozen_states, batch, rng):
@@ -222,6 +273,10 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
         frozen_states[name] = nnx.to_pure_dict(s)
     tx, schedule = experiment_lib.make_optimizer(
         config.optim, config.total_steps * algo.updates_per_batch)
+    if needs_master(params):
+        logging.info('Low-precision trainable parameters: the optimizer updates a float32 '
+                     'master copy (4 bytes a parameter)')
+        tx = float32_master(tx)
     algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
     shardings = state_shardings(params, tx, algo_state, mesh)
     shardings['nonfinite_skipped'] = sharding.replicated(mesh)  # checkpointed with the state
@@ -250,7 +305,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     mesh = experiment_lib.make_mesh(config)
     primary = jax.process_index() == 0
     policy = config.get('nonfinite', 'stop')
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
         algo = build(config, mesh)
         if config.ckpt_every % algo.save_every:
             message = (f'config.ckpt_every={config.ckpt_every} must be a multiple of '
