@@ -12,6 +12,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+REMAT_POLICIES = ('full', 'save_dots', 'offload_dots')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -51,6 +52,11 @@ class ModelConfig:
         param_dtype: storage dtype of parameters.
         dtype: compute dtype of matmuls (norms, softmax and logits stay float32).
         remat: rematerialise each block in the backward pass.
+        remat_policy: what a rematerialised block keeps from its forward pass: 'full' (only its
+            input: least memory), 'save_dots' (also the outputs of its matmuls: less recompute),
+            'offload_dots' (those outputs in host memory, where the backend has one: TPU, GPU).
+        scan_layers: run the blocks under one `lax.scan` (the program, and its compile time, do
+            not grow with depth); False unrolls them in Python (the same numbers).
     """
 
     vocab_size: int = 264
@@ -80,6 +86,8 @@ class ModelConfig:
     param_dtype: str = 'float32'
     dtype: str = 'float32'
     remat: bool = False
+    remat_policy: str = 'full'
+    scan_layers: bool = True
 
     def __post_init__(self):
         # Stored as sorted (key, value) pairs so that the config stays hashable (a jit static).
@@ -92,6 +100,9 @@ class ModelConfig:
         if self.activation not in ('silu', 'gelu_tanh'):
             raise ValueError("model.activation must be 'silu' or 'gelu_tanh', "
                              f'got {self.activation!r}')
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f'model.remat_policy must be one of {REMAT_POLICIES}, '
+                             f'got {self.remat_policy!r}')
         for key in ('param_dtype', 'dtype'):
             if getattr(self, key) not in _DTYPES:
                 raise ValueError(f'model.{key} must be one of {sorted(_DTYPES)}, '

@@ -122,7 +122,9 @@ class Attention(nnx.Module):
         # A Python float, not an array: arrays on a module would become state.
         self.rope_theta, self.rope_scaling = cfg.rope(local)
 
-    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None):
+    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None, layer=None):
+        """`layer`: None, or (local, inv_freq) of the layer this call computes, given as arrays
+        when the layers run under a scan (one module, each layer's flags as data)."""
         cfg = self.cfg
         dt = cfg.jnp_dtype
         x = x.astype(dt)
@@ -136,33 +138,39 @@ class Attention(nnx.Module):
         q, k, v = constrain(q, BTHK), constrain(k, BTKK), constrain(v, BTKK)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
+        if layer is None:
+            local = self.local
+            inv_freq = rope_inverse_frequencies(cfg.head_dim, self.rope_theta, self.rope_scaling)
+        else:
+            local, inv_freq = layer
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
 
         b, t = x.shape[:2]
         if cache is not None:
             return self._cached_call(q, k, v, kv_mask=kv_mask, cache=cache,
-                                     cache_index=cache_index)
+                                     cache_index=cache_index, local=local)
         # Keys and values kv-head-major [B, kv, S, hd]: each head's keys contiguous for the dots.
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
         q = q.reshape(b, t, kv, g, hd)
         logits = jnp.einsum('btkgh,bksh->bkgts', q, k.astype(dt),
                             preferred_element_type=jnp.float32)
-        weights, total = self._softmax_parts(logits, self._mask(jnp.arange(t), t, kv_mask))
+        weights, total = self._softmax_parts(logits, self._mask(jnp.arange(t), t, kv_mask, local))
         out = jnp.einsum('bkgts,bksh->btkgh', weights.astype(dt), v.astype(dt))
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
         out = constrain(out.reshape(b, t, cfg.num_heads, hd), BTHK)
         return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), BTD), None
 
-    def _mask(self, q_idx, length: int, kv_mask):
+    def _mask(self, q_idx, length: int, kv_mask, local):
         """[B, T, S]: query at absolute index q_idx[i] sees key j <= q_idx[i] that is real
-        (kv_mask) and, on local layers, within the sliding window."""
+        (kv_mask) and, on local layers, within the sliding window. `local` is a Python bool, or
+        a traced one (layers under a scan)."""
         k_idx = jnp.arange(length)
         allowed = k_idx[None, :] <= q_idx[:, None]
-        if self.local:
-            allowed &= (q_idx[:, None] - k_idx[None, :]) < self.cfg.sliding_window
+        if self.cfg.sliding_window is not None and local is not False:
+            in_window = (q_idx[:, None] - k_idx[None, :]) < self.cfg.sliding_window
+            allowed &= in_window if local is True else (in_window | ~local)
         return allowed[None] & kv_mask[:, None, :].astype(bool)
 
     def _softmax_parts(self, logits, mask):
@@ -179,7 +187,7 @@ class Attention(nnx.Module):
         weights = jnp.exp(logits - shift)
         return weights, jnp.sum(weights, axis=-1)
 
-    def _cached_call(self, q, k, v, *, kv_mask, cache, cache_index):
+    def _cached_call(self, q, k, v, *, kv_mask, cache, cache_index, local):
         """Attention through a KV cache of [B * kv_heads, S, head_dim] arrays (`init_cache`),
         writing this call's keys and values at `cache_index`.
 
@@ -201,7 +209,8 @@ class Attention(nnx.Module):
         logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt),
                             preferred_element_type=jnp.float32)
         weights, total = self._softmax_parts(logits.reshape(b, kv, g, t, s),
-                                             self._mask(cache_index + jnp.arange(t), s, kv_mask))
+                                             self._mask(cache_index + jnp.arange(t), s, kv_mask,
+                                                        local))
         out = jnp.einsum('nqs,nsh->nqh', weights.reshape(b * kv, g * t, s).astype(dt),
                          values.astype(dt))
         out = (out.reshape(b, kv, g, t, hd).astype(jnp.float32) / total[..., None]).astype(dt)
@@ -245,9 +254,9 @@ class Block(nnx.Module):
             self.attn_post_norm = norm()
             self.mlp_post_norm = norm()
 
-    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None):
+    def __call__(self, x, *, positions, kv_mask, cache=None, cache_index=None, layer=None):
         y, cache = self.attn(self.attn_norm(x), positions=positions, kv_mask=kv_mask, cache=cache,
-                             cache_index=cache_index)
+                             cache_index=cache_index, layer=layer)
         if self.post_norms:
             y = self.attn_post_norm(y)
         x = constrain(x + y.astype(x.dtype), BTD)

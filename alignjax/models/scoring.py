@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from alignjax import sharding
 from alignjax.models.layers import softcap
-from alignjax.models.transformer import init_cache, positions_from_mask
+from alignjax.models.transformer import init_cache, positions_from_mask, stack_cache
 
 # Per-device elements of the [rows, positions, V] float32 logits above which the output head runs
 # in chunks of response positions (256 MiB a device); below it the head runs in one piece.
@@ -135,18 +135,19 @@ def grouped_response_hidden(model, prompt, prompt_mask, responses, response_mask
     -> [B, G, R, D]. The prompt runs once; each response attends to its cached keys/values."""
     b, p = prompt.shape
     g, r = responses.shape[1:]
-    cache = init_cache(model.cfg, b, p)
+    cache = stack_cache(init_cache(model.cfg, b, p))  # [L, B * kv, P, hd]: scanned with the blocks
     h_prompt, cache = model.hidden(prompt, positions=positions_from_mask(prompt_mask),
                                    kv_mask=prompt_mask, cache=cache, cache_index=0)
     rows = lambda x: jnp.repeat(x, g, axis=0)  # [B, ...] -> [B * G, ...], prompt-major
     flat = lambda x: x.reshape(b * g, *x.shape[2:])
     mask = jnp.concatenate([rows(prompt_mask), flat(response_masks)], axis=1)
 
-    def grow(x):  # the prompt's cache [B * kv, P, hd] -> every response's [B * G * kv, P + R, hd]
-        x = rows(x.reshape(b, -1, *x.shape[1:]))
-        return jnp.pad(x.reshape(-1, *x.shape[2:]), ((0, 0), (0, r), (0, 0)))
+    def grow(x):  # a prompt cache [L, B * kv, P, hd] -> every response's [L, B * G * kv, P + R, hd]
+        layers = x.shape[0]
+        x = jnp.repeat(x.reshape(layers, b, -1, *x.shape[2:]), g, axis=1)  # prompt-major rows
+        return jnp.pad(x.reshape(layers, -1, *x.shape[3:]), ((0, 0), (0, 0), (0, r), (0, 0)))
 
-    grown = [{k: grow(c[k]) for k in c} for c in cache]
+    grown = {k: grow(v) for k, v in cache.items()}
     h, _ = model.hidden(flat(responses), positions=positions_from_mask(mask)[:, p:], kv_mask=mask,
                         cache=grown, cache_index=p)
     h = jnp.concatenate([rows(h_prompt[:, -1:]), h[:, :-1]], axis=1)

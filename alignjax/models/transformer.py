@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.config import ModelConfig
-from alignjax.models.layers import BTD, Block, RMSNorm, param, softcap
+from alignjax.models.layers import BTD, Block, RMSNorm, param, rope_inverse_frequencies, softcap
 from alignjax.sharding import constrain
 
 
@@ -36,6 +36,26 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[di
             for _ in range(cfg.num_layers)]
 
 
+def stack_cache(cache: list[dict]) -> dict:
+    """A per-layer cache (`init_cache`) as one {'k', 'v'} of [L, B * kv_heads, S, head_dim]: the
+    layout the scanned blocks carry."""
+    return {k: jnp.stack([c[k] for c in cache]) for k in cache[0]}
+
+
+def unstack_cache(cache: dict) -> list[dict]:
+    return [{k: v[i] for k, v in cache.items()} for i in range(next(iter(cache.values())).shape[0])]
+
+
+def _remat_policy(cfg: ModelConfig):
+    """The `jax.checkpoint` policy of `cfg.remat_policy` (None: save nothing but the input)."""
+    policies = jax.checkpoint_policies
+    if cfg.remat_policy == 'save_dots':
+        return policies.dots_with_no_batch_dims_saveable
+    if cfg.remat_policy == 'offload_dots':
+        return policies.offload_dot_with_no_batch_dims('device', 'pinned_host')
+    return None
+
+
 class Decoder(nnx.Module):
     """Embedding, blocks, final norm; `lm_head=True` adds the output projection (or ties it)."""
 
@@ -53,12 +73,24 @@ class Decoder(nnx.Module):
                                  std=cfg.embed_dim ** -0.5, dtype=pd)
 
     def hidden(self, tokens, *, positions, kv_mask, cache=None, cache_index=None):
-        """Final-norm hidden states [B, T, D] and the updated cache (None without one)."""
+        """Final-norm hidden states [B, T, D] and the updated cache (None without one).
+
+        A cache is a list of per-layer {'k', 'v'} (`init_cache`: the sampler's, whose decode
+        loop updates each layer's arrays in place; the blocks then run unrolled) or one stacked
+        {'k', 'v'} of [L, ...] (`stack_cache`: scanned with the blocks, as the grouped scoring
+        of training does)."""
         cfg = self.cfg
         x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
         if cfg.embed_scale:
             x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
         x = constrain(x, BTD)
+        stacked_cache = isinstance(cache, dict)
+        if cache is None or stacked_cache:
+            if cfg.scan_layers:
+                x, new_cache = self._scan_blocks(x, positions, kv_mask, cache, cache_index)
+                return constrain(self.final_norm(x), BTD), new_cache
+            if stacked_cache:
+                cache = unstack_cache(cache)
         new_cache = [] if cache is not None else None
 
         def run_block(block, x, layer_cache):
@@ -66,12 +98,40 @@ class Decoder(nnx.Module):
                          cache_index=cache_index)
 
         if cfg.remat:
-            run_block = nnx.remat(run_block)
+            run_block = nnx.remat(run_block, policy=_remat_policy(cfg))
         for i, block in enumerate(self.layers):
             x, layer_cache = run_block(block, x, None if cache is None else cache[i])
             if cache is not None:
                 new_cache.append(layer_cache)
+        if stacked_cache:
+            new_cache = stack_cache(new_cache)
         return constrain(self.final_norm(x), BTD), new_cache
+
+    def _scan_blocks(self, x, positions, kv_mask, cache, cache_index):
+        """The blocks under one `lax.scan`: their parameters stacked on a leading layer axis,
+        each layer's local/global flag and RoPE frequencies scanned beside them, and a stacked
+        cache ({'k', 'v'} of [L, ...], `stack_cache`) scanned in and out."""
+        cfg = self.cfg
+        graphdef, first = nnx.split(self.layers[0])
+        states = [nnx.state(block) for block in self.layers]
+        params = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        flags = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
+        local = jnp.asarray(flags)
+        inv_freq = jnp.stack([rope_inverse_frequencies(cfg.head_dim, *cfg.rope(flag))
+                              for flag in flags])
+
+        def body(x, xs):
+            state, flag, freq, layer_cache = xs
+            block = nnx.merge(graphdef, state)
+            x, layer_cache = block(x, positions=positions, kv_mask=kv_mask, cache=layer_cache,
+                                   cache_index=cache_index, layer=(flag, freq))
+            return x, layer_cache
+
+        if cfg.remat:
+            body = jax.checkpoint(body, policy=_remat_policy(cfg), prevent_cse=False)
+        del first
+        x, new_cache = jax.lax.scan(body, x, (params, local, inv_freq, cache))
+        return x, new_cache
 
     def output_weight(self) -> jax.Array:
         """The output projection [D, V] in the compute dtype (the embedding's transpose if tied)."""
