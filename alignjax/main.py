@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from alignjax import experiment_lib
+from alignjax import memory_plan
 from alignjax import metrics
 from alignjax import stages
 from alignjax import trainers
@@ -33,6 +34,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (--distributed; default: detected).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process (--distributed; default: detected).')
+_MEMORY_PLAN = flags.DEFINE_enum(
+    'memory_plan', 'auto', ['auto', 'on', 'off'],
+    'Compile every program of the run ahead of time and refuse a config that does not fit the '
+    "devices' memory, naming the largest buffers (alignjax/memory_plan.py). 'auto': for models "
+    'larger than the small preset.')
 
 
 def main(argv):
@@ -50,9 +56,24 @@ def main(argv):
         if config.algo == 'pipeline':  # several runs in one workdir (experiments/quickstart.py)
             stages.run(config, _WORKDIR.value)
         else:
+            if memory_plan.should_plan(config, _MEMORY_PLAN.value):
+                _check_memory(config, _WORKDIR.value)
             loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
     except (validation.ValidationError, FloatingPointError) as e:
         sys.exit(f'error: {e}')  # one line: what is wrong and where (also in WORKDIR/error.log)
+
+
+def _check_memory(config, workdir):
+    """The memory plan on this run's devices before step 1 (--memory_plan): one more compile of
+    each program, abstract (nothing allocated); a refusal goes to WORKDIR/error.log too."""
+    log = lambda r: logging.info('memory plan: %s needs %s a device (compiled in %.1f s)', r.name,
+                                 memory_plan.fmt_bytes(r.total), r.compile_s)
+    try:
+        memory_plan.check_run(config, 'local', log=log)
+    except memory_plan.DoesNotFit as e:
+        message = f'{e} (--memory_plan=off skips this check)'
+        validation.write_error_log(workdir, message)
+        raise validation.ValidationError(message) from None
 
 
 def parse_flags(argv):
