@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from alignjax import sampling
+from alignjax import sharding
 from alignjax.data import pipeline
 from alignjax.models import scoring
 
@@ -39,7 +40,9 @@ def sample(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_token
         ids = np.stack([e[0] for e in enc])
         mask = np.stack([e[1] for e in enc])
         out = sampling.generate(model, ids, mask, jax.random.fold_in(key, start), config)
-        out = jax.device_get(out)
+        # Every process gets every row (the model's activations, and so the samples, may be
+        # sharded over processes' devices).
+        out = jax.tree.map(sharding.to_global_host, out)
         n = len(chunk)
         parts.append({'prompt': ids[:n], 'prompt_mask': mask[:n], 'tokens': out['tokens'][:n],
                       'mask': out['mask'][:n], 'policy_logprobs': out['policy_logprobs'][:n]})

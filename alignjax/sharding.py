@@ -256,6 +256,15 @@ def to_local(x) -> np.ndarray:
     return full[start:start + size]
 
 
+def to_global_host(x) -> np.ndarray:
+    """The whole of a global jax.Array as NumPy on every process (a collective when the array
+    spans processes; a plain device_get otherwise)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def process_sum(values):
     """Element-wise sum of a host value (scalar or array) over processes. A collective: every
     process calls it at the same point; on one process it returns `values` unchanged."""
