@@ -152,7 +152,8 @@ def abstract_module(ctor, mesh, rules):
 
 def _batch(layout: dict, mesh) -> dict:
     """Sharded ShapeDtypeStructs of a batch {name: (shape, dtype)}: rows over the batch axes."""
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+    return {k: jax.ShapeDtypeStruct(shape, dtype,
+                                    sharding=sharding.batch_sharding(mesh, len(shape)))
             for k, (shape, dtype) in layout.items()}
 
 

@@ -103,7 +103,8 @@ class _Refused:
 
 
 def test_refused_compile_becomes_the_same_one_line_error(sft8):
-    row = mp.compile_program('update', _Refused(), (jax.ShapeDtypeStruct((1024, 256), jnp.float32),))
+    x = jax.ShapeDtypeStruct((1024, 256), jnp.float32)
+    row = mp.compile_program('update', _Refused(), (x,))
     assert row.error.startswith('RESOURCE_EXHAUSTED') and '\n' not in row.error
     assert row.temp == int(17.26 * (1 << 30))
     assert row.largest[0][0] == 1024 * 256 * 4 and 'f32[1024,256]' in row.largest[0][1]

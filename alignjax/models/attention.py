@@ -13,9 +13,9 @@ The blockwise kernel is flash attention (Dao et al. 2022, https://arxiv.org/abs/
 backward as in FlashAttention-2, https://arxiv.org/abs/2307.08691) in plain JAX: an online
 softmax over key blocks for each query block, with a hand-written backward that recomputes each
 block's probabilities from the saved row max and row sum. Memory is O((T + S) * head_dim +
-block_q * block_k) per head in the forward and the backward; no T x S array exists. Each query block visits only the key
-blocks that its causal (and sliding-window) band can reach, so causal attention does about half
-the work of the dense one and windowed attention O(T * window).
+block_q * block_k) per head in the forward and the backward; no T x S array exists. Each query
+block visits only the key blocks that its causal (and sliding-window) band can reach, so causal
+attention does about half the work of the dense one and windowed attention O(T * window).
 """
 
 from __future__ import annotations
@@ -137,7 +137,6 @@ def _forward(q, k, v, q_idx, kv_mask, window, st: _Static):
     """Online softmax: per query block, a loop over its key blocks carrying the running row max
     m, row sum l (of exp(logit - m)) and unnormalised output acc. Returns out (q.dtype) and the
     row statistics m, l [B, KV, G, Tp] that the backward recomputes probabilities from."""
-    b, kvh, g, _, hd = q.shape
     qi_blocks = q_idx.reshape(-1, st.block_q)
 
     def one_query_block(args):
@@ -153,9 +152,9 @@ def _forward(q, k, v, q_idx, kv_mask, window, st: _Static):
                 'bkgqs,bksh->bkgqh', p.astype(q.dtype), v_blk, preferred_element_type=jnp.float32)
             return m_new, alpha * l + jnp.sum(p, axis=-1), acc
 
-        init = (jnp.full((b, kvh, g, st.block_q), NEG_INF, jnp.float32),
-                jnp.zeros((b, kvh, g, st.block_q), jnp.float32),
-                jnp.zeros((b, kvh, g, st.block_q, hd), jnp.float32))
+        # *_like keeps q's sharding on the carry (explicit mesh axes need it equal to the body's).
+        row = jnp.zeros_like(q_blk[..., 0], jnp.float32)
+        init = (row + NEG_INF, row, jnp.zeros_like(q_blk, jnp.float32))
         lo, hi = _key_block_range(qi, window, st)
         return jax.lax.fori_loop(lo, hi, step, init)
 
@@ -190,7 +189,7 @@ def _blockwise_bwd(st: _Static, res, d_out):
     d_out = jnp.where(seen, d_out, jnp.zeros_like(d_out))
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
     l_safe = jnp.where(l > 0, l, 1.0)
-    b, kvh, sp, hd = k.shape
+    sp = k.shape[2]
 
     def one_query_block(carry, xs):
         q_blk, do_blk, delta_blk, m_blk, l_blk, qi = xs
@@ -217,10 +216,10 @@ def _blockwise_bwd(st: _Static, res, d_out):
 
         lo, hi = _key_block_range(qi, window, st)
         dq_blk, dk, dv = jax.lax.fori_loop(
-            lo, hi, step, (jnp.zeros(q_blk.shape, jnp.float32), *carry))
+            lo, hi, step, (jnp.zeros_like(q_blk, jnp.float32), *carry))
         return (dk, dv), dq_blk
 
-    zeros = jnp.zeros((b, kvh, sp, hd), jnp.float32)
+    zeros = jnp.zeros_like(k, jnp.float32)
     xs = tuple(_split_q(x, st) for x in (q, d_out, delta, m, l_safe)) + (
         q_idx.reshape(-1, st.block_q),)
     (dk, dv), dq = jax.lax.scan(one_query_block, (zeros, zeros), xs)
