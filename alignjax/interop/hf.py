@@ -421,13 +421,6 @@ def load_into(module: Decoder, directory: str, *, key: str = 'init_from') -> Non
     nnx.update(module, state)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 # Copied from `tokenizer_dir`; generation_config.json carries the EOS ids that generate() stops on.
 _TOKENIZER_FILES = ('tokenizer*', 'special_tokens_map.json', 'added_tokens.json', 'vocab.*',
                     'merges.txt', '*.model', 'chat_template*', 'generation_config.json')
@@ -459,7 +452,7 @@ def save_hf(model: Decoder, cfg: ModelConfig, directory: str, *, model_type: str
                             key=lambda e: _hf_name(tuple(e[0]), fam)):
         x, leaf = var.get_value(), path[-1]
         tensors.append((_hf_name(tuple(path), fam), _hf_shape(leaf, x.shape), x.dtype,
-                        lambda x=x, leaf=leaf: _to_hf(_to_host(x), leaf)))
+                        lambda x=x, leaf=leaf: _to_hf(sharding_lib.to_global_host(x), leaf)))
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(directory, exist_ok=True)
