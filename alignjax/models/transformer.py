@@ -112,7 +112,7 @@ class Decoder(nnx.Module):
         each layer's local/global flag and RoPE frequencies scanned beside them, and a stacked
         cache ({'k', 'v'} of [L, ...], `stack_cache`) scanned in and out."""
         cfg = self.cfg
-        graphdef, first = nnx.split(self.layers[0])
+        graphdef = nnx.graphdef(self.layers[0])
         states = [nnx.state(block) for block in self.layers]
         params = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
         flags = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
@@ -129,7 +129,6 @@ class Decoder(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, policy=_remat_policy(cfg), prevent_cse=False)
-        del first
         x, new_cache = jax.lax.scan(body, x, (params, local, inv_freq, cache))
         return x, new_cache
 
