@@ -43,6 +43,10 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('act_kv_heads', 'tensor'),
     ('act_mlp', 'tensor'),
     ('act_vocab', 'tensor'),
+    # The output head of the scoring passes runs vocabulary-parallel (`models/scoring.py`): its
+    # rows gathered from the fsdp axis, its vocabulary split over the weight's own axes.
+    ('act_head_rows', 'data'),
+    ('act_head_vocab', ('fsdp', 'tensor')),
 )
 
 # The rules activations are constrained by (`constrain`); parameters get theirs explicitly.

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alignjax import sharding
 from alignjax.models import PRESETS, Decoder, scoring
 
 TINY = PRESETS['tiny']
@@ -148,15 +149,98 @@ def test_head_is_chunked_only_when_the_logits_would_be_large():
     assert scoring._head_chunk(2, 100, 10, 100) is None
 
 
-def test_head_chunks_count_the_rows_of_one_device():
-    """Under a mesh the rows are split over the batch axes: the chunk is sized by one device's
-    rows, so 8 devices take chunks 8 times longer than one would."""
-    mesh = jax.make_mesh((1, 8, 1), ('data', 'fsdp', 'tensor'),
+def _mesh(shape):
+    return jax.make_mesh(shape, ('data', 'fsdp', 'tensor'),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    with jax.set_mesh(mesh):
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 (simulated) devices')
+def test_head_chunks_count_what_one_device_computes():
+    """Under a mesh the head runs vocabulary-parallel over fsdp x tensor, its rows split over
+    data only: a chunk is sized by one device's rows times its slice of the vocabulary."""
+    with jax.set_mesh(_mesh((1, 8, 1))):
+        assert scoring._vocab_parallel(256_000)
+        assert scoring._head_chunk(64, 1024, 256_000, None) == scoring.MAX_LOGITS // (64 * 32_000)
+        assert scoring._head_chunk(12, 1024, 256_000, None) == scoring.MAX_LOGITS // (12 * 32_000)
+    with jax.set_mesh(_mesh((8, 1, 1))):  # pure data parallelism: rows split, vocabulary whole
+        assert not scoring._vocab_parallel(256_000)
         assert scoring._head_chunk(64, 1024, 256_000, None) == scoring.MAX_LOGITS // (8 * 256_000)
         # 12 rows do not divide over 8 devices: replicated, every row on every device.
         assert scoring._head_chunk(12, 1024, 256_000, None) == scoring.MAX_LOGITS // (12 * 256_000)
+    with jax.set_mesh(_mesh((2, 2, 2))):
+        assert scoring._head_chunk(64, 1024, 256_000, None) == scoring.MAX_LOGITS // (32 * 64_000)
+
+
+def _sharded_scores(cfg, shape, rules=None, chunk=None):
+    """Log-probs, entropies and the gradient of a weighted sum of both, on a mesh (None: one
+    device), with the model's parameters placed by the rules."""
+    model = model_of(cfg)
+    rows = [jnp.asarray(x) for x in flat_rows(*make_batch(cfg, b=4, g=2))]
+    weights = jnp.asarray(np.random.RandomState(1).randn(*rows[2].shape), jnp.float32)
+    graphdef, state = nnx.split(model)
+
+    def f(s, rows):
+        logp, ent = scoring.response_logprobs(nnx.merge(graphdef, s), *rows, with_entropy=True,
+                                              chunk=chunk)
+        return jnp.sum(weights * logp) + 0.1 * jnp.sum(weights * ent), (logp, ent)
+
+    run = jax.jit(jax.value_and_grad(f, has_aux=True))
+    if shape is None:
+        return run(state, rows)
+    mesh = _mesh(shape)
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        state = jax.device_put(state, sharding.state_shardings(
+            state, mesh, sharding.current_rules()))
+        rows = [jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in rows]
+        return run(state, rows)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 (simulated) devices')
+@pytest.mark.parametrize('shape', [(1, 8, 1), (2, 2, 2), (1, 4, 2)])
+@pytest.mark.parametrize('name', ['untied', 'gemma2_like'])
+def test_vocabulary_parallel_head_equals_one_device(shape, name):
+    """Values and gradients (soft-cap, tied and untied weights, entropies, chunks) of the
+    vocabulary-parallel head equal the single-device head's."""
+    cfg = dataclasses.replace(VARIANTS[name], vocab_size=512)  # divides over 8 devices
+    with jax.set_mesh(_mesh(shape)):
+        assert scoring._vocab_parallel(cfg.vocab_size)
+    (want, want_aux), want_grad = _sharded_scores(cfg, None)
+    (got, got_aux), got_grad = _sharded_scores(cfg, shape, chunk=3)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((got_aux, got_grad)), jax.tree.leaves((want_aux, want_grad))):
+        # float32 sums in another order, on gradients of magnitude up to ~15
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 (simulated) devices')
+def test_vocabulary_parallel_head_never_holds_the_whole_weight():
+    """Under FSDP a head that gathers its [D, V] weight (and reduces a whole gradient) needs
+    temporaries of several times the weight; the vocabulary-parallel head a fraction of it. The
+    rule `act_head_vocab -> None` restores the gathering head for comparison."""
+    cfg = dataclasses.replace(TINY, vocab_size=32_768, embed_dim=256, tie_embeddings=False)
+    graphdef, state = nnx.split(model_of(cfg))
+    rng = np.random.RandomState(0)
+    h = jnp.asarray(rng.randn(16, 8, cfg.embed_dim), jnp.float32)
+    targets = jnp.asarray(rng.randint(0, cfg.vocab_size, (16, 8)), jnp.int32)
+    weight_bytes = cfg.embed_dim * cfg.vocab_size * 4
+
+    def temporaries(rules):
+        def f(s, h, targets):
+            return jnp.sum(scoring._head_logprobs(nnx.merge(graphdef, s), h, targets,
+                                                  jnp.ones_like(targets), with_entropy=False,
+                                                  chunk=None))
+        mesh = _mesh((1, 8, 1))
+        with jax.set_mesh(mesh), sharding.use_rules(rules):
+            shard = sharding.state_shardings(state, mesh, sharding.current_rules())
+            rows = sharding.batch_sharding(mesh, 2)
+            return jax.jit(jax.grad(f), in_shardings=(shard, sharding.batch_sharding(mesh, 3), rows)
+                           ).lower(state, h, targets).compile().memory_analysis().temp_size_in_bytes
+
+    gathering = [list(r) for r in sharding.DEFAULT_RULES if r[0] != 'act_head_vocab']
+    gathering.append(['act_head_vocab', None])
+    old, new = temporaries(gathering), temporaries(None)
+    assert old > 2 * weight_bytes, (old, weight_bytes)
+    assert new < weight_bytes / 4, (new, weight_bytes)
 
 
 def test_rows_in_contiguous_groups_are_scored_once_per_prompt_and_equal_row_scoring():

@@ -32,25 +32,35 @@ from alignjax.models.transformer import init_cache, positions_from_mask, stack_c
 MAX_LOGITS = 1 << 26
 
 
-def _batch_shards(rows: int) -> int:
-    """Devices the rows of a batch are split over under the current mesh and rules (1 without a
-    mesh, or when the rows do not divide)."""
+def _shards(name: str, size: int) -> int:
+    """Devices a dimension of logical `name` and `size` is split over under the current mesh and
+    rules (1 without a mesh, or when it does not divide)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return 1
-    spec = sharding.logical_to_spec(('batch',), (rows,), mesh, sharding.current_rules())[0]
+    spec = sharding.logical_to_spec((name,), (size,), mesh, sharding.current_rules())[0]
     axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
     return math.prod(mesh.shape[a] for a in axes)
+
+
+def _vocab_parallel(vocab: int) -> bool:
+    """Whether the head runs vocabulary-parallel: its vocabulary split over the devices of the
+    rules' `act_head_vocab` (by default the weight's own axes, fsdp and tensor)."""
+    return _shards('act_head_vocab', vocab) > 1
 
 
 def _head_chunk(rows: int, positions: int, vocab: int, chunk: int | None) -> int | None:
     """Response positions per chunk of the head, or None for one piece."""
     if chunk is not None:
         return chunk if 0 < chunk < positions else None
-    local_rows = max(1, rows // _batch_shards(rows))
-    if local_rows * positions * vocab <= MAX_LOGITS:
+    if _vocab_parallel(vocab):
+        local = max(1, rows // _shards('act_head_rows', rows)) * (vocab // _shards(
+            'act_head_vocab', vocab))
+    else:
+        local = max(1, rows // _shards('batch', rows)) * vocab
+    if local * positions <= MAX_LOGITS:
         return None
-    return max(1, MAX_LOGITS // (local_rows * vocab))
+    return max(1, MAX_LOGITS // local)
 
 
 def _token_logprobs(model, h, targets, with_entropy: bool):
@@ -58,6 +68,8 @@ def _token_logprobs(model, h, targets, with_entropy: bool):
     cfg = model.cfg
     w = model.output_weight()  # [D, V] in the compute dtype
     h = h.astype(cfg.jnp_dtype)
+    if _vocab_parallel(cfg.vocab_size):
+        return _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy)
     logits = jnp.einsum('mcd,dv->mcv', h, w, preferred_element_type=jnp.float32)
     logits = softcap(sharding.constrain(logits, ('batch', 'length', 'act_vocab')),
                      cfg.final_logit_softcap)
@@ -71,6 +83,32 @@ def _token_logprobs(model, h, targets, with_entropy: bool):
         return logp, None
     probs = jnp.exp(logits - lse[..., None])
     return logp, lse - jnp.sum(probs * logits, axis=-1)
+
+
+def _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy: bool):
+    """`_token_logprobs` with the vocabulary split over devices (`act_head_vocab`) and the rows
+    gathered (`act_head_rows`): each device keeps its own slice of the output weight and computes
+    the logits of every row for its slice of the vocabulary. No device ever holds the whole
+    [D, V] weight or its gradient (an FSDP head would gather both: 3 GiB a device for Llama-3's
+    128k vocabulary in bfloat16); what moves instead is one chunk of hidden states (and, in the
+    backward, their gradient) and the [M, C] partial sums of the log-sum-exp."""
+    rows = ('act_head_rows', 'length')
+    h = sharding.constrain(h, (*rows, 'act_embed'))
+    w = sharding.constrain(w, ('act_embed', 'act_head_vocab'))
+    logits = jnp.einsum('mcd,dv->mcv', h, w, preferred_element_type=jnp.float32)
+    logits = softcap(sharding.constrain(logits, (*rows, 'act_head_vocab')),
+                     cfg.final_logit_softcap)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    # The target's logit picked on the device that holds its column (a masked sum, whose
+    # backward is a select: no gather from a sharded weight and no [M, C, V] scatter).
+    hit = jnp.arange(cfg.vocab_size, dtype=targets.dtype) == targets[..., None]
+    picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+    back = lambda x: sharding.constrain(x, ('batch', 'length'))
+    logp = back(picked - lse)
+    if not with_entropy:
+        return logp, None
+    probs = jnp.exp(logits - lse[..., None])
+    return logp, back(lse - jnp.sum(probs * logits, axis=-1))
 
 
 def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | None):
