@@ -145,7 +145,11 @@ class Checkpointer:
         has_meta = (self.directory / str(step) / META_ITEM).exists()
         if has_meta:
             items[META_ITEM] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # pylint: disable=broad-except
+            self._refuse_other_layout(step, abstract_state, e)
+            raise
         meta = dict(restored[META_ITEM] or {}) if has_meta else {}
         logging.info('Restored checkpoint for step %d from %s', step, self.directory)
         return restored[STATE_ITEM], meta
@@ -168,18 +172,41 @@ class Checkpointer:
                 return reader.restore(path)['params']
             # orbax stores dict keys as strings (nnx.List layers are 0, 1, ...).
             target = {'params': _stringify_keys(abstract_params)}
-            restored = reader.restore(path, args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True))
+            try:
+                restored = reader.restore(path, args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
+            except Exception as e:  # pylint: disable=broad-except
+                self._refuse_other_layout(step, target, e)
+                raise
         params = _match_keys(abstract_params, restored['params'])
         # A partial restore leaves what the checkpoint lacks as abstract leaves: refuse them.
         missing = [jax.tree_util.keystr(path) for path, leaf in
                    jax.tree_util.tree_leaves_with_path(params)
                    if isinstance(leaf, jax.ShapeDtypeStruct)]
         if missing:
+            self._refuse_other_layout(step, target, None)
             raise KeyError(f'{len(missing)} parameter(s) not in the checkpoint, e.g. '
                            f'{missing[:3]}')
         return params
+
+    def _refuse_other_layout(self, step: int, target, error: Exception | None) -> None:
+        """A restore failed: if the checkpoint stores its layers in the other layout than the
+        target (stacked for `model.scan_layers=True`, one by one for False), says so in one
+        line; otherwise returns and the caller re-raises."""
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                saved = reader.metadata(self.directory / str(step) / STATE_ITEM)
+            saved = getattr(saved, 'item_metadata', saved)
+            saved = getattr(saved, 'tree', saved)
+        except Exception:  # pylint: disable=broad-except
+            return
+        have, want = layer_layout(saved), layer_layout(target)
+        if have and want and have != want:
+            flag = 'True' if have == 'stacked' else 'False'
+            raise ValueError(
+                f'{self.directory}/{step}: the checkpoint stores its layers {have} and this run '
+                f'builds them {want}; set config.model.scan_layers={flag} to restore it') from error
 
     def wait(self):
         """Blocks until pending asynchronous saves are committed."""
@@ -195,6 +222,16 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def layer_layout(tree) -> str | None:
+    """'stacked' or 'one by one': how a state tree stores a model's layers (a 'layers' entry
+    with one array a parameter, or one subtree a layer: keys 0, 1, ...); None without layers."""
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path]
+        if 'layers' in keys[:-1]:
+            return 'one by one' if keys[keys.index('layers') + 1].isdigit() else 'stacked'
+    return None
 
 
 def _stringify_keys(tree):

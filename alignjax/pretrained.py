@@ -32,6 +32,10 @@ from alignjax import experiment_lib
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# The version of the checkpoint layout (2: scanned layers stored stacked); part of the cache key.
+CHECKPOINT_LAYOUT = 2
+
+
 def cache_root() -> str:
     return os.environ.get('ALIGNJAX_CACHE', os.path.expanduser('~/.cache/alignjax'))
 
@@ -58,6 +62,8 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
     exp = _experiment_path(spec[len('experiment:'):])
     config = experiment_lib.load_config(exp)
     fields = {k: v for k, v in config.to_dict().items() if k != 'mesh'}
+    # Entries written before scanned layers were stored stacked hold the same config.
+    fields['layout'] = CHECKPOINT_LAYOUT
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     if mesh_shape is not None:
         config.mesh.shape = tuple(mesh_shape)

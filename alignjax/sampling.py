@@ -159,7 +159,8 @@ def noise_mode(key, config: SamplingConfig, batch: int, vocab: int) -> str:
 @functools.partial(jax.jit, static_argnames=('graphdefs', 'config', 'combine', 'noise'))
 def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingConfig, combine,
               noise: str):
-    models = [nnx.merge(g, s) for g, s in zip(graphdefs, states)]
+    # Layers one by one for the unrolled decode loop (sliced once here, not at every step).
+    models = [nnx.merge(g, s).unstacked() for g, s in zip(graphdefs, states)]
     b, p = prompt.shape
     n = config.max_new_tokens
     prompt_mask = prompt_mask.astype(jnp.int32)

@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('kv_heads', 'tensor'),
     ('head_dim', None),
     ('norm', None),
+    ('layers', None),  # the leading axis of stacked (scanned) layers
     ('length', None),
     ('act_embed', None),
     ('act_heads', 'tensor'),

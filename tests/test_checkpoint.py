@@ -15,7 +15,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alignjax.checkpoint import Checkpointer, PreemptionGuard, abstract_like
+from alignjax.checkpoint import Checkpointer, PreemptionGuard, abstract_like, layer_layout
 
 
 def _mesh():
@@ -267,3 +267,28 @@ def test_restore_without_checkpoint_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         ckpt.restore(None, abstract_like(_make_state(0)))
     ckpt.close()
+
+
+@pytest.mark.parametrize('saved_scan', [False, True])
+def test_other_layer_layout_is_refused_in_one_line(tmp_path, saved_scan):
+    """A checkpoint written with the layers one by one (before they were stacked, or with
+    model.scan_layers=False) restored into stacked layers, or the other way: one line naming
+    the directory, the two layouts and the flag that restores it."""
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    from alignjax.models import PRESETS, Decoder  # pylint: disable=g-import-not-at-top
+    state = lambda scan: {'params': nnx.state(Decoder(
+        PRESETS['tiny'].replace(num_layers=2, scan_layers=scan), rngs=nnx.Rngs(0)))}
+    ckpt = Checkpointer(str(tmp_path), save_every=1, keep=1)
+    ckpt.save(1, state(saved_scan))
+    ckpt.close()
+    ckpt = Checkpointer(str(tmp_path), save_every=1, keep=1)
+    target = abstract_like(state(not saved_scan))
+    with pytest.raises(ValueError, match=f'set config.model.scan_layers={saved_scan}') as e:
+        ckpt.restore(None, target)
+    assert '\n' not in str(e.value) and str(tmp_path) in str(e.value)
+    with pytest.raises(ValueError, match=f'scan_layers={saved_scan}'):
+        ckpt.restore_params(None, target['params'])
+    # The same layout restores.
+    restored, _ = ckpt.restore(None, abstract_like(state(saved_scan)))
+    ckpt.close()
+    assert layer_layout(restored) == ('stacked' if saved_scan else 'one by one')

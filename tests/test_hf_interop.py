@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from alignjax import sampling, sharding
-from alignjax.interop import config_from_hf, hf_config, load_hf, save_hf
+from alignjax.interop import config_from_hf, hf_config, load_hf, load_into, save_hf
 from alignjax.interop import safetensors_io
 from alignjax.models import PRESETS, Decoder
 
@@ -140,9 +140,9 @@ def test_import_and_export_match_transformers(family, tmp_path):
     for path, var in state.flat_state():
         assert var.get_value().sharding == targets[path], path
     if family in MESHES:
-        q = model.layers[0].attn.q_proj.get_value()
-        assert q.sharding.spec == P('fsdp', 'tensor', None)
-        assert {s.data.shape for s in q.addressable_shards} == {(16, 2, 16)}
+        q = model.layers.attn.q_proj.get_value()  # stacked: [L, D, H, hd], layers replicated
+        assert q.sharding.spec == P(None, 'fsdp', 'tensor', None)
+        assert {s.data.shape for s in q.addressable_shards} == {(cfg.num_layers, 16, 2, 16)}
         assert model.lm_head.get_value().sharding.spec == P('fsdp', 'tensor')
 
     tokens, mask = padded_batch(cfg.vocab_size)
@@ -201,11 +201,11 @@ def test_bfloat16_checkpoint_keeps_its_dtype(tmp_path):
     assert {x.dtype.name for x in leaves} == {'bfloat16'}
     # Exact values: q_proj is HF's weight transposed, with heads split out.
     w = hf.model.layers[1].self_attn.q_proj.weight.detach().float().numpy()
-    q = np.asarray(model.layers[1].attn.q_proj.get_value(), np.float32)
+    q = np.asarray(model.layers.attn.q_proj.get_value()[1], np.float32)
     np.testing.assert_array_equal(q, w.T.reshape(64, 4, 16))
     model32, cfg32 = load_hf(str(tmp_path / 'hf'), mesh, dtype='float32')
     assert cfg32.param_dtype == 'float32'
-    np.testing.assert_array_equal(np.asarray(model32.layers[1].attn.q_proj.get_value()), q)
+    np.testing.assert_array_equal(np.asarray(model32.layers.attn.q_proj.get_value()[1]), q)
 
     save_hf(model, cfg, str(tmp_path / 'out'), model_type='qwen3')
     ckpt = safetensors_io.Checkpoint(str(tmp_path / 'out'))
@@ -336,3 +336,24 @@ def test_export_refuses_what_the_family_cannot_express():
     gemma_like = cfg.replace(activation='gelu_tanh', norm_offset=True, post_norms=True,
                              embed_scale=True, sliding_window=8, local_layer_period=2)
     assert hf_config(gemma_like, 'gemma2')['layer_types'] == ['sliding_attention', 'full_attention']
+
+
+def test_stacked_and_unrolled_layers_read_and_write_the_same_tensors(tmp_path):
+    """Scanned layers store one [L, ...] array a parameter; the checkpoint keeps one tensor a
+    layer. Both layouts load the same numbers (logits equal) and export identical files."""
+    hf_model('gemma2').save_pretrained(tmp_path / 'hf')
+    mesh = sharding.make_mesh((1, 1, 1))
+    stacked, cfg = load_hf(str(tmp_path / 'hf'), mesh)
+    assert cfg.scan_layers and stacked.layers.attn.q_proj.get_value().shape[0] == cfg.num_layers
+    unrolled = Decoder(cfg.replace(scan_layers=False), rngs=nnx.Rngs(1))
+    load_into(unrolled, str(tmp_path / 'hf'))
+    tokens, mask = padded_batch(cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(stacked(tokens, mask)),
+                               np.asarray(unrolled(tokens, mask)), atol=1e-5, rtol=1e-5)
+    save_hf(stacked, cfg, str(tmp_path / 'a'), model_type='gemma2')
+    save_hf(unrolled, unrolled.cfg, str(tmp_path / 'b'), model_type='gemma2')
+    a = safetensors_io.Checkpoint(str(tmp_path / 'a'))
+    b = safetensors_io.Checkpoint(str(tmp_path / 'b'))
+    assert sorted(a.entries) == sorted(b.entries)
+    for name in a.entries:
+        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)

@@ -18,6 +18,7 @@ from flax import nnx
 from alignjax.models import (PRESETS, Decoder, PreferenceModel, RewardModel, ValueModel,
                              init_cache, positions_from_mask, response_logprobs)
 from alignjax.models import layers
+from alignjax.models.transformer import unstack_layers
 
 TINY = PRESETS['tiny']
 
@@ -175,7 +176,10 @@ def ref_decoder(cfg, p, tokens, mask):
 def np_params(model, prefix=()):
     """{path: float64 array} of a model's parameters (paths below `prefix`, prefix stripped)."""
     out = {}
-    for path, var in nnx.state(model, nnx.Param).flat_state():
+    state = nnx.state(model, nnx.Param)
+    if model_cfg(model).scan_layers:  # the reference reads layer i as ('layers', i, ...)
+        state = unstack_layers(state, model_cfg(model).num_layers)
+    for path, var in state.flat_state():
         path = tuple(path)
         if path[:len(prefix)] == prefix:
             out[path[len(prefix):]] = np.asarray(var[...], np.float64)
@@ -340,7 +344,7 @@ def test_grouped_query_attention_equals_mha_with_shared_heads(kv):
     for path, var in state.flat_state():
         value = src[path][...]
         if path[-1] in ('k_proj', 'v_proj'):
-            value = jnp.repeat(value, groups, axis=1)  # head h reads kv head h // groups
+            value = jnp.repeat(value, groups, axis=-2)  # head h reads kv head h // groups
         var.value = value
     nnx.update(mha, state)
     tokens, mask = inputs()

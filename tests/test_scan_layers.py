@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from alignjax.models.transformer import stack_layers
 from test_models import _loss_and_grad, inputs, make
 
 
@@ -17,18 +18,38 @@ def test_scanned_layers_equal_unrolled_layers(policy):
                 attn_logit_softcap=20.0, remat=True, remat_policy=policy)
     unrolled = make(scan_layers=False, **over)
     scanned = make(scan_layers=True, **over)
-    nnx.update(scanned, nnx.state(unrolled))
+    nnx.update(scanned, stack_layers(nnx.state(unrolled)))
     tokens, mask = inputs()
     (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask)
                           for m in (unrolled, scanned)]
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    for a, b in zip(jax.tree.leaves(stack_layers(g0)), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
     # The window is real here (a global-only model differs), so the per-layer flags were used.
     plain = make(scan_layers=True, **{**over, 'sliding_window': None})
-    nnx.update(plain, nnx.state(unrolled))
+    nnx.update(plain, stack_layers(nnx.state(unrolled)))
     assert abs(float(_loss_and_grad(*nnx.split(plain), tokens, mask)[0]) - float(l0)) > 1e-4
     size = lambda m: len(str(jax.make_jaxpr(_loss_and_grad.__wrapped__, static_argnums=0)(
         *nnx.split(m), tokens, mask)))
     deep = make(scan_layers=True, **{**over, 'num_layers': 8})
     assert size(deep) < 1.2 * size(scanned)  # unrolled, 8 layers would be about twice 4
+
+
+@pytest.mark.parametrize('scan', [True, False])
+def test_rematerialised_frozen_model_runs_inside_the_gradient(scan):
+    """A frozen reference merged outside `value_and_grad` and called inside it (the DPO update)
+    with remat on: flax's nnx.remat raised TraceContextError here for the unrolled layers."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    policy = make(scan_layers=scan, remat=True)
+    reference = make(scan_layers=scan, remat=True, perturb_seed=1)
+    tokens, mask = inputs()
+    graphdef, state = nnx.split(policy)
+
+    @jax.jit
+    def step(state, ref_state):
+        ref = nnx.merge(*ref_state)
+        return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(tokens, mask)
+                                          - ref(tokens, mask)))(state)
+
+    grads = step(state, nnx.split(reference))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

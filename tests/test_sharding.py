@@ -63,6 +63,13 @@ def _leaves(state):
     return [('/'.join(map(str, path)), unwrap(x)) for path, x in state.flat_state()]
 
 
+def _spec(expected, path):
+    """The expected spec of the parameter at `path`: by its name, with the leading layer axis
+    of stacked blocks (logical 'layers') replicated."""
+    spec = tuple(expected[path.rsplit('/', 1)[-1]])
+    return (None, *spec) if path.startswith('layers/') or '/layers/' in path else spec
+
+
 def _shard_shape(shape, spec, mesh):
     return tuple(d // (mesh.shape[a] if a else 1) for d, a in zip(shape, spec))
 
@@ -131,16 +138,16 @@ def test_parameters_are_sharded_from_birth_by_the_rules(sharded):
     shape, mesh, model, _, _ = sharded
     expected = EXPECTED_SPECS[shape]
     leaves = _leaves(nnx.state(model))
-    assert len(leaves) == 2 + 9 * CFG.num_layers
+    assert len(leaves) == 2 + 9  # embedding, final norm, and 9 stacked block parameters
     for path, value in leaves:
-        spec = expected[path.rsplit('/', 1)[-1]]
+        spec = _spec(expected, path)
         assert value.sharding == NamedSharding(mesh, P(*spec)), path
         # No device holds more than its shard, and all 8 devices hold one.
         want = _shard_shape(value.shape, spec, mesh)
         assert {s.data.shape for s in value.addressable_shards} == {want}, path
         assert len(value.addressable_shards) == 8
     specs = dict(_leaves(sharding.spec_tree(model)))
-    assert specs['layers/0/attn/q_proj'] == P(*expected['q_proj'])
+    assert specs['layers/attn/q_proj'] == P(None, *expected['q_proj'])
 
 
 def test_kv_heads_that_do_not_divide_are_replicated():
@@ -159,7 +166,7 @@ def test_kv_heads_that_do_not_divide_are_replicated():
         'down_proj': ('tensor', 'fsdp'), 'scale': (None,)}
     assert set(got) == {p for p, _ in _leaves(abstract)}
     for path, spec in got.items():
-        assert spec == P(*want[path.rsplit('/', 1)[-1]]), path
+        assert spec == P(*_spec(want, path)), path
 
 
 def test_head_parameters_and_overridden_rules():
@@ -169,7 +176,7 @@ def test_head_parameters_and_overridden_rules():
         got = {p: s.spec for p, s in _leaves(sharding.state_shardings(abstract, mesh))}
         head = 'value_head' if cls is ValueModel else 'reward_head'
         assert got[head] == P('fsdp', None)
-        assert got['backbone/layers/0/attn/q_proj'] == P('fsdp', 'tensor', None)
+        assert got['backbone/layers/attn/q_proj'] == P(None, 'fsdp', 'tensor', None)
     # A rules table from a config (lists, as a ConfigDict holds them): embed over both fsdp and
     # tensor, mlp replicated. A mesh axis is used once per tensor: vocab takes 'tensor' first.
     rules = sharding.rules_from_config([
@@ -178,9 +185,9 @@ def test_head_parameters_and_overridden_rules():
     abstract = nnx.state(nnx.eval_shape(lambda: Decoder(CFG, rngs=nnx.Rngs(0))))
     got = {p: s.spec for p, s in _leaves(sharding.state_shardings(abstract, mesh, rules))}
     assert got['embedding'] == P('tensor', 'fsdp')
-    assert got['layers/0/mlp/gate_proj'] == P(('fsdp', 'tensor'), None)
-    assert got['layers/0/attn/q_proj'] == P(('fsdp', 'tensor'), None, None)
-    assert got['layers/0/attn/o_proj'] == P('tensor', None, 'fsdp')
+    assert got['layers/mlp/gate_proj'] == P(None, ('fsdp', 'tensor'), None)
+    assert got['layers/attn/q_proj'] == P(None, ('fsdp', 'tensor'), None, None)
+    assert got['layers/attn/o_proj'] == P(None, 'tensor', None, 'fsdp')
 
 
 def test_sharded_weights_equal_single_device_weights(sharded, single_device):

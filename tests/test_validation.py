@@ -213,9 +213,9 @@ def test_init_from_with_other_shapes(tmp_path):
     with ckpt_lib.Checkpointer(str(tmp_path / 'other' / 'checkpoints'), save_every=1, keep=1) as ck:
         ck.save(1, {'params': params})
     c = config_of('sft.py:tiny', init_from=str(tmp_path / 'other'))
-    refused(tmp_path, c, r"config.init_from='.*other': parameter 'layers/0/mlp/\w+' has shape "
-                         r'\((64, 96|96, 64)\) in the checkpoint; config.model expects '
-                         r'\((64, 128|128, 64)\)')
+    refused(tmp_path, c, r"config.init_from='.*other': parameter 'layers/mlp/\w+' has shape "
+                         r'\(2, (64, 96|96, 64)\) in the checkpoint; config.model expects '
+                         r'\(2, (64, 128|128, 64)\)')
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from flax import nnx
 from alignjax import sharding as sharding_lib
 from alignjax.interop import safetensors_io
 from alignjax.models.config import ModelConfig
-from alignjax.models.transformer import Decoder
+from alignjax.models.transformer import LAYERS, Decoder
 
 _PARAM_DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -240,8 +240,9 @@ def _semantics(cfg: ModelConfig) -> dict:
     """The fields that decide what a config computes, with equivalent spellings made equal."""
     local = tuple(cfg.is_local_layer(i) for i in range(cfg.num_layers))
     out = dataclasses.asdict(cfg)
-    for key in ('param_dtype', 'dtype', 'remat', 'local_layer_period', 'rope_local_theta',
-                'rope_local_scaling'):
+    # How a config runs (dtypes, remat, layer layout) is not what it computes.
+    for key in ('param_dtype', 'dtype', 'remat', 'remat_policy', 'scan_layers', 'attention',
+                'local_layer_period', 'rope_local_theta', 'rope_local_scaling'):
         del out[key]
     out.update(local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,
                rope_theta=None if all(local) else cfg.rope_theta,
@@ -341,9 +342,25 @@ def _model_type(directory: str) -> str:
         return json.load(f)['model_type']
 
 
+def _tensors(state: nnx.State, fam: Family):
+    """(HF name, layer, path, variable) for every parameter of a Decoder's `state`, in the
+    checkpoint's one-tensor-per-layer view: a stacked variable (scanned layers, [L, ...])
+    appears once per layer with `layer` its index; every other one once with layer None."""
+    out = []
+    for path, var in state.flat_state():
+        path = tuple(path)
+        if path[0] == LAYERS and not isinstance(path[1], int):  # stacked: ('layers', *rest)
+            out += [(_hf_name((LAYERS, i, *path[1:]), fam), i, path, var)
+                    for i in range(var.shape[0])]
+        else:
+            out.append((_hf_name(path, fam), None, path, var))
+    return out
+
+
 def _fill(state: nnx.State, shardings: dict, directory: str) -> None:
     """Reads every parameter of `state` (a Decoder's, or a backbone's) from the checkpoint in
-    `directory`, one tensor at a time, straight onto `shardings[path]`.
+    `directory`, one tensor at a time (the layers of a stacked parameter stacked on the host),
+    straight onto `shardings[path]`.
 
     Every other checkpoint tensor is an error, except the output head where `state` has none (tied
     embeddings, or a backbone under a scalar head).
@@ -351,22 +368,29 @@ def _fill(state: nnx.State, shardings: dict, directory: str) -> None:
     model_type = _model_type(directory)
     fam = FAMILIES[model_type]
     ckpt = safetensors_io.Checkpoint(directory)
-    names = {tuple(path): _hf_name(tuple(path), fam) for path, _ in state.flat_state()}
+    tensors = _tensors(state, fam)
+    names = {name for name, *_ in tensors}
     ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (
-        key == _TOP[('lm_head',)] and ('lm_head',) not in names)
-    missing = sorted(set(names.values()) - set(ckpt.entries))
-    unexpected = sorted(k for k in set(ckpt.entries) - set(names.values()) if not ignored(k))
+        key == _TOP[('lm_head',)] and _TOP[('lm_head',)] not in names)
+    missing = sorted(names - set(ckpt.entries))
+    unexpected = sorted(k for k in set(ckpt.entries) - names if not ignored(k))
     if missing or unexpected:
         raise ValueError(f'{directory}: the tensors do not match config.json ({model_type}): '
                          f'missing {missing}, unexpected {unexpected}')
-    for path, var in state.flat_state():
-        path, hf_name = tuple(path), names[tuple(path)]
+    values = {}
+    for hf_name, layer, path, var in tensors:
+        shape = var.shape if layer is None else var.shape[1:]
         x = ckpt.read(hf_name)
-        if x.shape != _hf_shape(path[-1], var.shape):
+        if x.shape != _hf_shape(path[-1], shape):
             raise ValueError(f'{directory}: tensor {hf_name} has shape {x.shape}, the model '
-                             f'expects {_hf_shape(path[-1], var.shape)}')
-        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(var.shape).astype(var.dtype)
-        var.set_value(jax.make_array_from_callback(var.shape, shardings[path], lambda i: x[i]))
+                             f'expects {_hf_shape(path[-1], shape)}')
+        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(shape).astype(var.dtype)
+        values.setdefault(path, []).append(x)
+    for path, var in state.flat_state():
+        parts = values[tuple(path)]
+        x = parts[0] if len(parts) == 1 and parts[0].shape == var.shape else np.stack(parts)
+        var.set_value(jax.make_array_from_callback(var.shape, shardings[tuple(path)],
+                                                   lambda i, x=x: x[i]))
 
 
 def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, ModelConfig]:
@@ -448,11 +472,14 @@ def save_hf(model: Decoder, cfg: ModelConfig, directory: str, *, model_type: str
     config = hf_config(cfg, model_type)
     fam = FAMILIES[model_type]
     tensors = []
-    for path, var in sorted(nnx.state(model, nnx.Param).flat_state(),
-                            key=lambda e: _hf_name(tuple(e[0]), fam)):
+    for hf_name, layer, path, var in sorted(_tensors(nnx.state(model, nnx.Param), fam),
+                                            key=lambda e: e[0]):
         x, leaf = var.get_value(), path[-1]
-        tensors.append((_hf_name(tuple(path), fam), _hf_shape(leaf, x.shape), x.dtype,
-                        lambda x=x, leaf=leaf: _to_hf(sharding_lib.to_global_host(x), leaf)))
+        shape = x.shape if layer is None else x.shape[1:]
+        get = (lambda x=x: x) if layer is None else (lambda x=x, i=layer: x[i])
+        tensors.append((hf_name, _hf_shape(leaf, shape), x.dtype,
+                        lambda get=get, leaf=leaf: _to_hf(sharding_lib.to_global_host(get()),
+                                                          leaf)))
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(directory, exist_ok=True)

@@ -7,6 +7,8 @@ All models take `tokens[B, T]` and `mask[B, T]` (1 on real tokens). Positions co
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,6 +16,8 @@ from flax import nnx
 from alignjax.models.config import ModelConfig
 from alignjax.models.layers import BTD, Block, RMSNorm, param, rope_inverse_frequencies, softcap
 from alignjax.sharding import constrain
+
+LAYERS = 'layers'  # the logical axis of stacked layers (replicated by the default rules)
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -46,6 +50,63 @@ def unstack_cache(cache: dict) -> list[dict]:
     return [{k: v[i] for k, v in cache.items()} for i in range(next(iter(cache.values())).shape[0])]
 
 
+def _layer_flags(cfg: ModelConfig, i: int):
+    """Layer i's local/global flag (a Python bool) and RoPE inverse frequencies."""
+    local = cfg.is_local_layer(i)
+    return local, rope_inverse_frequencies(cfg.head_dim, *cfg.rope(local))
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One Block whose every parameter is the stack of `blocks`' ([L, ...], logical axes
+    ('layers', ...)). Its static attributes (the local flag) are the first block's; the scan
+    passes each layer's own."""
+    graphdef = nnx.graphdef(blocks[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in blocks])
+    block = nnx.merge(graphdef, stacked)
+    for _, var in nnx.state(block).flat_state():
+        var.set_metadata(axes=(LAYERS, *var.get_metadata()['axes']))
+    return block
+
+
+def unstack_layers(state: nnx.State, num_layers: int) -> nnx.State:
+    """A stacked model's state ('layers', ...) -> the unrolled layout ('layers', i, ...); other
+    entries unchanged. Works on any state holding a Decoder's (its own, a backbone's)."""
+    flat = {}
+    for path, var in state.flat_state():
+        path = tuple(path)
+        at = path.index(LAYERS) + 1 if LAYERS in path else None
+        if at is None or isinstance(path[at], int):  # no layers, or already one by one
+            flat[path] = var
+            continue
+        axes = var.get_metadata()['axes'][1:]
+        for i in range(num_layers):
+            flat[path[:at] + (i,) + path[at:]] = var.replace(var[...][i], axes=axes)
+    return nnx.State.from_flat_path(flat)
+
+
+def stack_layers(state: nnx.State) -> nnx.State:
+    """The inverse of `unstack_layers`: ('layers', i, ...) entries stacked into ('layers', ...)."""
+    flat, groups = {}, {}
+    for path, var in state.flat_state():
+        path = tuple(path)
+        if LAYERS in path and isinstance(path[path.index(LAYERS) + 1], int):
+            at = path.index(LAYERS) + 1
+            groups.setdefault(path[:at] + path[at + 1:], {})[path[at]] = var
+        else:
+            flat[path] = var
+    for path, layers in groups.items():
+        first = layers[0]
+        value = jnp.stack([layers[i][...] for i in range(len(layers))])
+        flat[path] = first.replace(value, axes=(LAYERS, *first.get_metadata()['axes']))
+    return nnx.State.from_flat_path(flat)
+
+
+@functools.lru_cache(maxsize=16)
+def _unrolled_graphdef(cfg: ModelConfig, lm_head: bool):
+    return nnx.graphdef(nnx.eval_shape(lambda: Decoder(cfg.replace(scan_layers=False),
+                                                       rngs=nnx.Rngs(0), lm_head=lm_head)))
+
+
 def _remat_policy(cfg: ModelConfig):
     """The `jax.checkpoint` policy of `cfg.remat_policy` (None: save nothing but the input)."""
     policies = jax.checkpoint_policies
@@ -64,7 +125,10 @@ class Decoder(nnx.Module):
         pd = cfg.jnp_param_dtype
         self.embedding = param(rngs, (cfg.vocab_size, cfg.embed_dim), ('vocab', 'embed'), std=0.02,
                                dtype=pd)
-        self.layers = nnx.List([Block(cfg, layer=i, rngs=rngs) for i in range(cfg.num_layers)])
+        blocks = [Block(cfg, layer=i, rngs=rngs) for i in range(cfg.num_layers)]
+        # Scanned: one Block whose parameters carry a leading layer axis (logical 'layers'), the
+        # layout the scan runs over, with no stacking at call time. Unrolled: a list of blocks.
+        self.layers = stack_blocks(blocks) if cfg.scan_layers else nnx.List(blocks)
         self.final_norm = RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, offset=cfg.norm_offset,
                                   param_dtype=pd)
         self.has_lm_head = lm_head
@@ -85,40 +149,52 @@ class Decoder(nnx.Module):
             x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
         x = constrain(x, BTD)
         stacked_cache = isinstance(cache, dict)
-        if cache is None or stacked_cache:
-            if cfg.scan_layers:
-                x, new_cache = self._scan_blocks(x, positions, kv_mask, cache, cache_index)
-                return constrain(self.final_norm(x), BTD), new_cache
-            if stacked_cache:
-                cache = unstack_cache(cache)
+        if cfg.scan_layers and not isinstance(cache, list):
+            x, new_cache = self._scan_blocks(x, positions, kv_mask, cache, cache_index)
+            return constrain(self.final_norm(x), BTD), new_cache
+        if stacked_cache:
+            cache = unstack_cache(cache)
         new_cache = [] if cache is not None else None
 
-        def run_block(block, x, layer_cache):
-            return block(x, positions=positions, kv_mask=kv_mask, cache=layer_cache,
-                         cache_index=cache_index)
+        # Functional (split state in, merged inside) so that jax.checkpoint applies to a model
+        # merged outside the traced function too (a frozen reference inside value_and_grad).
+        def run_block(graphdef, state, x, layer_cache, i):
+            # Slices of the stacked block take their layer's flags; stored blocks hold their own.
+            layer = _layer_flags(cfg, i) if cfg.scan_layers else None
+            return nnx.merge(graphdef, state)(x, positions=positions, kv_mask=kv_mask,
+                                              cache=layer_cache, cache_index=cache_index,
+                                              layer=layer)
 
         if cfg.remat:
-            run_block = nnx.remat(run_block, policy=_remat_policy(cfg))
-        for i, block in enumerate(self.layers):
-            x, layer_cache = run_block(block, x, None if cache is None else cache[i])
+            run_block = jax.checkpoint(run_block, policy=_remat_policy(cfg),
+                                       static_argnums=(0, 4))
+        for i, (graphdef, state) in enumerate(self._each_block()):
+            x, layer_cache = run_block(graphdef, state, x, None if cache is None else cache[i], i)
             if cache is not None:
                 new_cache.append(layer_cache)
         if stacked_cache:
             new_cache = stack_cache(new_cache)
         return constrain(self.final_norm(x), BTD), new_cache
 
+    def _each_block(self):
+        """(graphdef, state) of each layer's block in order: the stored blocks, or slices of
+        the stacked one."""
+        if not self.cfg.scan_layers:
+            yield from (nnx.split(block) for block in self.layers)
+            return
+        graphdef, state = nnx.split(self.layers)
+        for i in range(self.cfg.num_layers):
+            yield graphdef, jax.tree.map(lambda x: x[i], state)
+
     def _scan_blocks(self, x, positions, kv_mask, cache, cache_index):
-        """The blocks under one `lax.scan`: their parameters stacked on a leading layer axis,
-        each layer's local/global flag and RoPE frequencies scanned beside them, and a stacked
-        cache ({'k', 'v'} of [L, ...], `stack_cache`) scanned in and out."""
+        """The stacked blocks under one `lax.scan`, each layer's local/global flag and RoPE
+        frequencies scanned beside its parameters, and a stacked cache ({'k', 'v'} of [L, ...],
+        `stack_cache`) scanned in and out."""
         cfg = self.cfg
-        graphdef = nnx.graphdef(self.layers[0])
-        states = [nnx.state(block) for block in self.layers]
-        params = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-        flags = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
-        local = jnp.asarray(flags)
-        inv_freq = jnp.stack([rope_inverse_frequencies(cfg.head_dim, *cfg.rope(flag))
-                              for flag in flags])
+        graphdef, params = nnx.split(self.layers)
+        flags = [_layer_flags(cfg, i) for i in range(cfg.num_layers)]
+        local = jnp.asarray([f[0] for f in flags])
+        inv_freq = jnp.stack([f[1] for f in flags])
 
         def body(x, xs):
             state, flag, freq, layer_cache = xs
@@ -131,6 +207,16 @@ class Decoder(nnx.Module):
             body = jax.checkpoint(body, policy=_remat_policy(cfg), prevent_cse=False)
         x, new_cache = jax.lax.scan(body, x, (params, local, inv_freq, cache))
         return x, new_cache
+
+    def unstacked(self) -> 'Decoder':
+        """This decoder with its layers stored one by one (itself if they already are). The
+        sampler's decode loop runs the layers unrolled, each on its own arrays: slicing the
+        stacked ones inside the loop would copy every layer's weights at every step, so it
+        slices once, before the loop."""
+        if not self.cfg.scan_layers:
+            return self
+        graphdef = _unrolled_graphdef(self.cfg, self.has_lm_head)
+        return nnx.merge(graphdef, unstack_layers(nnx.state(self), self.cfg.num_layers))
 
     def output_weight(self) -> jax.Array:
         """The output projection [D, V] in the compute dtype (the embedding's transpose if tied)."""
