@@ -13,6 +13,10 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ('full', 'save_dots', 'offload_dots')
+# Attention kernels (`models/attention.py`; 'splash' is refused there) and the key count at which
+# 'auto' turns blockwise.
+ATTENTION_IMPLS = ('auto', 'xla', 'blockwise', 'cudnn')
+ATTENTION_THRESHOLD = 2048
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -55,8 +59,13 @@ class ModelConfig:
         remat_policy: what a rematerialised block keeps from its forward pass: 'full' (only its
             input: least memory), 'save_dots' (also the outputs of its matmuls: less recompute),
             'offload_dots' (those outputs in host memory, where the backend has one: TPU, GPU).
-        scan_layers: run the blocks under one `lax.scan` (the program, and its compile time, do
-            not grow with depth); False unrolls them in Python (the same numbers).
+        scan_layers: store the blocks stacked ([L, ...] parameters) and run them under one
+            `lax.scan` (the program, and its compile time, do not grow with depth); False stores
+            a list of blocks and unrolls them in Python (the same numbers).
+        attention: 'auto' (the memory-efficient blockwise kernel when a call attends over at
+            least `ATTENTION_THRESHOLD` keys with more than one query, the dense one below),
+            'xla' (always dense: [B, H, T, S] scores), 'blockwise' (always blockwise), 'cudnn'
+            (`jax.nn.dot_product_attention` on GPU; no soft-cap or per-layer window).
     """
 
     vocab_size: int = 264
@@ -88,6 +97,7 @@ class ModelConfig:
     remat: bool = False
     remat_policy: str = 'full'
     scan_layers: bool = True
+    attention: str = 'auto'
 
     def __post_init__(self):
         # Stored as sorted (key, value) pairs so that the config stays hashable (a jit static).
@@ -100,6 +110,9 @@ class ModelConfig:
         if self.activation not in ('silu', 'gelu_tanh'):
             raise ValueError("model.activation must be 'silu' or 'gelu_tanh', "
                              f'got {self.activation!r}')
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f'model.attention must be one of {ATTENTION_IMPLS}, '
+                             f'got {self.attention!r}')
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f'model.remat_policy must be one of {REMAT_POLICIES}, '
                              f'got {self.remat_policy!r}')

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alignjax.models.config import ModelConfig
+from alignjax.models import attention as attention_lib
+from alignjax.models.config import ATTENTION_THRESHOLD, ModelConfig
 from alignjax.sharding import constrain
 
 # Logical axes of activations (resolved by `alignjax.sharding`'s rules table, like parameters).
@@ -150,6 +151,11 @@ class Attention(nnx.Module):
         if cache is not None:
             return self._cached_call(q, k, v, kv_mask=kv_mask, cache=cache,
                                      cache_index=cache_index, local=local)
+        impl = self._kernel(t, t)
+        if impl != 'xla':
+            out = self._kernel_attention(q, k, v, jnp.arange(t), kv_mask, local, impl)
+            return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)),
+                             BTD), None
         # Keys and values kv-head-major [B, kv, S, hd]: each head's keys contiguous for the dots.
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
@@ -161,6 +167,30 @@ class Attention(nnx.Module):
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
         out = constrain(out.reshape(b, t, cfg.num_heads, hd), BTHK)
         return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), BTD), None
+
+    def _kernel(self, queries: int, keys: int) -> str:
+        """The attention kernel of a call with this many queries and keys: `cfg.attention`,
+        with 'auto' blockwise from `ATTENTION_THRESHOLD` keys (never for one query: a decode
+        step's scores are one row a head)."""
+        impl = self.cfg.attention
+        if impl == 'auto':
+            return 'blockwise' if keys >= ATTENTION_THRESHOLD and queries > 1 else 'xla'
+        return impl
+
+    def _kernel_attention(self, q, k, v, q_idx, kv_mask, local, impl):
+        """[B, T, H, hd] through `attention_lib.attention` (q [B, T, H, hd], k and v
+        [B, S, KV, hd]), with this layer's scale, soft-cap and (traced or static) window."""
+        cfg = self.cfg
+        window = cfg.sliding_window
+        if window is None or local is False:
+            window = None
+        elif local is not True:  # traced (layers under a scan): global layers see everything
+            window = jnp.where(local, window, 2 ** 30)
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        out = attention_lib.attention(q, k.astype(q.dtype), v.astype(q.dtype), q_idx=q_idx,
+                                      kv_mask=kv_mask, scale=float(scale),
+                                      softcap=cfg.attn_logit_softcap, window=window, impl=impl)
+        return constrain(out, BTHK)
 
     def _mask(self, q_idx, length: int, kv_mask, local):
         """[B, T, S]: query at absolute index q_idx[i] sees key j <= q_idx[i] that is real
@@ -205,6 +235,13 @@ class Attention(nnx.Module):
         keys = jax.lax.dynamic_update_slice(cache['k'], rows(k), (0, cache_index, 0))
         values = jax.lax.dynamic_update_slice(cache['v'], rows(v), (0, cache_index, 0))
         s = keys.shape[1]
+        impl = self._kernel(t, s)
+        if impl != 'xla':  # prefill or grouped scoring over many keys: [B, S, KV, hd] views
+            kv_view = lambda x: jnp.swapaxes(x.reshape(b, kv, s, hd), 1, 2)
+            out = self._kernel_attention(q, kv_view(keys), kv_view(values),
+                                         cache_index + jnp.arange(t), kv_mask, local, impl)
+            out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
+            return out, {'k': keys, 'v': values}
         q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, hd)
         logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt),
                             preferred_element_type=jnp.float32)
