@@ -169,6 +169,8 @@ def test_head_chunks_count_what_one_device_computes():
         assert scoring._head_chunk(12, 1024, 256_000, None) == scoring.MAX_LOGITS // (12 * 256_000)
     with jax.set_mesh(_mesh((2, 2, 2))):
         assert scoring._head_chunk(64, 1024, 256_000, None) == scoring.MAX_LOGITS // (32 * 64_000)
+        # The gathered rows' hidden states count too, when wider than the vocabulary slice.
+        assert scoring._head_chunk(64, 1024, 2048, None, 4096) == scoring.MAX_LOGITS // (32 * 4096)
 
 
 def _sharded_scores(cfg, shape, rules=None, chunk=None):

@@ -49,13 +49,16 @@ def _vocab_parallel(vocab: int) -> bool:
     return _shards('act_head_vocab', vocab) > 1
 
 
-def _head_chunk(rows: int, positions: int, vocab: int, chunk: int | None) -> int | None:
+def _head_chunk(rows: int, positions: int, vocab: int, chunk: int | None,
+                embed: int = 0) -> int | None:
     """Response positions per chunk of the head, or None for one piece."""
     if chunk is not None:
         return chunk if 0 < chunk < positions else None
     if _vocab_parallel(vocab):
-        local = max(1, rows // _shards('act_head_rows', rows)) * (vocab // _shards(
-            'act_head_vocab', vocab))
+        # Every device holds its slice of the vocabulary for all the rows it gathers, and the
+        # gathered hidden states [rows, chunk, D] (their gradient in float32): both bounded.
+        gathered = max(1, rows // _shards('act_head_rows', rows))
+        local = gathered * max(vocab // _shards('act_head_vocab', vocab), embed)
     else:
         local = max(1, rows // _shards('batch', rows)) * vocab
     if local * positions <= MAX_LOGITS:
@@ -123,7 +126,7 @@ def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | 
     h = h.reshape(-1, r, h.shape[-1])
     targets = targets.reshape(-1, r)
     rows = targets.shape[0]
-    size = _head_chunk(rows, r, model.cfg.vocab_size, chunk)
+    size = _head_chunk(rows, r, model.cfg.vocab_size, chunk, model.cfg.embed_dim)
     if size is None:
         logp, ent = _token_logprobs(model, h, targets, with_entropy)
     else:
