@@ -168,7 +168,7 @@ PRESETS: dict[str, ModelConfig] = {
                 head_dim=64, mlp_dim=8192, norm_eps=1e-5, rope_theta=500_000.0,
                 rope_scaling={'type': 'llama3', 'factor': 32.0, 'low_freq_factor': 1.0,
                                             'high_freq_factor': 4.0, 'original_max_position': 8192},
-                param_dtype='bfloat16', dtype='bfloat16'),
+                param_dtype='bfloat16', dtype='bfloat16', remat=True),
         'qwen2_5_7b': ModelConfig(
                 vocab_size=152_064, embed_dim=3584, num_layers=28, num_heads=28, num_kv_heads=4,
                 head_dim=128, mlp_dim=18_944, norm_eps=1e-6, rope_theta=1_000_000.0, attention_bias=True,
