@@ -80,7 +80,9 @@ def compile_one(algo, model, target, chips, args) -> dict:
 def table(results) -> str:
     out = ['| algorithm | model | smallest slice that fits | program | args GiB | temps GiB '
            '| total GiB | compile s |', '|---|---|---|---|---|---|---|---|']
-    for r in results:
+    order = {m: i for i, m in enumerate((*MODELS, 'llama3_70b'))}
+    algos = {a: i for i, a in enumerate(STATE_BYTES)}
+    for r in sorted(results, key=lambda r: (order[r['model']], algos[r['algo']], r['chips'])):
         if not r['fits']:
             continue
         for i, p in enumerate(r['programs']):

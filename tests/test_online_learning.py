@@ -105,5 +105,8 @@ def test_sharded_iterations_equal_one_device(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ra:
             if not timing(k):
-                np.testing.assert_allclose(ra[k], rb[k], rtol=2e-4, atol=1e-6, err_msg=k)
+                # A clip fraction counts values past a threshold: one of its ~200 values within
+                # float rounding of the threshold may flip with the summation order (1/200).
+                atol = 0.011 if k.endswith('clip_fraction') else 1e-6
+                np.testing.assert_allclose(ra[k], rb[k], rtol=2e-4, atol=atol, err_msg=k)
     assert one['gold_reward'] == pytest.approx(eight['gold_reward'], abs=1e-6)
