@@ -214,6 +214,17 @@ def synthetic_task(c: ml_collections.ConfigDict):
     return synthetic.get_task(spec.split(':', 1)[1])
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def experiment_path(spec: str) -> str:
+    """An experiment spec 'FILE[:ARGS]' with FILE found as given or under the repository root."""
+    path, _, arg = spec.partition(':')
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
+        path = os.path.join(REPO_ROOT, path)
+    return f'{path}:{arg}' if arg else path
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads 'path/to/experiment.py[:ARGS]' the way --config does."""
     import importlib.util  # pylint: disable=g-import-not-at-top

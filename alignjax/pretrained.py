@@ -29,7 +29,7 @@ from flax import nnx
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = experiment_lib.REPO_ROOT
 
 
 # The version of the checkpoint layout (2: scanned layers stored stacked); part of the cache key.
@@ -38,13 +38,6 @@ CHECKPOINT_LAYOUT = 2
 
 def cache_root() -> str:
     return os.environ.get('ALIGNJAX_CACHE', os.path.expanduser('~/.cache/alignjax'))
-
-
-def _experiment_path(spec: str) -> str:
-    path, _, arg = spec.partition(':')
-    if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    return f'{path}:{arg}' if arg else path
 
 
 def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
@@ -59,7 +52,7 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
         return spec
     from alignjax import trainers  # pylint: disable=g-import-not-at-top
     from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
-    exp = _experiment_path(spec[len('experiment:'):])
+    exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     config = experiment_lib.load_config(exp)
     fields = {k: v for k, v in config.to_dict().items() if k != 'mesh'}
     # Entries written before scanned layers were stored stacked hold the same config.

@@ -40,7 +40,7 @@ COLUMNS = ('algorithm', 'signal', 'gold_reward', 'proxy_reward', 'kl_to_ref', 'g
 def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
     """The resolved config of stage `name`."""
     stage = config.stages[name]
-    spec = pretrained._experiment_path(stage.experiment)  # pylint: disable=protected-access
+    spec = experiment_lib.experiment_path(stage.experiment)
     sub = experiment_lib.load_config(spec)
     sub.seed = config.seed
     sub.mesh.shape = tuple(config.mesh_shape)

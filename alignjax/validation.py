@@ -195,8 +195,7 @@ def check_starting_points(config) -> None:
 
 def _check_experiment_spec(key: str, spec: str) -> None:
     from alignjax import experiment_lib  # pylint: disable=g-import-not-at-top
-    from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    exp = pretrained._experiment_path(spec[len('experiment:'):])  # pylint: disable=protected-access
+    exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     if not os.path.isfile(exp.split(':')[0]):
         raise ValidationError(f'config.{key}={spec!r}: no experiment file {exp.split(":")[0]!r}')
     try:

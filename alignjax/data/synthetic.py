@@ -302,3 +302,23 @@ def get_task(name: str) -> Task:
             f"unknown synthetic task {name!r}; expected one of "
             f"{sorted(_TASKS)}")
     return _TASKS[name]()
+
+
+def cycle_accuracy(score_cr: np.ndarray, records, gold_p: np.ndarray) -> dict[str, float]:
+    """Accuracy on held-out pairs of two different valid classes, per ordered class pair.
+
+    A reward model orders the three classes linearly, so it must get at least one of the three
+    cyclic class pairs wrong; a model that fits the cycle gets all three right.
+    """
+    cls = np.array([[response_class(r['chosen']), response_class(r['rejected'])]
+                    for r in records])
+    valid = (cls[:, 0] < 3) & (cls[:, 1] < 3) & (cls[:, 0] != cls[:, 1])
+    out = {'cycle_pairs_accuracy': float(np.mean(score_cr[valid] > 0)),
+           'cycle_pairs_gold_label_accuracy': float(np.mean(gold_p[valid] > 0.5))}
+    # Per unordered class pair {a, b}: how often the model prefers the gold winner.
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        sel = valid & (((cls[:, 0] == a) & (cls[:, 1] == b)) | ((cls[:, 0] == b) & (cls[:, 1] == a)))
+        if sel.any():
+            prefers_a = np.where(cls[sel, 0] == a, score_cr[sel] > 0, score_cr[sel] < 0)
+            out[f'prefers_{a}_over_{b}'] = float(np.mean(prefers_a))
+    return out

@@ -15,6 +15,7 @@ from flax import nnx
 from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import sharding
+from alignjax.data import synthetic
 from alignjax.losses import reward as reward_losses
 from alignjax.models import RewardEnsemble, RewardModel
 from alignjax.trainers import loop
@@ -107,8 +108,7 @@ def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=N
         out['gold_label_accuracy'] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
         out['bayes_accuracy'] = float(np.mean(np.maximum(p, 1.0 - p)))
         if task.name == 'intransitive':
-            from alignjax.trainers.preference_model import cycle_accuracy  # pylint: disable=g-import-not-at-top
-            out.update(cycle_accuracy(ac - ar, records, p))
+            out.update(synthetic.cycle_accuracy(ac - ar, records, p))
     return out
 
 
