@@ -33,8 +33,10 @@ Leftover temporary directories are removed when the manager is created.
 All processes must call every method (orbax coordinates primary-host writes).
 """
 
+import os
 import signal
 import threading
+import time
 
 from absl import logging
 from etils import epath
@@ -45,6 +47,24 @@ import orbax.checkpoint as ocp
 
 STATE_ITEM = 'state'
 META_ITEM = 'meta'
+DAMAGED_DIR = 'damaged_checkpoints'  # beside the checkpoint directory
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or restored; the message (one line) says which and why."""
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0][:300] if text else '') or type(error).__name__
+
+
+def finished_steps(directory: str) -> list[int]:
+    """The finalized steps under `directory`, from its listing alone (opening a manager would
+    clean up a save in progress)."""
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(n) for n in names
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE_ITEM)))
 
 
 def abstract_like(tree):
@@ -154,6 +174,55 @@ class Checkpointer:
         logging.info('Restored checkpoint for step %d from %s', step, self.directory)
         return restored[STATE_ITEM], meta
 
+    def restore_latest(self, abstract_state):
+        """The newest checkpoint that restores, as `(step, state, meta)`; None without any.
+
+        A checkpoint that fails to restore (a truncated or corrupted file, a missing item) is
+        skipped for the one before it with a warning naming it; once one restores, the newer,
+        damaged ones are moved to `DAMAGED_DIR` beside the checkpoint directory (kept for
+        inspection, and out of the way of the saves to come). If none restores, raises
+        CheckpointError (one line) and moves nothing.
+        """
+        failures = []
+        for step in reversed(self.all_steps()):
+            ok, error = True, 'failed on another process'
+            try:
+                state, meta = self.restore(step, abstract_state)
+            except CheckpointError:
+                raise
+            except Exception as e:  # pylint: disable=broad-except
+                ok, error = False, first_line(e)
+            if jax.process_count() > 1:  # one process's failure is every process's
+                ok = bool(multihost_utils.process_allgather(np.int32(ok)).min())
+            if not ok:
+                logging.warning('Checkpoint %s/%d does not restore (%s); trying the one before '
+                                'it', self.directory, step, error)
+                failures.append((step, error))
+                continue
+            if failures:
+                self._move_aside([s for s, _ in failures])
+            return step, state, meta
+        if failures:
+            listed = '; '.join(f'step {s}: {e}' for s, e in failures)
+            raise CheckpointError(f'no checkpoint in {self.directory} restores ({listed}); '
+                                  'nothing was changed: move them away to start over')
+        return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        target = self.directory.parent / DAMAGED_DIR
+        if jax.process_index() == 0:
+            target.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                dest = target / str(step)
+                if dest.exists():
+                    dest = target / f'{step}-{int(time.time())}'
+                (self.directory / str(step)).rename(dest)
+                logging.warning('Moved the damaged checkpoint %s/%d to %s', self.directory, step,
+                                dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices('alignjax_move_damaged_checkpoints')
+        self._manager.reload()
+
     def restore_params(self, step: int | None = None, abstract_params=None):
         """Restores only ``state['params']`` (for ``config.init_from`` and inspection).
 
@@ -204,7 +273,7 @@ class Checkpointer:
         have, want = layer_layout(saved), layer_layout(target)
         if have and want and have != want:
             flag = 'True' if have == 'stacked' else 'False'
-            raise ValueError(
+            raise CheckpointError(
                 f'{self.directory}/{step}: the checkpoint stores its layers {have} and this run '
                 f'builds them {want}; set config.model.scan_layers={flag} to restore it') from error
 

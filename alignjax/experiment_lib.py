@@ -114,6 +114,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     # A non-finite loss or gradient: 'stop' the run (naming the step and the metric) or 'skip'
     # the update (parameters and optimizer state unchanged; counted as nonfinite_skipped).
     c.nonfinite = 'stop'
+    # Resuming a workdir with other hyperparameters is refused unless this is set (the change is
+    # then logged and kept in WORKDIR/config_history.jsonl); see alignjax/workdir.py.
+    c.allow_config_change = False
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_prompts = 128

@@ -125,6 +125,28 @@ class MetricsWriter:
         self._file = open(self._path, 'a')
         self._open_tensorboard(purge_step=None)
 
+    def drop_after(self, step: int) -> None:
+        """Cuts ``metrics.jsonl`` back to the rows up to ``step`` in place (no new file: this is
+        what runs when a disk is full), for a run that stops at its last checkpoint ``step``."""
+        if not self.is_primary:
+            return
+        try:
+            self._file.flush()
+        except OSError:
+            pass  # the rows that did not fit are past `step` anyway
+        keep = 0
+        with open(self._path, 'rb') as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if not isinstance(record, dict) or record.get('step', math.inf) > step:
+                    break
+                keep += len(line)
+        os.truncate(self._path, keep)
+        self._file.seek(0, os.SEEK_END)
+
     def _reset_clock(self, step: int) -> None:
         self._start_step = self._last_step = step
         self._start_time = self._last_time = time.monotonic()

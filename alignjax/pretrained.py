@@ -54,7 +54,8 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
     from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
     exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     config = experiment_lib.load_config(exp)
-    fields = {k: v for k, v in config.to_dict().items() if k != 'mesh'}
+    fields = {k: v for k, v in config.to_dict().items()
+              if k not in ('mesh', 'allow_config_change')}
     # Entries written before scanned layers were stored stacked hold the same config.
     fields['layout'] = CHECKPOINT_LAYOUT
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())

@@ -30,6 +30,8 @@ from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import rollout as rollout_lib
 from alignjax import trainers
+from alignjax import validation
+from alignjax import workdir as workdir_lib
 from alignjax.trainers import loop
 from alignjax.trainers import reward_model as reward_model_lib
 
@@ -52,7 +54,13 @@ def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
 
 
 def run(config, workdir: str) -> dict:
-    """Runs every stage in order (resuming), then `compare`; returns the summary."""
+    """Runs every stage in order (resuming), then `compare`; returns the summary. The pipeline
+    holds `workdir` (and each stage its own), so a second copy of the command is refused."""
+    with workdir_lib.WorkdirLock(workdir):
+        return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     timings_path = os.path.join(workdir, 'stage_times.json')
     timings = {}
@@ -61,12 +69,16 @@ def run(config, workdir: str) -> dict:
             timings = json.load(f)
     for i, name in enumerate(config.order):
         if name not in config.stages:
-            raise ValueError(f'config.order names {name!r}, which is not in config.stages')
+            raise validation.ValidationError(
+                f'config.order names {name!r}, which is not in config.stages')
         stage_dir = os.path.join(workdir, name)
         if os.path.exists(os.path.join(stage_dir, 'summary.json')):
             logging.info('[%d/%d] %s: done (%s)', i + 1, len(config.order), name, stage_dir)
             continue
-        sub = stage_config(config, name, workdir)
+        try:
+            sub = stage_config(config, name, workdir)
+        except ValueError as e:  # a stage's experiment file, arguments or overrides
+            raise validation.ValidationError(f'stage {name}: {e}') from None
         print(f'[{i + 1}/{len(config.order)}] {name}: {config.stages[name].experiment} '
               f'({sub.total_steps} steps) -> {stage_dir}', flush=True)
         start = time.time()

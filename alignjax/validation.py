@@ -301,6 +301,9 @@ def write_error_log(workdir: str | None, message: str, *, primary: bool | None =
         primary = jax.process_index() == 0
     if not workdir or not primary:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, ERROR_LOG), 'w') as f:
-        f.write(f'error: {message}\n')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, ERROR_LOG), 'w') as f:
+            f.write(f'error: {message}\n')
+    except OSError as e:  # a full disk: the message still reaches stderr
+        logging.warning('Could not write %s/%s: %s', workdir, ERROR_LOG, e)

@@ -239,6 +239,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise SystemExit(f'error: {e}') from None
     named = [(run_name(i, o), o) for i, o in enumerate(runs)]
+    # One workdir a run (the index makes names unique; each run also locks its own workdir).
+    assert len({name for name, _ in named}) == len(named), [name for name, _ in named]
     commands, statuses = {}, {}
     local = a.launcher == 'local'
     # Local runs start in the repository root: absolute paths keep the user's meaning. Pod and

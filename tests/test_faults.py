@@ -250,3 +250,48 @@ def test_same_seed_same_metrics_bitwise(clean_run, tmp_path):
                  params_at(str(tmp_path / 'again'), 6)[1])
     loop.train(tiny_config(seed=1), str(tmp_path / 'seed1'), with_nan_at(-1))
     assert curve(tmp_path / 'seed1')[0]['loss'] != curve(clean_run)[0]['loss']
+
+
+# --- issue 20: two runs on one workdir, and a kill inside the resume's restore -----------------
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_is_unharmed(reference, data,
+                                                                            tmp_path):
+    """Two identical commands launched together: one takes the workdir and ends exactly as a run
+    alone; the other is refused in one line naming it."""
+    started = time.time()
+    procs = [launch(tmp_path, data, 1), launch(tmp_path, data, 2)]
+    while all(p.poll() is None for p in procs) and time.time() - started < 300:
+        time.sleep(0.01)
+    refused_s = time.time() - started
+    codes = [p.wait(timeout=600) for p in procs]
+    assert sorted(codes) == [0, 1], codes
+    loser = codes.index(1) + 1
+    message = open(tmp_path / f'launch-{loser}.log').read().strip().splitlines()[-1]
+    assert message.startswith('error: ') and 'is in use by pid' in message, message
+    print(f'second run refused {refused_s:.1f} s after launch: {message}')
+    step_a, params_a = final_params(reference)
+    step_b, params_b = final_params(tmp_path / 'run')
+    assert step_a == step_b == STEPS
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    assert curve(tmp_path / 'run') == curve(reference)
+
+
+def test_sigkill_inside_the_resumes_restore_loses_nothing(reference, data, tmp_path):
+    first = launch(tmp_path, data, 1)
+    _wait(first, lambda: len(finished_steps(str(tmp_path / 'run'))) >= 2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = launch(tmp_path, data, 2)
+    log = str(tmp_path / 'launch-2.log')
+    _wait(second, lambda: 'Restoring the latest' in open(log).read())
+    second.send_signal(signal.SIGKILL)  # between the listing and the restored state
+    second.wait()
+    assert 'Restoring the latest' in open(log).read() and 'Resumed from' not in open(log).read()
+    third = launch(tmp_path, data, 3)
+    assert third.wait(timeout=600) == 0
+    assert 'Taking over' in open(tmp_path / 'launch-3.log').read()  # the killed run's lock
+    step_a, params_a = final_params(reference)
+    step_b, params_b = final_params(tmp_path / 'run')
+    assert step_a == step_b == STEPS
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    assert curve(tmp_path / 'run') == curve(reference)

@@ -27,6 +27,9 @@ KINDS = ("sft", "preference", "prompt")
 ROLES = ("system", "user", "assistant")
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Windows tools write it: skipped
+
+
 class DataError(ValueError):
     """A dataset, record or spec is malformed; the message says where."""
 
@@ -164,7 +167,7 @@ def read_jsonl(path: str | os.PathLike[str], kind: str) -> list[dict[str, Any]]:
         with open(path, "rb") as f:
             # Split on '\n' only: str.splitlines would also split on U+2028
             # and friends, which JSON allows raw inside strings.
-            raw_lines = f.read().split(b"\n")
+            raw_lines = f.read().removeprefix(_BOM).split(b"\n")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:

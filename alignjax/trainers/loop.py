@@ -16,6 +16,7 @@ bit for bit the curve of a run never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import sharding
 from alignjax import validation
+from alignjax import workdir as workdir_lib
 
 # loss_fn(model, frozen, batch, rng) -> (loss_sum, weight, {name: (sum, weight)}).
 # The loss minimised is sum(loss_sum) / sum(weight) over all microbatches: exact accumulation.
@@ -298,31 +300,64 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     """Runs (or resumes) an experiment in `workdir`; returns the final summary.
 
-    Bad input (`validation`) raises `validation.ValidationError` before any compute, leaving
-    only `workdir/error.log`.
+    The run holds `workdir` for its whole length (`workdir.WorkdirLock`: a second run there is
+    refused). Every error a user can cause (bad input found by `validation` before any compute,
+    a builder's refusal, a config that drifted from the run it resumes, checkpoints that do not
+    restore or cannot be written, a non-finite step) reaches the caller as one line, also written
+    to `workdir/error.log`.
     """
+    with workdir_lib.WorkdirLock(workdir), _reported(workdir):
+        return _train(config, workdir, build)
+
+
+@contextlib.contextmanager
+def _reported(workdir: str):
+    """One line for what a user can cause, in `workdir/error.log` too; tracebacks for the rest."""
+    try:
+        yield
+    except FloatingPointError as e:
+        validation.write_error_log(workdir, str(e))
+        raise
+    except (validation.ValidationError, ckpt_lib.CheckpointError, validation.DataError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        validation.write_error_log(workdir, message)
+        raise validation.ValidationError(message) from None
+
+
+def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     validation.validate_run(config, workdir)
     mesh = experiment_lib.make_mesh(config)
     primary = jax.process_index() == 0
     policy = config.get('nonfinite', 'stop')
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    found = ckpt_lib.finished_steps(ckpt_dir)
+    if found:  # before anything is built or written: a drifted config changes nothing
+        workdir_lib.check_resume(config, workdir, found[-1])
     with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
-        algo = build(config, mesh)
+        try:
+            algo = build(config, mesh)
+        except (ValueError, OSError) as e:  # the builders' refusals: data, starting points
+            if isinstance(e, (validation.ValidationError, ckpt_lib.CheckpointError)):
+                raise
+            raise validation.ValidationError(f'{config.algo}: {ckpt_lib.first_line(e)}') from e
         if config.ckpt_every % algo.save_every:
-            message = (f'config.ckpt_every={config.ckpt_every} must be a multiple of '
-                       f'{algo.save_every} (this algorithm can only save at those steps)')
-            validation.write_error_log(workdir, message)
-            raise validation.ValidationError(message)
+            raise validation.ValidationError(
+                f'config.ckpt_every={config.ckpt_every} must be a multiple of '
+                f'{algo.save_every} (this algorithm can only save at those steps)')
         experiment_lib.write_config(config, workdir)
         run = setup(config, algo, mesh)
         graphdef, state, shardings = run.graphdef, run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update
-        ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                     save_every=config.ckpt_every, keep=config.keep_ckpts)
-        start = ckpt.latest_step()
+        ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every,
+                                     keep=config.keep_ckpts)
         writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
                                            is_primary=primary)
-        if start is not None:
-            state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state))
+        if found:
+            logging.info('Restoring the latest of the checkpoints %s in %s', found, ckpt_dir)
+        restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))
+        start = None
+        if restored is not None:
+            start, state, _ = restored
             logging.info('Resumed from %s at step %d', workdir, start)
         # Rows past the restored step (or any, killed before the first checkpoint) are redone.
         writer.truncate_after(start or 0)
@@ -368,7 +403,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     # Never write a checkpoint from a non-finite step: the last good one stays.
                     _check_finite(pending, policy)
                 if boundary or final:
-                    ckpt.save(done, state, force=final)
+                    _save(ckpt, done, state, final, writer)
                 if stop:
                     ckpt.wait()
                     logging.warning('Preempted: saved step %d to %s; re-run the command to resume.',
@@ -388,6 +423,23 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         writer.close()
         logging.info('Summary: %s', summary)
         return summary
+
+
+def _save(ckpt, step: int, state, force: bool, writer) -> None:
+    """`ckpt.save`; a save that fails (a full disk, a quota, a vanished directory) stops the run
+    in one line, with the metrics cut back to the last complete checkpoint, which stays intact."""
+    try:
+        ckpt.save(step, state, force=force)
+        if force:
+            ckpt.wait()
+    except Exception as e:  # pylint: disable=broad-except
+        last = ckpt_lib.finished_steps(str(ckpt.directory))
+        last = max((s for s in last if s < step), default=0)
+        writer.drop_after(last)
+        raise ckpt_lib.CheckpointError(
+            f'saving checkpoint {step} in {ckpt.directory} failed: {ckpt_lib.first_line(e)}; '
+            f'the last complete checkpoint is step {last} and the metrics end there: free space '
+            f'(or fix the directory) and re-run the command to resume') from e
 
 
 def _check_finite(pending, policy: str = 'stop') -> None:

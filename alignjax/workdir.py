@@ -1,0 +1,225 @@
+"""One run a workdir, and a resumed run is the run it resumes.
+
+* `WorkdirLock`: the first process of a run holds an exclusive lock on `WORKDIR/run.lock` (a
+  `flock`, released by the kernel however the holder dies), whose text names the holder (host,
+  pid, start time, command line) and is touched every `HEARTBEAT_S`. A second run on a live lock
+  is refused in one line naming the holder. A lock left by a dead process is taken over with a
+  log line: on this host the `flock` says so at once; from another host, a lock whose heartbeat is
+  older than `STALE_S` is taken over (a shared filesystem without working `flock`). On several
+  hosts process 0 holds the lock and every process learns its verdict, so all stop or none.
+* `check_resume`: resuming compares the config with the workdir's `config.json`. What the
+  checkpoint depends on (`STRUCTURAL`: algorithm, model shape, tokenizer, data, starting points)
+  may never change; other values change only with `config.allow_config_change=True`, and an
+  accepted change is appended to `WORKDIR/config_history.jsonl` with the step it took effect
+  and logged. `FREE` keys (logging, checkpoint cadence, mesh shape, remat) change silently.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from alignjax.validation import ValidationError
+
+LOCK_FILE = 'run.lock'
+HISTORY_FILE = 'config_history.jsonl'
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+ALLOW_KEY = 'allow_config_change'
+
+# Keys whose change makes the checkpoint another run's (prefixes end with '.').
+STRUCTURAL = ('algo', 'model.', 'tokenizer', 'special_tokens.', 'init_from', 'backbone_from',
+              'critic_from', 'reference', 'reference_from', 'reward_model', 'reward.reward_from',
+              'reward.source', 'reward.ensemble', 'reward.ensemble_type', 'nash.preference',
+              'nash.preference_from', 'data.train', 'data.eval', 'data.num_examples',
+              'data.eval_fraction', 'data.num_eval_examples')
+# Keys that neither the checkpoint nor the training trajectory depend on.
+FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'mesh.shape',
+        'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy', 'model.attention',
+        'eval.', 'evaluation.', 'rl.generation_sharding')
+
+
+class WorkdirBusy(ValidationError):
+    """Another live run holds the workdir."""
+
+
+class ConfigDrift(ValidationError):
+    """A resume whose config differs from the run it resumes."""
+
+
+def _matches(key: str, patterns) -> bool:
+    return any(key == p or (p.endswith('.') and key.startswith(p)) for p in patterns)
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def describe(holder: dict) -> str:
+    if not holder:
+        return 'another process (its lock file is empty)'
+    started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('start', 0)))
+    return (f"pid {holder.get('pid')} on {holder.get('host')}, started {started}: "
+            f"{holder.get('command', '?')}")
+
+
+class WorkdirLock:
+    """`with WorkdirLock(workdir):` holds the workdir for the block (see the module docstring)."""
+
+    def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 stale_s: float = STALE_S):
+        self.workdir = workdir
+        self.path = os.path.join(workdir, LOCK_FILE)
+        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self._fd = None
+        self._stop = threading.Event()
+        self._thread = None
+        self.holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'start': time.time(),
+                       'command': ' '.join([os.path.basename(sys.executable), *sys.argv]),
+                       'id': int.from_bytes(os.urandom(6), 'little')}
+
+    def __enter__(self):
+        refusal = ''
+        if jax.process_index() == 0:
+            refusal = self._acquire()
+        if jax.process_count() > 1:  # every process learns process 0's verdict
+            verdict = np.int64(0 if refusal else self.holder['id'])
+            verdict = int(multihost_utils.broadcast_one_to_all(verdict))
+            if verdict == 0 and not refusal:
+                refusal = f'{self.workdir} is in use (process 0 could not take {self.path})'
+            elif verdict and jax.process_index() != 0:
+                seen = _read(self.path).get('id')
+                if seen is not None and seen != verdict:  # a shared workdir taken by another run
+                    refusal = f'{self.workdir} is in use by {describe(_read(self.path))}'
+        if refusal:
+            raise WorkdirBusy(refusal)
+        return self
+
+    def _acquire(self) -> str:
+        os.makedirs(self.workdir, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                return (f'{self.workdir} is in use by {describe(_read(self.path))}; wait for it '
+                        f'or stop it, or use another --workdir')
+            try:  # the holder may have removed the file between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read(self.path)
+        if previous:
+            age = time.time() - os.fstat(fd).st_mtime
+            if previous.get('host') != self.holder['host'] and age < self.stale_s:
+                os.close(fd)
+                return (f'{self.workdir} is in use by {describe(previous)} (its heartbeat is '
+                        f'{age:.0f} s old; a lock older than {self.stale_s:.0f} s is taken over)')
+            logging.warning('Taking over %s: its holder (%s) is no longer running', self.path,
+                            describe(previous))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        self._thread = threading.Thread(target=self._beat, daemon=True, name='workdir-lock')
+        self._thread.start()
+        return ''
+
+    def _beat(self):
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self._fd)
+            except OSError:  # a full or vanished disk: the run itself will say so
+                pass
+
+    def __exit__(self, *exc):
+        if self._fd is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)  # releases the flock
+        self._fd = None
+
+
+def _flatten(tree, prefix: str = '') -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f'{prefix}{k}.'))
+        else:
+            out[f'{prefix}{k}'] = v
+    return out
+
+
+def config_values(config) -> dict:
+    """The flat {dotted key: value} of a config as `config.json` holds it (JSON round trip)."""
+    tree = config if isinstance(config, dict) else config.to_dict()
+    return _flatten(json.loads(json.dumps(tree, sort_keys=True, default=str)))
+
+
+def config_changes(old: dict, new: dict) -> dict:
+    """{key: (old, new)} over the keys that differ (`None` where a key is absent)."""
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def _fmt(key: str, values) -> str:
+    return f'{key} {json.dumps(values[0])} -> {json.dumps(values[1])}'
+
+
+def check_resume(config, workdir: str, step: int) -> dict:
+    """Resuming `workdir` at checkpoint `step` with `config`: refuses a drift (ConfigDrift, one
+    line naming each key with both values), or accepts it (config.allow_config_change) and records
+    it. Returns the changes accepted, {key: (old, new)}."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        old = config_values(json.load(f))
+    changes = {k: v for k, v in config_changes(old, config_values(config)).items()
+               if not _matches(k, FREE)}
+    if not changes:
+        return {}
+    structural = {k: v for k, v in changes.items() if _matches(k, STRUCTURAL)}
+    if structural:
+        raise ConfigDrift(
+            f'{workdir} holds a run (checkpoint step {step}) whose checkpoint depends on what '
+            f'this config changes: {"; ".join(_fmt(k, v) for k, v in structural.items())}; '
+            f'use another --workdir for a new run')
+    if not config.get(ALLOW_KEY, False):
+        raise ConfigDrift(
+            f'{workdir} holds a run (checkpoint step {step}) with other settings: '
+            f'{"; ".join(_fmt(k, v) for k, v in changes.items())}; use another --workdir for a '
+            f'new run, or --config.{ALLOW_KEY}=True to continue this one with the new values')
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
+            f.write(json.dumps({'step': step, 'time': time.time(),
+                                'changes': {k: list(v) for k, v in changes.items()}}) + '\n')
+    logging.warning('Config changed on resume at step %d (%s=True): %s', step, ALLOW_KEY,
+                    '; '.join(_fmt(k, v) for k, v in changes.items()))
+    return changes
