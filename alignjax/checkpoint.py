@@ -192,8 +192,6 @@ class Checkpointer:
                 raise
             except Exception as e:  # pylint: disable=broad-except
                 ok, error = False, first_line(e)
-            if jax.process_count() > 1:  # one process's failure is every process's
-                ok = bool(multihost_utils.process_allgather(np.int32(ok)).min())
             if not ok:
                 logging.warning('Checkpoint %s/%d does not restore (%s); trying the one before '
                                 'it', self.directory, step, error)
