@@ -12,7 +12,9 @@
   checkpoint depends on (`STRUCTURAL`: algorithm, model shape, tokenizer, data, starting points)
   may never change; other values change only with `config.allow_config_change=True`, and an
   accepted change is appended to `WORKDIR/config_history.jsonl` with the step it took effect
-  and logged. `FREE` keys (logging, checkpoint cadence, mesh shape, remat) change silently.
+  and logged. `RECORDED` keys (`total_steps`: a run is extended, or stopped early, by resuming
+  it with another length) change without the flag but are recorded and logged the same way.
+  `FREE` keys (logging, checkpoint cadence, mesh shape, remat) change silently.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ STRUCTURAL = ('algo', 'model.', 'tokenizer', 'special_tokens.', 'init_from', 'ba
               'reward.source', 'reward.ensemble', 'reward.ensemble_type', 'nash.preference',
               'nash.preference_from', 'data.train', 'data.eval', 'data.num_examples',
               'data.eval_fraction', 'data.num_eval_examples')
+# Keys a resume may change without the flag, recorded in the history all the same.
+RECORDED = ('total_steps',)
 # Keys that neither the checkpoint nor the training trajectory depend on.
 FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'mesh.shape',
         'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy', 'model.attention',
@@ -201,15 +205,15 @@ def check_resume(config, workdir: str, step: int) -> dict:
             f'{workdir} holds a run (checkpoint step {step}) whose checkpoint depends on what '
             f'this config changes: {"; ".join(_fmt(k, v) for k, v in structural.items())}; '
             f'use another --workdir for a new run')
-    if not config.get(ALLOW_KEY, False):
+    refused = {k: v for k, v in changes.items() if not _matches(k, RECORDED)}
+    if refused and not config.get(ALLOW_KEY, False):
         raise ConfigDrift(
             f'{workdir} holds a run (checkpoint step {step}) with other settings: '
-            f'{"; ".join(_fmt(k, v) for k, v in changes.items())}; use another --workdir for a '
+            f'{"; ".join(_fmt(k, v) for k, v in refused.items())}; use another --workdir for a '
             f'new run, or --config.{ALLOW_KEY}=True to continue this one with the new values')
     if jax.process_index() == 0:
         with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
             f.write(json.dumps({'step': step, 'time': time.time(),
                                 'changes': {k: list(v) for k, v in changes.items()}}) + '\n')
-    logging.warning('Config changed on resume at step %d (%s=True): %s', step, ALLOW_KEY,
-                    '; '.join(_fmt(k, v) for k, v in changes.items()))
+    logging.warning('Config changed on resume at step %d: %s', step, '; '.join(_fmt(k, v) for k, v in changes.items()))
     return changes

@@ -103,8 +103,8 @@ def test_resume_with_changed_settings_is_refused_or_recorded(reference, tmp_path
     with pytest.raises(validation.ValidationError, match=r'model\.embed_dim 64 -> 32.*another'):
         run_sft(workdir, **{'model.embed_dim': 32, 'allow_config_change': True})
     os.remove(workdir / validation.ERROR_LOG)
-    # Operational keys change freely; a longer run with the flag is recorded.
-    run_sft(workdir, total_steps=6, log_every=2, allow_config_change=True)
+    # Operational keys change freely; a longer run needs no flag and is recorded.
+    run_sft(workdir, total_steps=6, log_every=2)
     with open(workdir / workdir_lib.HISTORY_FILE) as f:
         history = [json.loads(line) for line in f]
     assert history == [{'step': 4, 'time': history[0]['time'],
