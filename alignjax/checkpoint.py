@@ -33,7 +33,9 @@ Leftover temporary directories are removed when the manager is created.
 All processes must call every method (orbax coordinates primary-host writes).
 """
 
+import errno
 import os
+import shutil
 import signal
 import threading
 import time
@@ -65,6 +67,11 @@ def finished_steps(directory: str) -> list[int]:
     names = os.listdir(directory) if os.path.isdir(directory) else []
     return sorted(int(n) for n in names
                   if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE_ITEM)))
+
+
+def _bytes_on_disk(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
 
 
 def abstract_like(tree):
@@ -129,6 +136,7 @@ class Checkpointer:
         if step in self._manager.all_steps():
             logging.info('Checkpoint for step %d already exists; not saving.', step)
             return False
+        self._check_space(state)
         saved = self._manager.save(
             step,
             args=ocp.args.Composite(**{
@@ -140,6 +148,25 @@ class Checkpointer:
         if saved:
             logging.info('Saved checkpoint for step %d in %s', step, self.directory)
         return bool(saved)
+
+    def _check_space(self, state) -> None:
+        """Before a save starts: refuses (OSError ENOSPC) when the disk cannot hold one more
+        checkpoint the size of the last one (the state's bytes before the first), so a disk that
+        fills up stops the run before orbax's writer threads fail half-way, each with its own
+        traceback. One process on a local filesystem only: on several processes a refusal on
+        one would leave the others in the save's barrier, and object stores have no free space."""
+        if jax.process_count() > 1 or '://' in str(self.directory):
+            return
+        try:
+            free = shutil.disk_usage(str(self.directory)).free
+        except OSError:
+            return
+        done = self.all_steps()
+        needed = (_bytes_on_disk(str(self.directory / str(done[-1]))) if done else
+                  sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state)))
+        if free < needed * 1.1 + 2**20:
+            raise OSError(errno.ENOSPC, f'{os.strerror(errno.ENOSPC)}: a checkpoint needs about '
+                          f'{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free')
 
     def restore(self, step: int | None, abstract_state):
         """Restores a checkpoint onto the shardings of ``abstract_state``.

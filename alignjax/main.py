@@ -7,7 +7,12 @@ with `--distributed` (jax.distributed.initialize() discovers the others).
 
 import sys
 
-from absl import app
+from alignjax import workdir as workdir_lib
+
+if __name__ == '__main__':  # a live run's workdir is refused before seconds of imports
+    workdir_lib.exit_if_busy(sys.argv[1:])
+
+from absl import app  # noqa: E402 (after the busy check, on purpose)
 from absl import flags
 from absl import logging
 import jax

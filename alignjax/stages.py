@@ -31,7 +31,6 @@ from alignjax import pretrained
 from alignjax import rollout as rollout_lib
 from alignjax import trainers
 from alignjax import validation
-from alignjax import workdir as workdir_lib
 from alignjax.trainers import loop
 from alignjax.trainers import reward_model as reward_model_lib
 
@@ -56,7 +55,7 @@ def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
 def run(config, workdir: str) -> dict:
     """Runs every stage in order (resuming), then `compare`; returns the summary. The pipeline
     holds `workdir` (and each stage its own), so a second copy of the command is refused."""
-    with workdir_lib.WorkdirLock(workdir):
+    with loop.hold_workdir(workdir):
         return _run(config, workdir)
 
 

@@ -22,6 +22,7 @@ import ml_collections
 from absl import logging
 
 from alignjax.data.records import DataError
+from alignjax.errors import ValidationError
 
 ERROR_LOG = 'error.log'
 
@@ -63,10 +64,6 @@ _CHOICES = {'nonfinite': ('stop', 'skip'), 'data.truncation': ('left', 'skip', '
 # Starting points: key -> whether its params must fit this run's policy (Decoder) shapes.
 _STARTS = {'init_from': True, 'reference_from': True, 'backbone_from': True,
            'reward.reward_from': False, 'nash.preference_from': False}
-
-
-class ValidationError(ValueError):
-    """A config, dataset or starting point is unusable; the message says which and why."""
 
 
 def _lookup(config, dotted: str):

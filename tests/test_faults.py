@@ -25,6 +25,7 @@ import pytest
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
+from alignjax import workdir as workdir_lib
 from alignjax.data import pipeline
 from alignjax.data import records as records_lib
 from alignjax.trainers import loop
@@ -257,18 +258,23 @@ def test_same_seed_same_metrics_bitwise(clean_run, tmp_path):
 def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_is_unharmed(reference, data,
                                                                             tmp_path):
     """Two identical commands launched together: one takes the workdir and ends exactly as a run
-    alone; the other is refused in one line naming it."""
-    started = time.time()
+    alone; the other is refused in one line naming it. A third, launched once the lock is held,
+    is refused before it imports jax (`workdir.exit_if_busy`)."""
     procs = [launch(tmp_path, data, 1), launch(tmp_path, data, 2)]
-    while all(p.poll() is None for p in procs) and time.time() - started < 300:
+    lock = tmp_path / 'run' / workdir_lib.LOCK_FILE
+    deadline = time.time() + 300
+    while not (lock.exists() and lock.read_text().strip()) and time.time() < deadline:
         time.sleep(0.01)
-    refused_s = time.time() - started
+    started = time.time()
+    late = launch(tmp_path, data, 3)
+    assert late.wait(timeout=120) == 1
+    late_s = time.time() - started
     codes = [p.wait(timeout=600) for p in procs]
     assert sorted(codes) == [0, 1], codes
-    loser = codes.index(1) + 1
-    message = open(tmp_path / f'launch-{loser}.log').read().strip().splitlines()[-1]
-    assert message.startswith('error: ') and 'is in use by pid' in message, message
-    print(f'second run refused {refused_s:.1f} s after launch: {message}')
+    for n in codes.index(1) + 1, 3:
+        message = open(tmp_path / f'launch-{n}.log').read().strip().splitlines()[-1]
+        assert message.startswith('error: ') and 'is in use by pid' in message, message
+    print(f'a launch on the live workdir refused {late_s:.2f} s after it started: {message}')
     step_a, params_a = final_params(reference)
     step_b, params_b = final_params(tmp_path / 'run')
     assert step_a == step_b == STEPS

@@ -9,6 +9,7 @@ every process wrote, and the run continues the same curve. Metrics are written o
 A second test places process-local batches on meshes that do and do not split rows by process.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import pytest
 import experiment_runs
 from alignjax import checkpoint as ckpt_lib
 from alignjax import metrics as metrics_lib
+from alignjax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -51,7 +53,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(workdir, n: int, timeout: int = 600) -> list[str]:
+def run_processes(workdir, n: int, timeout: int = 600, expect: int = 0) -> list[str]:
     """Runs the experiment as `n` processes of 8 // n devices; returns their logs."""
     cmd = [sys.executable, '-m', 'alignjax.main', *ARGS, f'--workdir={workdir}', '--distributed',
            f'--coordinator_address=localhost:{_free_port()}', f'--num_processes={n}']
@@ -67,7 +69,7 @@ def run_processes(workdir, n: int, timeout: int = 600) -> list[str]:
             if p.poll() is None:
                 p.kill()
     for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f'process {i} failed:\n{log[-4000:]}'
+        assert p.returncode == expect, f'process {i} ended {p.returncode}:\n{log[-4000:]}'
     return logs
 
 
@@ -138,6 +140,25 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     logs = run_processes(two, 2)
     assert all('Resumed from' in log for log in logs)
     assert_same_run(str(one), str(two))
+
+
+def test_a_held_workdir_refuses_every_process(tmp_path):
+    """Process 0 meets the lock; the other process reads its verdict (the key-value store) and
+    ends with the same line instead of waiting in a collective."""
+    workdir = tmp_path / 'held'
+    os.makedirs(workdir)
+    # Held, but its text does not name a live holder: the early check lets the launch through
+    # and the lock itself refuses, on process 0.
+    fd = os.open(workdir / workdir_lib.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        logs = run_processes(workdir, 2, timeout=300, expect=1)
+    finally:
+        os.close(fd)
+    for log in logs:
+        assert log.strip().splitlines()[-1].startswith(f'error: {workdir} is in use by another'), \
+            log[-2000:]
+    assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]
 
 
 WORKER = r'''

@@ -150,6 +150,26 @@ def test_no_restorable_checkpoint_is_one_line_and_changes_nothing(tmp_path):
 
 # --- a full disk ---------------------------------------------------------------------------------
 
+def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing(reference, tmp_path,
+                                                                       monkeypatch):
+    """The space check: with less free space than the last checkpoint takes, the save is refused
+    before orbax writes anything (a real 4 MiB tmpfs does the same; see the issue-20 note)."""
+    workdir = tmp_path / 'run'
+    real = ckpt_lib.shutil.disk_usage
+
+    def disk_usage(path):
+        usage = real(path)
+        full = len(ckpt_lib.finished_steps(str(workdir / 'checkpoints'))) >= 1
+        return usage._replace(free=2**19) if full else usage
+
+    monkeypatch.setattr(ckpt_lib.shutil, 'disk_usage', disk_usage)
+    with pytest.raises(validation.ValidationError,
+                       match=r'saving checkpoint 4 .*needs about .* MiB and 0\.5 MiB are free.*step 2'):
+        run_sft(workdir)
+    assert not [n for n in os.listdir(workdir / 'checkpoints') if 'tmp' in n]
+    assert max(m['step'] for m in metrics_lib.read_metrics(str(workdir))) == 2
+
+
 def test_a_full_disk_during_a_save_stops_in_one_line(reference, tmp_path, monkeypatch):
     workdir = tmp_path / 'run'
     real_save = ocp.CheckpointManager.save

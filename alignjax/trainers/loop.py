@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax._src import distributed  # the key-value store's client (no public name yet)
 import numpy as np
 import optax
 from absl import logging
@@ -306,8 +307,15 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     restore or cannot be written, a non-finite step) reaches the caller as one line, also written
     to `workdir/error.log`.
     """
-    with workdir_lib.WorkdirLock(workdir), _reported(workdir):
+    with hold_workdir(workdir), _reported(workdir):
         return _train(config, workdir, build)
+
+
+def hold_workdir(workdir: str) -> workdir_lib.WorkdirLock:
+    """The workdir lock for this process: process 0 holds it; on several processes the others
+    read its verdict from the distributed runtime's key-value store (the one orbax uses)."""
+    client = distributed.global_state.client if jax.process_count() > 1 else None
+    return workdir_lib.WorkdirLock(workdir, process_index=jax.process_index(), kv_client=client)
 
 
 @contextlib.contextmanager
@@ -332,7 +340,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     ckpt_dir = os.path.join(workdir, 'checkpoints')
     found = ckpt_lib.finished_steps(ckpt_dir)
     if found:  # before anything is built or written: a drifted config changes nothing
-        workdir_lib.check_resume(config, workdir, found[-1])
+        workdir_lib.check_resume(config, workdir, found[-1], primary=primary)
     with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
         try:
             algo = build(config, mesh)
