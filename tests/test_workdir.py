@@ -201,11 +201,43 @@ def _preference_file(path, n):
     return str(path)
 
 
+def _prompt_file(path, n):
+    records_lib.write_jsonl(path, [{'prompt': f'p{i}'} for i in range(n)])
+    return str(path)
+
+
 @pytest.mark.parametrize('spec,overrides,expected', [
     ('dpo.py:tiny,steps=2', lambda d: {'data.train': 'jsonl:' + _preference_file(d / 'one.jsonl', 1)},
      'too few to hold out'),
     ('dpo.py:tiny,steps=2', lambda d: {'reference_from': str(d / 'nowhere')}, 'nowhere'),
     ('sft.py:tiny,steps=2', lambda d: {'init_from': str(d / 'nowhere')}, 'nowhere'),
+    ('sft.py:tiny,steps=2', lambda d: {'init_from': str(d)}, 'is not a checkpoint'),
+    ('sft.py:tiny,steps=2', lambda d: {'tokenizer': 'sentencepiece'}, "expected 'byte' or 'hf:DIR'"),
+    ('sft.py:tiny,steps=2', lambda d: {'tokenizer': 'hf:' + str(d / 'nowhere')}, 'nowhere'),
+    ('sft.py:tiny,steps=2', lambda d: {'optim.schedule': 'step'}, 'config.optim.schedule'),
+    ('dpo.py:tiny,steps=2', lambda d: {'loss.types': ('sigmoid', 'hinge_x')}, "unknown ['hinge_x']"),
+    ('dpo.py:tiny,steps=2', lambda d: {'loss.types': ('simpo', 'sigmoid')}, 'combine it with no'),
+    ('dpo.py:tiny,steps=2', lambda d: {'loss.weights': (1.0, 2.0)}, 'config.loss.weights has 2'),
+    ('dpo.py:tiny,steps=2', lambda d: {'loss.beta': 0.0}, 'beta'),
+    ('reward_model.py:tiny,steps=2', lambda d: {'reward.ensemble': 0}, 'config.reward.ensemble'),
+    ('reward_model.py:tiny,steps=2', lambda d: {'reward.ensemble_type': 'bag'}, 'ensemble_type'),
+    ('ppo.py:tiny', lambda d: {'rl.kl_in': 'loss_x'}, 'config.rl.kl_in'),
+    ('ppo.py:tiny', lambda d: {'rl.aggregation': 'median'}, 'config.rl.aggregation'),
+    ('ppo.py:tiny', lambda d: {'rl.kl_estimator': 'k4'}, 'k1, k2 or k3'),
+    ('ppo.py:tiny', lambda d: {'rl.minibatches': 7}, 'does not divide the rollout'),
+    ('ppo.py:tiny', lambda d: {'rl.epochs': 0}, 'config.rl.epochs'),
+    ('ppo.py:tiny', lambda d: {'reward.source': 'oracle'}, 'config.reward.source'),
+    ('ppo.py:tiny', lambda d: {'critic_from': 'value_net'}, 'config.critic_from'),
+    ('ppo.py:tiny', lambda d: {'critic_from': 'reward_model'}, "needs config.reward.source='rew"),
+    ('grpo.py:tiny', lambda d: {'rl.samples_per_prompt': 1}, 'samples_per_prompt'),
+    ('ppo.py:tiny', lambda d: {'data.train': 'jsonl:' + _prompt_file(d / 'p.jsonl', 64)},
+     "config.reward.source='gold' needs a synthetic"),
+    ('nash_md.py:tiny', lambda d: {'nash.preference': 'oracle'}, 'config.nash.preference'),
+    ('nash_md.py:tiny,preference=gold', lambda d: {'data.train': 'jsonl:' + _prompt_file(
+        d / 'p.jsonl', 64)}, "config.nash.preference='gold' needs a synthetic"),
+    ('nash_md.py:tiny', lambda d: {'nash.tau': 0.0}, 'config.nash.tau'),
+    ('nash_md.py:tiny', lambda d: {'nash.mixture': 2.0}, 'config.nash.mixture'),
+    ('spo.py:tiny', lambda d: {'rl.samples_per_prompt': 1}, 'samples_per_prompt'),
 ])
 def test_builder_time_errors_are_one_line_with_error_log(tmp_path, spec, overrides, expected):
     workdir = tmp_path / 'run'

@@ -118,6 +118,7 @@ class ReferenceLogps:
 
 
 def build(config, mesh) -> loop.Algorithm:
+    _check_loss_config(config.loss)  # before the starting points: a typo costs no SFT run
     tok = experiment_lib.make_tokenizer(config)
     train, held_out = experiment_lib.train_eval_records(config, 'preference')
     stream = experiment_lib.make_stream(config, 'preference', train, tok, with_index=True)

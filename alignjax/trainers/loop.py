@@ -332,8 +332,21 @@ def _reported(workdir: str):
         raise validation.ValidationError(message) from None
 
 
+@contextlib.contextmanager
+def _refusals(config):
+    """What validation and the builders raise on bad input (data, tokenizers, starting points)
+    as one line naming the algorithm; the cause stays chained for a debugger."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        if isinstance(e, (validation.ValidationError, ckpt_lib.CheckpointError)):
+            raise
+        raise validation.ValidationError(f'{config.algo}: {ckpt_lib.first_line(e)}') from e
+
+
 def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
-    validation.validate_run(config, workdir)
+    with _refusals(config):
+        validation.validate_run(config, workdir)
     mesh = experiment_lib.make_mesh(config)
     primary = jax.process_index() == 0
     policy = config.get('nonfinite', 'stop')
@@ -342,12 +355,8 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     if found:  # before anything is built or written: a drifted config changes nothing
         workdir_lib.check_resume(config, workdir, found[-1], primary=primary)
     with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
-        try:
+        with _refusals(config):
             algo = build(config, mesh)
-        except (ValueError, OSError) as e:  # the builders' refusals: data, starting points
-            if isinstance(e, (validation.ValidationError, ckpt_lib.CheckpointError)):
-                raise
-            raise validation.ValidationError(f'{config.algo}: {ckpt_lib.first_line(e)}') from e
         if config.ckpt_every % algo.save_every:
             raise validation.ValidationError(
                 f'config.ckpt_every={config.ckpt_every} must be a multiple of '

@@ -60,6 +60,8 @@ def check_nash_config(config) -> None:
         raise ValueError(f'config.nash.phase_steps must be >= 1, got {n.phase_steps}')
     if not 0.0 <= n.mixture <= 1.0:
         raise ValueError(f'config.nash.mixture must be in [0, 1], got {n.mixture}')
+    if n.preference == 'gold' and experiment_lib.synthetic_task(config) is None:
+        raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")
 
 
 def group_preferences(oracle, raw: dict, k: int) -> np.ndarray:
@@ -157,8 +159,6 @@ def build(config, mesh) -> loop.Algorithm:
     n, rl, algo = config.nash, config.rl, config.algo
     tok, task, records, prompts, policy, reference = policy_gradient.online_setup(config, mesh)
     if n.preference == 'gold':
-        if task is None:
-            raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")
         oracle = rollout_lib.GoldPreference(task)
     else:
         oracle = rollout_lib.ModelPreference(load_preference_model(n.preference_from, mesh), mesh)

@@ -71,6 +71,14 @@ def check_rl_config(config) -> None:
     if config.reward.source not in ('gold', 'reward_model'):
         raise ValueError("config.reward.source must be 'gold' or 'reward_model', "
                          f'got {config.reward.source!r}')
+    if config.reward.source == 'gold' and experiment_lib.synthetic_task(config) is None:
+        raise ValueError("config.reward.source='gold' needs a synthetic config.data.train")
+    if config.get('critic_from', '') not in ('reward_model', 'policy', ''):
+        raise ValueError("config.critic_from must be 'reward_model', 'policy' or '', "
+                         f'got {config.critic_from!r}')
+    if config.get('critic_from', '') == 'reward_model' and config.reward.source != 'reward_model':
+        raise ValueError("config.critic_from='reward_model' needs "
+                         "config.reward.source='reward_model'")
 
 
 def make_advantage_fn(config):
@@ -159,9 +167,6 @@ def build_critic(config, mesh, reward_model):
     policy's starting point (backbone only, zero value head), or from scratch."""
     src = config.critic_from
     if src == 'reward_model':
-        if reward_model is None:
-            raise ValueError("config.critic_from='reward_model' needs "
-                             "config.reward.source='reward_model'")
         rm, rm_config = reward_model
         cfg = experiment_lib.model_config_from(rm_config.model)
         member = rm.members[0] if hasattr(rm, 'members') else rm
@@ -176,9 +181,6 @@ def build_critic(config, mesh, reward_model):
         critic.value_bias[...] = jnp.mean(member.reward_bias[...], keepdims=True)
     elif src == 'policy':
         pretrained.init_module(critic.backbone, config.init_from, key='init_from')
-    elif src:
-        raise ValueError("config.critic_from must be 'reward_model', 'policy' or '', "
-                         f'got {src!r}')
     return critic
 
 
@@ -236,8 +238,6 @@ def build(config, mesh) -> loop.Algorithm:
     tok, task, records, prompts, policy, reference = online_setup(config, mesh)
     reward_model = None
     if config.reward.source == 'gold':
-        if task is None:
-            raise ValueError("config.reward.source='gold' needs a synthetic config.data.train")
         scorer = rollout_lib.GoldScorer(task)
     else:
         reward_model = load_reward_model(config.reward.reward_from, mesh)
