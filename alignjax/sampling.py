@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models.layers import NEG_INF
+from alignjax.models.scoring import next_token_logits
 from alignjax.models.transformer import init_cache, positions_from_mask
 
 
@@ -173,7 +174,7 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
         h, cache = m.hidden(prompt, positions=positions, kv_mask=kv_mask, cache=cache,
                             cache_index=0)
         caches.append(cache)
-        last_logits.append(m.logits(h[:, -1:])[:, 0])
+        last_logits.append(next_token_logits(m, h[:, -1:]))
     next_position = jnp.sum(prompt_mask, axis=-1)  # position of the first response token
     if noise != 'jax':  # every step's fold_in(key, t) at once, as uint32[n, 2] key data
         step_keys = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(key, t))(
@@ -216,7 +217,7 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
             h, cache = m.hidden(tok[:, None], positions=(next_position + t)[:, None], kv_mask=kv_mask,
                                 cache=cache, cache_index=p + t)
             new_caches.append(cache)
-            new_logits.append(m.logits(h)[:, 0])
+            new_logits.append(next_token_logits(m, h))
         return t + 1, done, kv_mask, new_caches, new_logits, tokens, logp, policy_logp
 
     carry = (jnp.int32(0), jnp.zeros((b,), bool), kv_mask, caches, last_logits,

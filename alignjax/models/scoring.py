@@ -114,6 +114,22 @@ def _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy: bool):
     return logp, back(lse - jnp.sum(probs * logits, axis=-1))
 
 
+def next_token_logits(model, h):
+    """Float32 logits [B, V] of the next token from the last hidden states [B, 1, D]: the
+    sampler's head. Vocabulary-parallel like the scoring passes when the rules split the
+    vocabulary, so that a decode step never gathers the whole [D, V] weight on a device (Llama-3
+    8B: 1 GiB in bfloat16, in every step's loop body); each device computes every gathered row's
+    logits for its slice of the vocabulary, and the sampling reductions run on the slices."""
+    cfg = model.cfg
+    if not _vocab_parallel(cfg.vocab_size):
+        return model.logits(h)[:, 0]
+    h = sharding.constrain(h[:, 0].astype(cfg.jnp_dtype), ('act_head_rows', 'act_embed'))
+    w = sharding.constrain(model.output_weight(), ('act_embed', 'act_head_vocab'))
+    logits = jnp.einsum('bd,dv->bv', h, w, preferred_element_type=jnp.float32)
+    return softcap(sharding.constrain(logits, ('act_head_rows', 'act_head_vocab')),
+                   cfg.final_logit_softcap)
+
+
 def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | None):
     """Per-token log-probs (and entropies) [..., R] of `targets` given hidden states [..., R, D].
 
