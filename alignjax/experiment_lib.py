@@ -83,7 +83,7 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
 
     c.data = ml_collections.ConfigDict()
     c.data.train = 'synthetic:transitive'
-    c.data.num_examples = 4096  # synthetic tasks only
+    c.data.num_examples = 0  # records to use: 0 = all of a file's, 4096 of a synthetic task
     c.data.batch_size = 32  # global
     c.data.max_prompt_len = 8
     c.data.max_response_len = 12

@@ -42,7 +42,7 @@ _FIELDS = {
     'total_steps': (_INT, 0, True), 'log_every': (_INT, 0, True), 'ckpt_every': (_INT, 0, True),
     'keep_ckpts': (_INT, 0, True), 'eval_every': (_INT, 0, False),
     'data.batch_size': (_INT, 0, True), 'data.max_prompt_len': (_INT, 0, True),
-    'data.max_response_len': (_INT, 0, True), 'data.num_examples': (_INT, 0, True),
+    'data.max_response_len': (_INT, 0, True), 'data.num_examples': (_INT, 0, False),
     'data.eval_fraction': (_NUMBER, 0, True), 'data.train': (_STR, None, False),
     'optim.lr': (_NUMBER, 0, True), 'optim.microbatches': (_INT, 0, True),
     'optim.warmup_steps': (_INT, 0, False), 'optim.weight_decay': (_NUMBER, 0, False),

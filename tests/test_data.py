@@ -117,6 +117,28 @@ def test_read_jsonl_empty_and_missing_file(tmp_path):
         records.read_jsonl(path, "dpo")
 
 
+def test_a_file_is_read_whole_by_default(tmp_path, caplog):
+    """Issue 19: config.data.num_examples (once 4096 for every source) cut a 5,000-record file
+    to 3,892 training records without a word; a file is now read whole unless the key says
+    otherwise, and a cut is logged."""
+    import experiment_runs  # pylint: disable=import-outside-toplevel
+    from alignjax import experiment_lib  # pylint: disable=import-outside-toplevel
+    path = tmp_path / "prefs.jsonl"
+    records.write_jsonl(path, [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"}
+                               for i in range(5000)])
+    config = experiment_runs.config_of("dpo.py:tiny", **{"data.train": f"jsonl:{path}"})
+    train, held_out = experiment_lib.train_eval_records(config, "preference")
+    assert (len(train), len(held_out)) == (4750, 250)  # eval_fraction 0.05, the last records
+    assert held_out[-1]["prompt"] == "p4999"
+    config.data.num_examples = 1000
+    with caplog.at_level("WARNING"):
+        train, held_out = experiment_lib.train_eval_records(config, "preference")
+    assert (len(train), len(held_out)) == (950, 50)
+    assert "the first 1000 of its 5000 records" in caplog.text
+    with pytest.raises(DataError, match="num_examples must be >= 0"):
+        pipeline.load_records(f"jsonl:{path}", "preference", num_examples=-1)
+
+
 def test_load_records_specs(tmp_path):
     path = _write(tmp_path / "s.jsonl",
                   [json.dumps({"prompt": f"p{i}", "response": "r"}) for i in range(5)])
@@ -125,6 +147,7 @@ def test_load_records_specs(tmp_path):
     recs = pipeline.load_records("synthetic:transitive", "preference", num_examples=7)
     assert len(recs) == 7 and set(recs[0]) == {"prompt", "chosen", "rejected", "margin"}
     assert len(pipeline.load_records("synthetic:intransitive", "prompt")) == 4096
+    assert len(pipeline.load_records("synthetic:intransitive", "prompt", num_examples=0)) == 4096
     with pytest.raises(DataError, match="'hf:foo'.*unknown prefix 'hf'"):
         pipeline.load_records("hf:foo", "sft")
     with pytest.raises(DataError, match="synthetic:nope"):

@@ -22,6 +22,7 @@ import functools
 import os
 from typing import Any
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -54,8 +55,8 @@ def load_records(
       kind: ``'sft'``, ``'preference'`` or ``'prompt'``.
       split: split for ``tfds`` specs without one, and ``'train'``/``'eval'``
         prompts for synthetic prompt records.
-      num_examples: keep the first ``num_examples`` records (synthetic: how
-        many to generate, default 4096).
+      num_examples: keep the first ``num_examples`` records, logged when it
+        cuts; ``0`` or ``None``: all of a file's records, 4096 synthetic ones.
       seed: seed of synthetic generation.
       data_dir: TFDS data dir (default ``$TFDS_DATA_DIR``).
 
@@ -66,12 +67,17 @@ def load_records(
     if not sep or not rest:
         raise DataError(f"data spec {spec!r} must look like PREFIX:VALUE "
                         f"(jsonl:PATH, tfds:NAME[:SPLIT], synthetic:TASK)")
-    if num_examples is not None and num_examples <= 0:
+    if num_examples is not None and num_examples < 0:
         raise DataError(
-            f"{spec}: num_examples must be positive, got {num_examples}")
+            f"{spec}: num_examples must be >= 0 (0: all), got {num_examples}")
     if prefix == "jsonl":
         records = records_lib.read_jsonl(rest, kind)
-        return records[:num_examples] if num_examples else records
+        if num_examples and len(records) > num_examples:
+            logging.warning("%s: training on the first %d of its %d records "
+                            "(config.data.num_examples=%d; 0 reads all)", spec,
+                            num_examples, len(records), num_examples)
+            records = records[:num_examples]
+        return records
     if prefix == "tfds":
         name, _, spec_split = rest.partition(":")
         split = spec_split or split
