@@ -35,3 +35,34 @@ def pytest_unconfigure(config):
     import shutil
     if not hasattr(config, 'workerinput') and os.environ.get('ALIGNJAX_TEST_CACHE_SET') == '1':
         shutil.rmtree(os.environ['ALIGNJAX_CACHE'], ignore_errors=True)
+
+
+# The fast tier (`-m "not slow"`, the inner loop: under 6 minutes on two cores) is the unit tests
+# and equivalences; these modules are learning runs, subprocess launches, notebooks and
+# reproductions (each trains starting points or whole runs), and so are the tests named below.
+SLOW_MODULES = {
+    'test_benchmarks_smoke', 'test_faults', 'test_hf_tokenizer', 'test_launch_scripts',
+    'test_memory_plan', 'test_multihost', 'test_nash_learning', 'test_nash_trainers',
+    'test_notebooks', 'test_offline_invariances', 'test_offline_learning', 'test_online_learning',
+    'test_quickstart', 'test_repro', 'test_sweep', 'test_train', 'test_workdir',
+}
+SLOW_TESTS = {  # the slowest single tests of otherwise fast modules (10-50 s each on two cores)
+    'test_blockwise_grouped_scoring_and_sampling_equal_dense',
+    'test_blockwise_logits_and_gradients_equal_dense',
+    'test_generation_sharding_gives_the_training_sharding_rollout',
+    'test_geometric_mixture_samples_follow_the_analytic_mixture',
+    'test_gradients_of_all_three_paths_agree',
+    'test_microbatching_equals_full_batch',
+    'test_non_finite_step_stops_before_its_checkpoint',
+    'test_rows_are_grouped_and_match_sampler_and_teacher_forcing',
+    'test_scanned_layers_equal_unrolled_layers',
+    'test_two_processes_agree_on_stop_save_and_restore',
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+    for item in items:
+        module = item.module.__name__.rpartition('.')[2]
+        if module in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
