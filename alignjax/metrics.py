@@ -28,6 +28,7 @@ import os
 import logging as logging_std
 import time
 
+from absl import flags
 from absl import logging
 import numpy as np
 
@@ -275,6 +276,17 @@ class _QuietLibraries(logging_std.Filter):
             return True
         path = record.pathname.replace('\\', '/')
         return not any(f'/{p.replace(".", "/")}/' in path for p in self._PREFIXES)
+
+
+def show_progress() -> None:
+    """Runs called from Python (a notebook, a script without absl's `app.run`) print the progress
+    lines `main` prints: until absl's flags are parsed it drops INFO lines, so such a run showed
+    nothing. A verbosity set by the caller (anything but absl's default) is left alone."""
+    if flags.FLAGS.is_parsed() or logging.get_verbosity() != logging.WARNING:
+        return
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    quiet_library_logs()
 
 
 def quiet_library_logs() -> None:

@@ -27,6 +27,7 @@ from absl import logging
 
 from alignjax import evaluation
 from alignjax import experiment_lib
+from alignjax import metrics as metrics_lib
 from alignjax import pretrained
 from alignjax import rollout as rollout_lib
 from alignjax import trainers
@@ -55,6 +56,7 @@ def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
 def run(config, workdir: str) -> dict:
     """Runs every stage in order (resuming), then `compare`; returns the summary. The pipeline
     holds `workdir` (and each stage its own), so a second copy of the command is refused."""
+    metrics_lib.show_progress()
     with loop.hold_workdir(workdir):
         return _run(config, workdir)
 

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -192,3 +194,23 @@ def test_untimed_write_has_no_rates_and_keeps_the_clock(tmp_path, clock):
     # The interval 10 -> 20 spans 2 s of wall time, evaluation included.
     assert rows[2]['steps_per_s'] == pytest.approx(5.0)
     assert 'steps/s' not in writer.progress_line(10, rows[1])
+
+
+IN_PROCESS = r'''
+import sys
+sys.path.insert(0, 'tests')
+import experiment_runs
+experiment_runs.run(sys.argv[1], 'sft.py:tiny,steps=4', log_every=2, ckpt_every=2)
+'''
+
+
+def test_a_run_called_from_python_prints_its_progress(tmp_path):
+    """As a notebook calls it (no absl app.run): the progress lines reach stderr."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               JAX_PLATFORMS='cpu')
+    out = subprocess.run([sys.executable, '-c', IN_PROCESS, str(tmp_path / 'run')], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r'step 2/4 \| .*loss', out.stderr) and 'step 4/4' in out.stderr, \
+        out.stderr[-3000:]

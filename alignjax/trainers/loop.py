@@ -307,6 +307,7 @@ def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     restore or cannot be written, a non-finite step) reaches the caller as one line, also written
     to `workdir/error.log`.
     """
+    metrics_lib.show_progress()
     with hold_workdir(workdir), _reported(workdir):
         return _train(config, workdir, build)
 
