@@ -145,6 +145,12 @@ class Decoder(nnx.Module):
         of training does)."""
         cfg = self.cfg
         x = jnp.take(self.embedding[...], tokens, axis=0).astype(cfg.jnp_dtype)
+        # The lookup in the table's own layout first (rows over the data axis, the embedding
+        # width over the table's fsdp axis): its backward then scatters each device's rows into
+        # its own slice of the table's gradient, where the batch layout alone made the compiler
+        # gather every row's cotangent and the whole [V, D] gradient on each device (8B DPO on
+        # 256 chips, mesh (16, 16, 1): 1 GiB + 1 GiB).
+        x = constrain(x, ('act_head_rows', 'length', 'embed'))
         if cfg.embed_scale:
             x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
         x = constrain(x, BTD)
