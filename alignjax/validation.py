@@ -22,7 +22,7 @@ import ml_collections
 from absl import logging
 
 from alignjax.data.records import DataError
-from alignjax.errors import ValidationError
+from alignjax.errors import ValidationError, require
 
 ERROR_LOG = 'error.log'
 
@@ -60,7 +60,7 @@ _FIELDS = {
     'model.mlp_dim': (_INT, 0, True),
 }
 _CHOICES = {'nonfinite': ('stop', 'skip'), 'data.truncation': ('left', 'skip', 'error'),
-            'optim.schedule': ('cosine', 'linear', 'constant')}
+            'optim.schedule': ('cosine', 'linear', 'constant'), 'tracker': ('', 'wandb')}
 # Starting points: key -> whether its params must fit this run's policy (Decoder) shapes.
 _STARTS = {'init_from': True, 'reference_from': True, 'backbone_from': True,
            'reward.reward_from': False, 'nash.preference_from': False}
@@ -99,6 +99,22 @@ def check_fields(config) -> None:
         present, v = _lookup(config, key)
         if present and v not in choices:
             raise ValidationError(f'config.{key}={v!r}: expected one of {choices}')
+    if config.get('tracker'):  # its package, before any compute
+        require(config.tracker, f'config.tracker={config.tracker}', 'track')
+    present, template = _lookup(config, 'data.chat_template')
+    if present:
+        from alignjax.data import chat  # pylint: disable=g-import-not-at-top
+        if not isinstance(template, str) or not template:
+            raise ValidationError(f'config.data.chat_template={template!r}: expected one of '
+                                  f'{chat.MODES} or a Jinja file')
+        if template not in chat.MODES:
+            try:
+                chat.compile_template(chat.read_template(template))
+            except ValidationError:
+                raise
+            except Exception as e:  # pylint: disable=broad-except  (jinja2's syntax errors)
+                raise ValidationError(f'config.data.chat_template={template!r}: not a valid '
+                                      f'Jinja template ({e})') from None
 
 
 def _resolved_mesh(shape, n: int) -> tuple[int, int, int]:
@@ -285,9 +301,9 @@ def validate_run(config, workdir: str) -> dict:
         write_error_log(workdir, message)
         raise ValidationError(message) from None
     for spec, counts in report.items():
-        logging.info('Data %s: %d records, %d prompts too long, %d truncated, %d skipped',
-                     spec, counts['records'], counts['too_long'], counts['truncated'],
-                     counts['skipped'])
+        logging.info('Data %s: %d records, %d prompts too long, %d truncated, %d skipped, '
+                     '%d with a reply cut', spec, counts['records'], counts['too_long'],
+                     counts['truncated'], counts['skipped'], counts['long_replies'])
     return report
 
 

@@ -148,8 +148,8 @@ def test_load_records_specs(tmp_path):
     assert len(recs) == 7 and set(recs[0]) == {"prompt", "chosen", "rejected", "margin"}
     assert len(pipeline.load_records("synthetic:intransitive", "prompt")) == 4096
     assert len(pipeline.load_records("synthetic:intransitive", "prompt", num_examples=0)) == 4096
-    with pytest.raises(DataError, match="'hf:foo'.*unknown prefix 'hf'"):
-        pipeline.load_records("hf:foo", "sft")
+    with pytest.raises(DataError, match="'xx:foo'.*unknown prefix 'xx'"):
+        pipeline.load_records("xx:foo", "sft")
     with pytest.raises(DataError, match="synthetic:nope"):
         pipeline.load_records("synthetic:nope", "sft")
 

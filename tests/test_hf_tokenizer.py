@@ -115,9 +115,10 @@ def test_chat_record_is_split_as_the_template_renders_it(tmp_path):
     full = list(full['input_ids'] if hasattr(full, 'keys') else full)
     assert full[:len(prompt) + len(response)] == prompt + response
     assert response[-1] == theirs.convert_tokens_to_ids('<|im_end|>') == ours.eos_id
-    # Plain prompts get BOS as the tokenizer puts it.
-    plain = pipeline.make_tokenize_fn('sft', ours, max_prompt_len=16, max_response_len=8)(
-        {'prompt': 'hello world', 'response': 'nash'}, 0)
+    # Untemplated text prompts get BOS as the tokenizer puts it.
+    plain = pipeline.make_tokenize_fn('sft', ours, max_prompt_len=16, max_response_len=8,
+                                      chat_template='none')({'prompt': 'hello world',
+                                                             'response': 'nash'}, 0)
     assert plain['prompt'][plain['prompt_mask'] > 0].tolist() == theirs('hello world')['input_ids']
 
 

@@ -16,6 +16,8 @@ from tensorboardX.proto import event_pb2
 from alignjax import metrics as metrics_lib
 from alignjax.metrics import TIMING_KEYS, MetricsWriter, read_metrics
 
+import experiment_runs
+
 
 def _strict_lines(workdir):
     """Parses metrics.jsonl rejecting the NaN/Infinity tokens json.loads accepts by default."""
@@ -214,3 +216,56 @@ def test_a_run_called_from_python_prints_its_progress(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r'step 2/4 \| .*loss', out.stderr) and 'step 4/4' in out.stderr, \
         out.stderr[-3000:]
+
+
+def _wandb_records(path):
+    """The protobuf records of an offline W&B run file (LevelDB log blocks of 32 KiB)."""
+    from wandb.proto import wandb_internal_pb2  # pylint: disable=import-outside-toplevel
+    with open(path, 'rb') as f:
+        data = f.read()
+    assert data[:4] == b':W&B'
+    pos, block, parts, out = 7, 32768, b'', []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack('<IHB', data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (kind == 0 and length == 0):
+            pos += left
+            continue
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            out.append(record)
+            parts = b''
+    return out
+
+
+def test_the_tracker_gets_the_scalars_and_the_config(tmp_path, monkeypatch):
+    """config.tracker=wandb, offline: every metrics.jsonl scalar of every step, and the config."""
+    pytest.importorskip('wandb')
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    workdir = tmp_path / 'run'
+    experiment_runs.run(workdir, 'sft.py:tiny,steps=4', log_every=2, ckpt_every=2,
+                        tracker='wandb', tracker_project='test')
+    files = glob.glob(str(workdir / 'wandb' / 'offline-run-*' / 'run-*.wandb'))
+    assert len(files) == 1
+    records = _wandb_records(files[0])
+    history = {}
+    for r in records:
+        if r.WhichOneof('record_type') == 'history':
+            items = {i.key or '/'.join(i.nested_key): json.loads(i.value_json)
+                     for i in r.history.item}
+            history.setdefault(items.pop('_step'), {}).update(
+                {k: v for k, v in items.items() if not k.startswith('_')})
+    rows = read_metrics(str(workdir))
+    assert sorted(history) == sorted({r['step'] for r in rows})
+    for row in rows:
+        want = {f'timing/{k}' if k in TIMING_KEYS else k: v for k, v in row.items()
+                if k != 'step' and isinstance(v, (int, float))}
+        assert {k: history[row['step']][k] for k in want} == pytest.approx(want), row['step']
+    config = [r.run.config for r in records if r.WhichOneof('record_type') == 'run']
+    keys = {item.key: json.loads(item.value_json) for c in config for item in c.update}
+    assert keys['algo'] == {'value': 'sft'} or keys['algo'] == 'sft'
+    assert json.loads(open(workdir / 'tracker.json').read())['wandb_id']

@@ -126,7 +126,7 @@ def test_long_prompt_policies_count_and_filter(tmp_path):
         report = validation.validate(c)[f'jsonl:{path}']
         assert report == {'records': 5, 'too_long': 2, 'kept': kept,
                           'truncated': 2 if policy == 'left' else 0,
-                          'skipped': 2 if policy == 'skip' else 0}
+                          'skipped': 2 if policy == 'skip' else 0, 'long_replies': 0}
         records = experiment_lib.load_records(c, 'sft', c.data.train)
         assert len(records) == kept
         assert all(r['prompt'] == 'abc:' for r in records) == (policy == 'skip')

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from alignjax.data import chat as chat_lib
+from alignjax.data import pipeline
 from alignjax.data.records import DataError
 
 POLICIES = ('left', 'skip', 'error')
@@ -35,17 +37,18 @@ class Subset(Sequence):
         return self._source[self._indices[i]]
 
 
-def prompt_tokens(record: Mapping[str, Any], kind: str, tok) -> int:
-    """Tokens of a record's prompt as the batch will hold it (chat template, BOS included)."""
-    if kind == 'sft' and 'messages' in record:
-        text, _ = tok.format_chat(record['messages'])
-        return len(tok.encode(text))
-    bos = 1 if getattr(tok, 'add_bos', False) else 0
-    return len(tok.encode(record['prompt'])) + bos
+def token_counts(record: Mapping[str, Any], kind: str, tok,
+                 chat: chat_lib.Chat) -> tuple[int, list[int]]:
+    """Tokens of a record's prompt as the batch will hold it (chat template, BOS included), and
+    of each reply with its EOS."""
+    text, add_bos, replies = pipeline.texts(record, kind, chat)
+    return (len(tok.encode(text)) + add_bos,
+            [len(tok.encode(reply)) + 1 for reply in replies.values()])
 
 
 def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy: str,
-                        source: str, locate: Callable[[int], str] | None = None):
+                        source: str, locate: Callable[[int], str] | None = None,
+                        max_response_len: int = 0, chat_template: str = 'auto'):
     """Returns ``(records, counts)`` with ``policy`` applied to prompts over the budget.
 
     Args:
@@ -56,17 +59,29 @@ def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy:
       policy: one of ``POLICIES``.
       source: the data spec, for messages (``jsonl:PATH``).
       locate: ``i -> 'PATH:LINE'`` of record ``i``, for the ``'error'`` message.
+      max_response_len: the reply budget R (0: not counted); replies longer are cut on the
+        right by tokenisation, and counted here.
+      chat_template: ``config.data.chat_template`` (see ``data.chat``).
 
     Returns:
       The records to train on (the same object unless some were skipped) and
-      ``{'records', 'too_long', 'truncated', 'skipped', 'kept'}`` counts.
+      ``{'records', 'too_long', 'truncated', 'skipped', 'kept', 'long_replies'}`` counts
+      (``long_replies``: records with a reply over R tokens, among those kept).
     """
     if policy not in POLICIES:
         raise DataError(f'config.data.truncation={policy!r}: expected one of {POLICIES} '
                         f'(truncate on the left, skip the record, or refuse the data)')
-    long_ones = []
+    chat = chat_lib.Chat.of(tok, chat_template)
+    long_ones, long_replies = [], 0
     for i in range(len(records)):
-        n = prompt_tokens(records[i], kind, tok)
+        try:
+            n, replies = token_counts(records[i], kind, tok, chat)
+        except DataError as e:  # a template that cannot render this record
+            where = locate(i) if locate else f'{source}[{i}]'
+            raise DataError(f'{where}: {e}') from None
+        if max_response_len and max(replies, default=0) > max_response_len and (
+                n <= max_prompt_len or policy == 'left'):
+            long_replies += 1
         if n > max_prompt_len:
             if policy == 'error':
                 where = locate(i) if locate else f'{source}[{i}]'
@@ -76,7 +91,7 @@ def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy:
             long_ones.append(i)
     counts = {'records': len(records), 'too_long': len(long_ones),
               'truncated': len(long_ones) if policy == 'left' else 0,
-              'skipped': len(long_ones) if policy == 'skip' else 0}
+              'skipped': len(long_ones) if policy == 'skip' else 0, 'long_replies': long_replies}
     if policy == 'skip' and long_ones:
         dropped = set(long_ones)
         records = Subset(records, [i for i in range(len(records)) if i not in dropped])

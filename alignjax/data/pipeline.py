@@ -1,6 +1,8 @@
 """From a data spec to batches of token arrays, addressable by step.
 
-Specs: ``jsonl:PATH``, ``tfds:NAME[:SPLIT]``, ``synthetic:TASK``.
+Specs: ``jsonl:PATH``, ``json:PATH`` (an array), ``parquet:PATH_OR_GLOB``,
+``hf:DIR[:SPLIT]`` (a ``datasets.save_to_disk`` folder), ``tfds:NAME[:SPLIT]``,
+``synthetic:TASK``. Records may come in any shape of ``data.shapes``.
 
 Batch layout (int32 tokens; prompts left-padded so that sampling starts at
 the same position for every row; responses right-padded and ended by EOS):
@@ -26,12 +28,16 @@ from absl import logging
 import grain
 import numpy as np
 
+from alignjax.data import chat as chat_lib
 from alignjax.data import records as records_lib
+from alignjax.data import sources
 from alignjax.data import synthetic
 from alignjax.data import tfds_builder
 from alignjax.data.tokenizer import ByteTokenizer
 
 DataError = records_lib.DataError
+SPECS = ("jsonl:PATH, json:PATH, parquet:PATH_OR_GLOB, hf:DIR[:SPLIT] "
+         "(datasets.save_to_disk), tfds:NAME[:SPLIT], synthetic:TASK")
 DEFAULT_SYNTHETIC_EXAMPLES = 4096
 Records = Sequence[Mapping[str, Any]]
 TokenizeFn = Callable[[Mapping[str, Any], int], dict[str, np.ndarray]]
@@ -49,7 +55,8 @@ def load_records(
     """Loads validated records of ``kind`` from a data spec.
 
     Args:
-      spec: ``jsonl:PATH`` (read and validated eagerly), ``tfds:NAME[:SPLIT]``
+      spec: ``jsonl:PATH``, ``json:PATH``, ``parquet:PATH_OR_GLOB`` or
+        ``hf:DIR[:SPLIT]`` (read and validated eagerly), ``tfds:NAME[:SPLIT]``
         (random-access source; the split in the spec wins over ``split``) or
         ``synthetic:TASK`` (generated from ``seed``).
       kind: ``'sft'``, ``'preference'`` or ``'prompt'``.
@@ -65,18 +72,25 @@ def load_records(
     """
     prefix, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise DataError(f"data spec {spec!r} must look like PREFIX:VALUE "
-                        f"(jsonl:PATH, tfds:NAME[:SPLIT], synthetic:TASK)")
+        raise DataError(f"data spec {spec!r} must look like PREFIX:VALUE ({SPECS})")
     if num_examples is not None and num_examples < 0:
         raise DataError(
             f"{spec}: num_examples must be >= 0 (0: all), got {num_examples}")
-    if prefix == "jsonl":
-        records = records_lib.read_jsonl(rest, kind)
+    readers = {"jsonl": records_lib.read_jsonl, "json": sources.read_json,
+               "parquet": sources.read_parquet}
+    if prefix in readers or prefix == "hf":
+        if prefix == "hf":
+            directory, _, spec_split = rest.rpartition(":") if _has_split(rest) \
+                else (rest, "", "")
+            records = sources.read_saved_dataset(directory, kind,
+                                                 spec_split or split)
+        else:
+            records = readers[prefix](rest, kind)
         if num_examples and len(records) > num_examples:
             logging.warning("%s: training on the first %d of its %d records "
                             "(config.data.num_examples=%d; 0 reads all)", spec,
                             num_examples, len(records), num_examples)
-            records = records[:num_examples]
+            records = records_lib.Located(records[:num_examples], records.where)
         return records
     if prefix == "tfds":
         name, _, spec_split = rest.partition(":")
@@ -102,7 +116,14 @@ def load_records(
             return task.preference_records(n, seed=seed)
         raise DataError(f"{spec}: unknown record kind {kind!r}")
     raise DataError(f"data spec {spec!r}: unknown prefix {prefix!r}; expected "
-                    f"jsonl:, tfds: or synthetic:")
+                    f"one of {SPECS}")
+
+
+def _has_split(rest: str) -> bool:
+    """Whether ``hf:DIR:SPLIT`` names a split: the part after the last colon is
+    not itself a path (``hf:C:/data`` on Windows has none)."""
+    head, sep, tail = rest.rpartition(":")
+    return bool(sep and head and tail and "/" not in tail and "\\" not in tail)
 
 
 # --- tokenisation ----------------------------------------------------------
@@ -174,32 +195,53 @@ def encode_response(
     return out, mask
 
 
-def _tokenize(record: Mapping[str, Any], index: int, *, kind: str,
-              tok: ByteTokenizer, max_prompt_len: int, max_response_len: int,
-              prompt_truncation: str, response_truncation: str,
-              add_bos: bool) -> dict[str, np.ndarray]:
-    response_fn = functools.partial(encode_response, tok,
-                                    max_len=max_response_len,
-                                    truncation=response_truncation)
+def texts(record: Mapping[str, Any], kind: str, chat: chat_lib.Chat, *,
+          with_replies: bool = True) -> tuple[str, bool, dict[str, str]]:
+    """``(prompt text, whether BOS goes first, {reply key: text})`` of a record
+    as ``chat`` renders it (the reply keys: ``response``, or ``chosen`` and
+    ``rejected``; none for prompt records or without ``with_replies``)."""
+    tools = record.get("tools")
     if kind == "sft" and "messages" in record:
-        prompt_text, response_text = tok.format_chat(record["messages"])
-        add_bos = False  # a chat template writes its own BOS
+        prompt, replies = record["messages"][:-1], {
+            "response": record["messages"][-1:]}
+    elif kind == "sft":
+        prompt, replies = record["prompt"], {"response": record["response"]}
+    elif kind == "preference":
+        prompt = record["prompt"]
+        replies = {"chosen": record["chosen"], "rejected": record["rejected"]}
+    elif kind == "prompt":
+        prompt, replies = record["prompt"], {}
     else:
-        prompt_text, response_text = record["prompt"], record.get("response")
+        raise DataError(f"unknown record kind {kind!r}")
+    prompt_text, add_bos = chat.prompt(prompt, tools)
+    return prompt_text, add_bos, {
+        key: chat.reply(prompt, reply, tools) for key, reply in replies.items()
+        if with_replies}
+
+
+def prompt_ids(record: Mapping[str, Any], kind: str, tok,
+               chat: chat_lib.Chat) -> list[int]:
+    """The ids of a record's prompt before any truncation (BOS included)."""
+    text, add_bos, _ = texts(record, kind, chat, with_replies=False)
+    return [tok.bos_id] * add_bos + tok.encode(text)
+
+
+def _tokenize(record: Mapping[str, Any], index: int, *, kind: str,
+              tok: ByteTokenizer, chat: chat_lib.Chat, max_prompt_len: int,
+              max_response_len: int, prompt_truncation: str,
+              response_truncation: str) -> dict[str, np.ndarray]:
+    prompt_text, add_bos, replies = texts(record, kind, chat)
     out = {}
     out["prompt"], out["prompt_mask"] = encode_prompt(
         tok, prompt_text, max_prompt_len, truncation=prompt_truncation,
         add_bos=add_bos)
-    if kind == "sft":
-        out["response"], out["response_mask"] = response_fn(response_text)
-    elif kind == "preference":
-        out["chosen"], out["chosen_mask"] = response_fn(record["chosen"])
-        out["rejected"], out["rejected_mask"] = response_fn(record["rejected"])
+    for key, text in replies.items():
+        out[key], out[f"{key}_mask"] = encode_response(
+            tok, text, max_response_len, truncation=response_truncation)
+    if kind == "preference":
         out["margin"] = np.float32(record.get("margin", 0.0))
     elif kind == "prompt":
         out["index"] = np.int32(index)
-    else:
-        raise DataError(f"unknown record kind {kind!r}")
     return out
 
 
@@ -211,25 +253,26 @@ def make_tokenize_fn(
     max_response_len: int = 0,
     prompt_truncation: str = "left",
     response_truncation: str = "right",
-    add_bos: bool | None = None,
+    chat_template: str = "auto",
 ) -> TokenizeFn:
     """Returns ``fn(record, index) -> dict of arrays`` in the batch layout of
     ``kind`` (see the module docstring).
 
-    ``add_bos=None`` puts BOS before plain-text prompts when the tokenizer
-    itself would (``tok.add_bos``: Llama and Gemma do, Qwen and the byte
-    tokenizer do not); chat-formatted prompts get what their template writes.
+    ``chat_template`` (``config.data.chat_template``: ``auto``, ``messages``,
+    ``none`` or a Jinja file) says which records go through a chat template,
+    as ``data.chat`` describes; BOS is put before text that did not, where the
+    tokenizer itself would (``tok.add_bos``: Llama and Gemma do, Qwen and the
+    byte tokenizer do not), and never twice.
     """
-    if add_bos is None:
-        add_bos = bool(getattr(tok, "add_bos", False))
     if kind not in records_lib.KINDS:
         raise DataError(f"unknown record kind {kind!r}")
     if kind != "prompt" and max_response_len <= 0:
         raise DataError(f"{kind} records need max_response_len > 0")
     return functools.partial(
-        _tokenize, kind=kind, tok=tok, max_prompt_len=max_prompt_len,
-        max_response_len=max_response_len, prompt_truncation=prompt_truncation,
-        response_truncation=response_truncation, add_bos=add_bos)
+        _tokenize, kind=kind, tok=tok, chat=chat_lib.Chat.of(tok, chat_template),
+        max_prompt_len=max_prompt_len, max_response_len=max_response_len,
+        prompt_truncation=prompt_truncation,
+        response_truncation=response_truncation)
 
 
 # --- batching --------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from alignjax.data import chat as chat_lib
 from alignjax.data import records as records_lib
 
 _NUM_SPECIAL = 3
@@ -60,18 +61,21 @@ class ByteTokenizer:
                 out.append(i - _NUM_SPECIAL)
         return out.decode("utf-8", errors="replace")
 
+    chat_template: str | None = None  # config.data.chat_template=PATH sets one
+
     def format_chat(
         self, messages: Sequence[Mapping[str, str]]
     ) -> tuple[str, str]:
         """Renders chat messages as (prompt_text, response_text).
 
         The response is the last message, which must come from the assistant.
-        Every earlier message becomes ``"<role>: <content>\\n"`` and the prompt
-        ends with ``"assistant: "`` so the response continues it.
+        Without a chat template every earlier message becomes a
+        ``"<role>: <content>"`` line and the prompt ends with ``"assistant: "``
+        so the response continues it (``data.chat.plain``).
 
         Args:
           messages: list of ``{"role": ..., "content": ...}`` dicts, roles in
-            ``user``, ``system``, ``assistant``.
+            ``system``, ``user``, ``assistant``, ``tool``.
 
         Returns:
           A (prompt_text, response_text) pair.
@@ -81,6 +85,6 @@ class ByteTokenizer:
             the assistant's.
         """
         records_lib.check_messages(messages, where="format_chat")
-        history, last = messages[:-1], messages[-1]
-        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in history)
-        return prompt + "assistant: ", last["content"]
+        chat = chat_lib.Chat.of(self)
+        return (chat.prompt(messages[:-1])[0],
+                chat.reply(messages[:-1], messages[-1:]))

@@ -10,23 +10,21 @@ tokenizer_config.json, then special_tokens_map.json; EOS falls back to generatio
 first `eos_token_id`, PAD to EOS (the usual choice for decoder-only models: padding is always
 masked). Each can be overridden by token text (`config.special_tokens.{bos,eos,pad}`).
 
-Chat templates (tokenizer_config.json `chat_template`, or chat_template.jinja) are rendered by
-jinja2 in a sandbox with transformers' settings (trim_blocks, lstrip_blocks, loop controls, its
-`raise_exception`, `strftime_now` and non-escaping `tojson`), with the special tokens as variables,
-and the result is encoded without adding special tokens: the template writes them itself.
+Chat templates (tokenizer_config.json `chat_template`, or chat_template.jinja) are rendered as
+`alignjax.data.chat` renders them (transformers' settings and its `{% generation %}` tag), with the
+special tokens as variables, and the result is encoded without adding special tokens: the template
+writes them itself.
 """
 
 from __future__ import annotations
 
-import datetime
-import functools
-import importlib
 import json
 import os
 from collections.abc import Mapping, Sequence
 
+from alignjax.data import chat as chat_lib
 from alignjax.data import records as records_lib
-from alignjax.errors import ValidationError
+from alignjax.errors import require
 
 _SPECIALS = ('bos', 'eos', 'pad', 'unk')
 
@@ -49,40 +47,11 @@ def _token_text(value) -> str | None:
     return value
 
 
-def _require(name: str, what: str):
-    """The optional module `name`, or one line saying which extra brings it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise ValidationError(f"{what} needs the '{name}' package, which alignjax's [hf] extra "
-                              f"brings: pip install 'alignjax[hf]' (or pip install {name})") from None
-
-
-@functools.lru_cache(maxsize=16)
-def _compile_template(template: str):
-    jinja2 = _require('jinja2', 'a chat template')
-    sandbox = importlib.import_module('jinja2.sandbox')
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                extensions=['jinja2.ext.loopcontrols'])
-    env.filters['tojson'] = tojson
-    env.globals['raise_exception'] = raise_exception
-    env.globals['strftime_now'] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
 class _TokenizersBackend:
     """tokenizer.json through the `tokenizers` library."""
 
     def __init__(self, path: str):
-        tokenizers = _require('tokenizers', f'{path}')
+        tokenizers = require('tokenizers', f'{path}', 'hf')
         self.tok = tokenizers.Tokenizer.from_file(path)
         self.size = self.tok.get_vocab_size(with_added_tokens=True)
 
@@ -104,7 +73,7 @@ class _SentencePieceBackend:
     """A SentencePiece model (tokenizer.model), encoded as SentencePiece itself encodes."""
 
     def __init__(self, path: str):
-        sentencepiece = _require('sentencepiece', f'{path}')
+        sentencepiece = require('sentencepiece', f'{path}', 'hf')
         self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
         self.size = self.sp.get_piece_size()
 
@@ -214,9 +183,9 @@ class HFTokenizer:
             raise ValueError(f'{self.directory}: the tokenizer has no chat template '
                              '(tokenizer_config.json chat_template or chat_template.jinja)')
         variables = {f'{name}_token': text for name, text in self.special_tokens.items()}
-        text = _compile_template(self.chat_template).render(
-            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-            **{**variables, **kwargs})
+        text = chat_lib.render(self.chat_template, messages,
+                               add_generation_prompt=add_generation_prompt,
+                               variables={**variables, **kwargs})
         return self.encode(text) if tokenize else text
 
     def format_chat(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, str]:
@@ -227,20 +196,8 @@ class HFTokenizer:
         Without a chat template, the byte tokenizer's plain 'role: content' format is used.
         """
         records_lib.check_messages(messages, where='format_chat')
-        if self.chat_template is None:
-            history = ''.join(f"{m['role']}: {m['content']}\n" for m in messages[:-1])
-            return history + 'assistant: ', messages[-1]['content']
-        prompt = self.apply_chat_template(messages[:-1], add_generation_prompt=True)
-        full = self.apply_chat_template(messages)
-        if not full.startswith(prompt):
-            raise ValueError(f'{self.directory}: the chat template renders the conversation '
-                             'without its history as a prefix; it cannot be split into prompt '
-                             'and response')
-        response = full[len(prompt):]
-        eos = self.special_tokens.get('eos')
-        if eos and eos in response:
-            response = response[:response.index(eos)]
-        return prompt, response
+        chat = chat_lib.Chat.of(self)
+        return chat.prompt(messages[:-1])[0], chat.reply(messages[:-1], messages[-1:])
 
 
 def load_tokenizer(directory: str, *, bos: str = '', eos: str = '', pad: str = '') -> HFTokenizer:

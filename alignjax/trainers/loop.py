@@ -34,6 +34,7 @@ from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import sharding
+from alignjax import tracking
 from alignjax import validation
 from alignjax import workdir as workdir_lib
 
@@ -368,8 +369,10 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         frozen_states, update = run.frozen_states, run.update
         ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every,
                                      keep=config.keep_ckpts)
+        tracker = tracking.make_tracker(config.tracker, workdir, config.to_dict(),
+                                        project=config.tracker_project) if primary else None
         writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
-                                           is_primary=primary)
+                                           is_primary=primary, tracker=tracker)
         if found:
             logging.info('Restoring the latest of the checkpoints %s in %s', found, ckpt_dir)
         restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))

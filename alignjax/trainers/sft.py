@@ -28,7 +28,8 @@ def build(config, mesh) -> loop.Algorithm:
                                           seed=config.seed)
     tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=experiment_lib.prompt_truncation(d))
+                                         prompt_truncation=experiment_lib.prompt_truncation(d),
+                                         chat_template=d.chat_template)
     stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
