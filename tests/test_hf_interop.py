@@ -357,3 +357,26 @@ def test_stacked_and_unrolled_layers_read_and_write_the_same_tensors(tmp_path):
     assert sorted(a.entries) == sorted(b.entries)
     for name in a.entries:
         np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+
+
+def test_blocks_read_only_their_bytes(tmp_path):
+    """read_block equals slicing the whole tensor, and reads only the block's rows: one range of
+    rows is one read of exactly its bytes."""
+    rng = np.random.default_rng(0)
+    tensors = {'a': rng.standard_normal((12, 10)).astype(np.float32),
+               'b': rng.standard_normal((6, 4, 5)).astype(np.float32),
+               'c': rng.standard_normal(7).astype(np.float32)}
+    safetensors_io.write(str(tmp_path / 'model.safetensors'),
+                         [(k, v.shape, v.dtype, lambda v=v: v) for k, v in tensors.items()])
+    ckpt = safetensors_io.Checkpoint(str(tmp_path))
+    for _ in range(30):
+        name = rng.choice(sorted(tensors))
+        x = tensors[name]
+        ranges = [tuple(sorted(rng.choice(n + 1, 2, replace=False))) for n in x.shape]
+        want = x[tuple(slice(a, b) for a, b in ranges)]
+        before = ckpt.bytes_read
+        np.testing.assert_array_equal(ckpt.read_block(name, ranges), want)
+        assert ckpt.bytes_read - before == want.nbytes  # nothing outside the block
+    before = ckpt.bytes_read
+    np.testing.assert_array_equal(ckpt.read('a'), tensors['a'])
+    assert ckpt.bytes_read - before == tensors['a'].nbytes

@@ -192,3 +192,64 @@ def test_process_local_batches_on_any_mesh():
     logs = [p.communicate(timeout=300)[0] for p in procs]
     for i, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0 and f'worker ok {i}' in log, log[-3000:]
+
+
+LOADER = r'''
+import json, sys
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import numpy as np
+from alignjax import sharding
+from alignjax.interop import hf, safetensors_io
+made = []
+init = safetensors_io.Checkpoint.__init__
+def counting(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    made.append(self)
+safetensors_io.Checkpoint.__init__ = counting
+mesh = sharding.make_mesh((1, -1, 1))  # 8 devices, 4 on each process: fsdp across processes
+from flax import nnx
+model, cfg = hf.load_hf(sys.argv[3], mesh, dtype='float32')
+ckpt = made[-1]
+read, total = ckpt.bytes_read, sum(ckpt.nbytes(n) for n in ckpt.entries)
+whole = safetensors_io.Checkpoint(sys.argv[3])  # every tensor read whole, as the reference
+checked = 0
+for name, layer, path, var in hf._tensors(nnx.state(model), hf.FAMILIES['llama']):
+    shape = var.shape if layer is None else var.shape[1:]
+    x = whole.read(name)
+    x = (x.T if path[-1] in hf._TRANSPOSED else x).reshape(shape)
+    for shard in var.get_value().addressable_shards:
+        index = shard.index if layer is None else shard.index[1:]
+        got = np.asarray(shard.data) if layer is None else np.asarray(shard.data)[layer]
+        np.testing.assert_array_equal(got, x[index])
+        checked += 1
+print('LOADED', json.dumps({'read': read, 'total': total, 'checked': checked}))
+'''
+
+
+def test_each_process_reads_only_its_shards_of_a_checkpoint(tmp_path):
+    """A save_pretrained Llama loaded by two processes onto one fsdp mesh: each reads its half of
+    the sharded tensors (norms, replicated, are read whole by both), and every shard equals the
+    block of the tensor read whole."""
+    transformers = pytest.importorskip('transformers')
+    torch = pytest.importorskip('torch')
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, head_dim=16,
+                                      tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / 'hf')
+    address = f'localhost:{_free_port()}'
+    procs = [subprocess.Popen([sys.executable, '-c', LOADER, address, str(i), str(tmp_path / 'hf')],
+                              cwd=ROOT, env=_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    results = []
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        assert p.returncode == 0, log[-3000:]
+        results.append(json.loads(log.split('LOADED ', 1)[1].splitlines()[0]))
+    norms = sum(p.numel() * 4 for n, p in model.named_parameters() if 'norm' in n)
+    for r in results:  # this process's half of every sharded tensor, and every norm whole
+        assert r['read'] == (r['total'] - norms) // 2 + norms, (r['read'], r['total'], norms)
+        assert r['checked'] > 0

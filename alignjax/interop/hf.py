@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 
+from absl import logging
 import jax
 import numpy as np
 from flax import nnx
@@ -357,10 +358,11 @@ def _tensors(state: nnx.State, fam: Family):
     return out
 
 
-def _fill(state: nnx.State, shardings: dict, directory: str) -> None:
+def _fill(state: nnx.State, shardings: dict, directory: str) -> tuple[int, int]:
     """Reads every parameter of `state` (a Decoder's, or a backbone's) from the checkpoint in
-    `directory`, one tensor at a time (the layers of a stacked parameter stacked on the host),
-    straight onto `shardings[path]`.
+    `directory` straight onto `shardings[path]`: each process reads only the blocks of its own
+    devices' shards (`safetensors_io.Checkpoint.read_block`), one tensor at a time. Returns the
+    bytes read by this process and the checkpoint's total.
 
     Every other checkpoint tensor is an error, except the output head where `state` has none (tied
     embeddings, or a backbone under a scalar head).
@@ -377,20 +379,64 @@ def _fill(state: nnx.State, shardings: dict, directory: str) -> None:
     if missing or unexpected:
         raise ValueError(f'{directory}: the tensors do not match config.json ({model_type}): '
                          f'missing {missing}, unexpected {unexpected}')
-    values = {}
+    by_path = {}
     for hf_name, layer, path, var in tensors:
         shape = var.shape if layer is None else var.shape[1:]
-        x = ckpt.read(hf_name)
-        if x.shape != _hf_shape(path[-1], shape):
-            raise ValueError(f'{directory}: tensor {hf_name} has shape {x.shape}, the model '
-                             f'expects {_hf_shape(path[-1], shape)}')
-        x = (x.T if path[-1] in _TRANSPOSED else x).reshape(shape).astype(var.dtype)
-        values.setdefault(path, []).append(x)
+        if ckpt.shape(hf_name) != _hf_shape(path[-1], shape):
+            raise ValueError(f'{directory}: tensor {hf_name} has shape {ckpt.shape(hf_name)}, '
+                             f'the model expects {_hf_shape(path[-1], shape)}')
+        by_path.setdefault(path, []).append(hf_name)
     for path, var in state.flat_state():
-        parts = values[tuple(path)]
-        x = parts[0] if len(parts) == 1 and parts[0].shape == var.shape else np.stack(parts)
-        var.set_value(jax.make_array_from_callback(var.shape, shardings[tuple(path)],
-                                                   lambda i, x=x: x[i]))
+        path, names = tuple(path), by_path[tuple(path)]
+        stacked = path[0] == LAYERS and not isinstance(path[1], int)
+        blocks = {}  # devices holding the same shard get one read
+
+        def shard(index, path=path, names=names, stacked=stacked, var=var, blocks=blocks):
+            key = tuple((s.start, s.stop) for s in index)
+            if key not in blocks:
+                if stacked:
+                    layers = range(*index[0].indices(var.shape[0]))
+                    x = np.stack([_block(ckpt, names[i], path[-1], var.shape[1:], index[1:])
+                                  for i in layers])
+                else:
+                    x = _block(ckpt, names[0], path[-1], var.shape, index)
+                blocks[key] = x.astype(var.dtype)
+            return blocks[key]
+        var.set_value(jax.make_array_from_callback(var.shape, shardings[path], shard))
+    total = sum(ckpt.nbytes(name) for names in by_path.values() for name in names)
+    logging.info('%s: read %.1f of %.1f MiB of tensors (this process\'s shards)', directory,
+                 ckpt.bytes_read / 2**20, total / 2**20)
+    return ckpt.bytes_read, total
+
+
+def _block(ckpt, name: str, leaf: str, shape: tuple, index: tuple) -> np.ndarray:
+    """Block `index` (slices of the model's `shape`) of checkpoint tensor `name`, reading only
+    the rows it needs: the model's axes map to the checkpoint's (transposed, or flattened) as
+    `_to_hf` writes them, a range of the first of several flattened axes staying contiguous."""
+    idx = [range(*s.indices(n)) for s, n in zip(index, shape)]
+    if leaf in _TRANSPOSED:  # checkpoint axes: (shape[k:] flattened, shape[:k] flattened)
+        k = _TRANSPOSED[leaf]
+        groups = [(shape[k:], idx[k:]), (shape[:k], idx[:k])]
+    elif leaf in _FLAT:
+        groups = [(shape, idx)]
+    else:
+        groups = [((n,), [r]) for n, r in zip(shape, idx)]
+    ranges, sub_shapes, rest = [], [], []
+    for dims, rs in groups:
+        inner = math.prod(dims[1:])
+        if all(r == range(n) for r, n in zip(rs[1:], dims[1:])):
+            ranges.append((rs[0].start * inner, rs[0].stop * inner))
+            sub_shapes.append((len(rs[0]), *dims[1:]))
+            rest.append([slice(None)] * len(dims))
+        else:  # a range inside a later flattened axis: read the whole axis, cut it in memory
+            ranges.append((0, math.prod(dims)))
+            sub_shapes.append(tuple(dims))
+            rest.append([slice(r.start, r.stop) for r in rs])
+    block = ckpt.read_block(name, ranges)
+    if leaf in _TRANSPOSED:
+        block, sub_shapes, rest = block.T, sub_shapes[::-1], rest[::-1]
+    block = block.reshape(tuple(d for sub in sub_shapes for d in sub))
+    return block[tuple(s for r in rest for s in r)]
 
 
 def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, ModelConfig]:

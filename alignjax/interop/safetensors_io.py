@@ -26,7 +26,9 @@ CODES = {v: k for k, v in DTYPES.items()}
 class Checkpoint:
     """The tensors of `model.safetensors` or of the shards named by `model.safetensors.index.json`.
 
-    Only headers are read on construction; `read(name)` reads one tensor's bytes.
+    Only headers are read on construction; `read(name)` reads one tensor's bytes, and
+    `read_block(name, ranges)` only those of a block of it (a host's shard), so that every
+    process of a pod reads its own part of the checkpoint. `bytes_read` counts what was read.
     """
 
     def __init__(self, directory: str):
@@ -40,6 +42,7 @@ class Checkpoint:
             raise FileNotFoundError(f'{directory}: no model.safetensors or '
                                     'model.safetensors.index.json')
         self.entries = {}  # name -> (file, start of its data section, header entry)
+        self.bytes_read = 0
         for name in files:
             path = os.path.join(directory, name)
             with open(path, 'rb') as f:
@@ -60,13 +63,60 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.entries[name][2]['shape'])
 
+    def nbytes(self, name: str) -> int:
+        begin, end = self.entries[name][2]['data_offsets']
+        return end - begin
+
     def read(self, name: str) -> np.ndarray:
+        return self.read_block(name, [(0, n) for n in self.shape(name)])
+
+    def read_block(self, name: str, ranges: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The block `[r0:r1, c0:c1, ...]` of tensor `name` (one (start, stop) per axis), reading
+        only its rows: one read when the trailing axes are whole, one a row otherwise."""
         path, start, info = self.entries[name]
-        begin, end = info['data_offsets']
+        shape, dtype = tuple(info['shape']), DTYPES[info['dtype']]
+        ranges = [tuple(r) for r in ranges]
+        if len(ranges) != len(shape):
+            raise ValueError(f'{name}: {len(ranges)} ranges for a tensor of shape {shape}')
+        base = start + info['data_offsets'][0]
+        # The last axis whose range is not whole; a run of axes after it is contiguous.
+        cut = max([i for i, (r, n) in enumerate(zip(ranges, shape)) if r != (0, n)], default=-1)
+        if cut <= 0:  # whole tensor, or a block of rows (axis 0): one contiguous read
+            r0, r1 = ranges[0] if shape else (0, 1)
+            row = math.prod(shape[1:]) * dtype.itemsize
+            data = self._pread(path, base + r0 * row, (r1 - r0) * row)
+            out_shape = ((r1 - r0), *shape[1:]) if shape else ()
+            return np.frombuffer(data, dtype).reshape(out_shape)
+        # Rows of the leading axes one at a time, each a contiguous run of the later ones.
+        lead = [range(*r) for r in ranges[:cut]]
+        run = math.prod(shape[cut + 1:]) * dtype.itemsize
+        c0, c1 = ranges[cut]
+        strides = [math.prod(shape[i + 1:]) * dtype.itemsize for i in range(len(shape))]
+        pieces = []
         with open(path, 'rb') as f:
-            f.seek(start + begin)
-            data = f.read(end - begin)
-        return np.frombuffer(data, DTYPES[info['dtype']]).reshape(info['shape'])
+            for idx in np.ndindex(*(len(r) for r in lead)):
+                offset = base + sum((lead[i][j]) * strides[i] for i, j in enumerate(idx))
+                pieces.append(os.pread(f.fileno(), (c1 - c0) * run, offset + c0 * run))
+        self.bytes_read += sum(len(p) for p in pieces)
+        out = np.frombuffer(b''.join(pieces), dtype).reshape(
+            *(len(r) for r in lead), c1 - c0, *shape[cut + 1:])
+        return out
+
+    def _pread(self, path: str, offset: int, size: int) -> bytes:
+        chunks, done = [], 0
+        with open(path, 'rb') as f:
+            while done < size:  # one pread returns at most ~2 GiB on Linux
+                chunk = os.pread(f.fileno(), min(size - done, 1 << 30), offset + done)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                done += len(chunk)
+        data = b''.join(chunks)
+        if len(data) != size:
+            raise ValueError(f'{path}: truncated (wanted {size} bytes at {offset}, got '
+                             f'{len(data)})')
+        self.bytes_read += size
+        return data
 
 
 def write(path: str | None, tensors: Sequence[tuple[str, tuple, np.dtype, Callable]]) -> None:
