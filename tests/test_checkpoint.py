@@ -1,6 +1,7 @@
 """Tests for alignjax.checkpoint: round trips onto shardings, retention, crash safety."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,8 +184,9 @@ def test_sigkilled_save_is_not_latest(tmp_path):
 
 
 _TWO_PROCESS_WORKER = textwrap.dedent('''
-    import os, signal, sys, traceback
+    import os, signal, sys, time, traceback
     import jax
+    from jax.experimental import multihost_utils
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     from alignjax.checkpoint import Checkpointer, PreemptionGuard, abstract_like
@@ -198,14 +200,21 @@ _TWO_PROCESS_WORKER = textwrap.dedent('''
         ckpt = Checkpointer(directory, save_every=100, keep=2, async_save=True)
         assert ckpt.latest_step() is None
         with PreemptionGuard() as guard:
-            if process_id == 1:  # only one process is told to stop
-                os.kill(os.getpid(), signal.SIGTERM)
-            stop = guard.should_stop(3)
-        assert stop and ckpt.save(3, state, meta={'pos': 3}, force=stop)
+            for step in range(1, 2000):  # steps of a run, each ending in a collective
+                multihost_utils.sync_global_devices(f'step {step}')
+                time.sleep(0.005)
+                if step == 3 and process_id == 1:  # only one process is told to stop
+                    os.kill(os.getpid(), signal.SIGTERM)
+                if guard.should_stop(step):
+                    break
+            else:
+                raise AssertionError('never stopped')
+        print('stopped at', step, flush=True)
+        assert ckpt.save(step, state, meta={'pos': step}, force=True)
         ckpt.wait()
-        assert ckpt.latest_step() == 3
+        assert ckpt.latest_step() == step
         restored, meta = ckpt.restore(None, abstract_like(state))
-        assert meta == {'pos': 3} and restored['w'].sharding == sharding
+        assert meta == {'pos': step} and restored['w'].sharding == sharding
         for shard in restored['w'].addressable_shards:
             np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
         ckpt.close()
@@ -240,12 +249,16 @@ def test_two_processes_agree_on_stop_save_and_restore(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+    stops = []
     for i, (proc, log) in enumerate(zip(procs, logs)):
         log.seek(0)
         out = log.read()
         log.close()
         assert proc.returncode == 0 and f'ok {i}' in out, out[-3000:]
-    assert sorted(os.listdir(tmp_path / 'ckpt')) == ['3']
+        stops.append(re.search(r'stopped at (\d+)', out).group(1))
+    # Both at the step the coordination service named, after the signal, and saved there.
+    assert stops[0] == stops[1] and int(stops[0]) > 3, stops
+    assert sorted(os.listdir(tmp_path / 'ckpt')) == [stops[0]]
 
 
 @pytest.mark.parametrize('sigint', [False, True])
