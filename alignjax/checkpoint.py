@@ -157,6 +157,7 @@ class Checkpointer:
         one would leave the others in the save's barrier, and object stores have no free space."""
         if jax.process_count() > 1 or '://' in str(self.directory):
             return
+        self._manager.wait_until_finished()  # the previous save's size (orbax waits for it anyway)
         try:
             free = shutil.disk_usage(str(self.directory)).free
         except OSError:

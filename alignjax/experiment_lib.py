@@ -114,6 +114,9 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.eval_every = 0  # 0: evaluate only at the end
     c.ckpt_every = 100
     c.keep_ckpts = 2
+    # Write checkpoints in the background after the device-to-host copy, so that training goes
+    # on while the files are written (the last one, and one on preemption, are waited for).
+    c.async_checkpoint = True
     # A non-finite loss or gradient: 'stop' the run (naming the step and the metric) or 'skip'
     # the update (parameters and optimizer state unchanged; counted as nonfinite_skipped).
     c.nonfinite = 'stop'

@@ -54,7 +54,8 @@ STRUCTURAL = ('algo', 'model.', 'tokenizer', 'special_tokens.', 'init_from', 'ba
 # Keys a resume may change without the flag, recorded in the history all the same.
 RECORDED = ('total_steps',)
 # Keys that neither the checkpoint nor the training trajectory depend on.
-FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'mesh.shape',
+FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'async_checkpoint',
+        'mesh.shape',
         'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy', 'model.attention',
         'eval.', 'evaluation.', 'rl.generation_sharding', 'tracker', 'tracker_project')
 

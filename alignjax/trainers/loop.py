@@ -368,7 +368,8 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         graphdef, state, shardings = run.graphdef, run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update
         ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every,
-                                     keep=config.keep_ckpts)
+                                     keep=config.keep_ckpts,
+                                     async_save=config.get('async_checkpoint', False))
         tracker = tracking.make_tracker(config.tracker, workdir, config.to_dict(),
                                         project=config.tracker_project) if primary else None
         writer = metrics_lib.MetricsWriter(workdir, total_steps=config.total_steps,
@@ -387,51 +388,57 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
         stop_requested = False
         tokens = 0
-        with ckpt_lib.PreemptionGuard() as guard:
-            for step in range(start, config.total_steps):
-                algo_state = jax.device_get(state['algo'])
-                host_batch = dict(algo.batches(step, model, algo_state))
-                host_metrics = host_batch.pop('metrics', {})
-                tokens += _count_tokens(host_batch)  # on host: no device round trip per step
-                batch = sharding.shard_batch(host_batch, mesh)
-                state, metrics, finite = update(state, frozen_states, batch)
-                model = nnx.merge(graphdef, state['params'])
-                _check_finite(pending, policy)
-                pending = (step, metrics, finite)
-                # A skipped step's metrics must not move the controllers (an adaptive KL).
-                if algo.update_algo_state is not None and (
-                        policy == 'stop' or bool(jax.device_get(finite))):
-                    state['algo'] = jax.device_put(
-                        algo.update_algo_state(algo_state,
-                                               {**jax.device_get(metrics), **host_metrics}),
-                        shardings['algo'])
-                done = step + 1
-                if done % config.log_every == 0 or done == config.total_steps:
+        try:
+            with ckpt_lib.PreemptionGuard() as guard:
+                for step in range(start, config.total_steps):
+                    algo_state = jax.device_get(state['algo'])
+                    host_batch = dict(algo.batches(step, model, algo_state))
+                    host_metrics = host_batch.pop('metrics', {})
+                    tokens += _count_tokens(host_batch)  # on host: no device round trip per step
+                    batch = sharding.shard_batch(host_batch, mesh)
+                    state, metrics, finite = update(state, frozen_states, batch)
+                    model = nnx.merge(graphdef, state['params'])
                     _check_finite(pending, policy)
-                    tokens = int(sharding.process_sum(tokens))  # every process's rows
-                    writer.write(done, {**jax.device_get(metrics), **host_metrics}, tokens=tokens)
-                    tokens = 0
-                if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
-                    and done != config.total_steps:
-                    writer.write(done, {f'eval/{k}': v for k, v in algo.evaluate(model, done).items()},
-                                 timed=False)
-                # A stop request waits for the next save point (the end of an outer step).
-                stop_requested = guard.should_stop(done) or stop_requested
-                boundary = done % algo.save_every == 0
-                stop = stop_requested and boundary
-                final = stop or done == config.total_steps
-                if final or done % config.ckpt_every == 0:
-                    # Never write a checkpoint from a non-finite step: the last good one stays.
-                    _check_finite(pending, policy)
-                if boundary or final:
-                    _save(ckpt, done, state, final, writer)
-                if stop:
-                    ckpt.wait()
-                    logging.warning('Preempted: saved step %d to %s; re-run the command to resume.',
-                                    done, workdir)
-                    writer.close()
-                    ckpt.close()
-                    return {}
+                    pending = (step, metrics, finite)
+                    # A skipped step's metrics must not move the controllers (an adaptive KL).
+                    if algo.update_algo_state is not None and (
+                            policy == 'stop' or bool(jax.device_get(finite))):
+                        state['algo'] = jax.device_put(
+                            algo.update_algo_state(algo_state,
+                                                   {**jax.device_get(metrics), **host_metrics}),
+                            shardings['algo'])
+                    done = step + 1
+                    if done % config.log_every == 0 or done == config.total_steps:
+                        _check_finite(pending, policy)
+                        tokens = int(sharding.process_sum(tokens))  # every process's rows
+                        writer.write(done, {**jax.device_get(metrics), **host_metrics},
+                                     tokens=tokens)
+                        tokens = 0
+                    if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
+                            and done != config.total_steps:
+                        evaluated = algo.evaluate(model, done)
+                        writer.write(done, {f'eval/{k}': v for k, v in evaluated.items()},
+                                     timed=False)
+                    # A stop request waits for the next save point (the end of an outer step).
+                    stop_requested = guard.should_stop(done) or stop_requested
+                    boundary = done % algo.save_every == 0
+                    stop = stop_requested and boundary
+                    final = stop or done == config.total_steps
+                    if final or done % config.ckpt_every == 0:
+                        # Never write a checkpoint from a non-finite step: the last good one stays.
+                        _check_finite(pending, policy)
+                    if boundary or final:
+                        _save(ckpt, done, state, final, writer)
+                    if stop:
+                        ckpt.wait()
+                        logging.warning('Preempted: saved step %d to %s; re-run the command to '
+                                        'resume.', done, workdir)
+                        writer.close()
+                        ckpt.close()
+                        return {}
+        except BaseException:
+            _finish_saves(ckpt)  # the checkpoints before the failure are committed, not lost
+            raise
         _check_finite(pending, policy)
         ckpt.wait()
         ckpt.close()
@@ -446,6 +453,14 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         return summary
 
 
+def _finish_saves(ckpt) -> None:
+    """Waits for background saves, as a run stops on an error (a failed save is logged)."""
+    try:
+        ckpt.wait()
+    except Exception as e:  # pylint: disable=broad-except
+        logging.error('A background checkpoint save failed: %s', ckpt_lib.first_line(e))
+
+
 def _save(ckpt, step: int, state, force: bool, writer) -> None:
     """`ckpt.save`; a save that fails (a full disk, a quota, a vanished directory) stops the run
     in one line, with the metrics cut back to the last complete checkpoint, which stays intact."""
@@ -454,6 +469,7 @@ def _save(ckpt, step: int, state, force: bool, writer) -> None:
         if force:
             ckpt.wait()
     except Exception as e:  # pylint: disable=broad-except
+        _finish_saves(ckpt)  # an earlier background save may still be committing
         last = ckpt_lib.finished_steps(str(ckpt.directory))
         last = max((s for s in last if s < step), default=0)
         writer.drop_after(last)
