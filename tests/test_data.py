@@ -305,3 +305,17 @@ def test_tfds_build_and_read_round_trip(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="tfds:missing"):
         pipeline.load_records("tfds:missing", "sft")
     assert "tensorflow" not in sys.modules
+
+
+def test_optional_sources_name_their_extra(monkeypatch, tmp_path):
+    """tfds:, parquet: and hf: without their packages: one line naming the package and extra."""
+    from alignjax.errors import ValidationError
+    for module, spec, extra in (('tensorflow_datasets', 'tfds:foo', 'tfds'),
+                                ('pyarrow.parquet', f'parquet:{tmp_path}/x.parquet', 'data'),
+                                ('pyarrow.ipc', f'hf:{tmp_path}', 'data')):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+        (tmp_path / 'x.parquet').write_bytes(b'')
+        with pytest.raises(ValidationError, match=rf"needs the '\w[\w-]*' package, which "
+                                                  rf"alignjax's \[{extra}\] extra brings"):
+            pipeline.load_records(spec, 'preference')
+        monkeypatch.delitem(sys.modules, module)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from alignjax.data import records as records_lib
+from alignjax.errors import require
 
 DataError = records_lib.DataError
 VERSION = "1.0.0"
@@ -37,9 +38,10 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _tfds():
-    # Imported lazily: importing TFDS costs ~0.5 s and most runs never need it.
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    return tfds
+    # Imported lazily: importing TFDS costs ~0.5 s and most runs never need it; it is an extra.
+    require("array_record", "a tfds: data source", "tfds", package="array-record")
+    return require("tensorflow_datasets", "a tfds: data source", "tfds",
+                   package="tensorflow-datasets")
 
 
 def _features(kind: str, records: Sequence[Mapping[str, Any]]):
