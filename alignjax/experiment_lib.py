@@ -93,6 +93,8 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     # Which records a chat template renders: 'auto' (all, when the tokenizer has one), 'messages'
     # (conversational records only), 'none', or a Jinja file (see alignjax.data.chat).
     c.data.chat_template = 'auto'
+    # SFT on conversations: 'last' trains on the final reply, 'all' on every assistant turn.
+    c.data.sft_turns = 'last'
     c.data.eval = ''  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
     c.data.eval_fraction = 0.05
     c.data.num_eval_examples = 512  # synthetic held-out records

@@ -60,7 +60,8 @@ _FIELDS = {
     'model.mlp_dim': (_INT, 0, True),
 }
 _CHOICES = {'nonfinite': ('stop', 'skip'), 'data.truncation': ('left', 'skip', 'error'),
-            'optim.schedule': ('cosine', 'linear', 'constant'), 'tracker': ('', 'wandb')}
+            'optim.schedule': ('cosine', 'linear', 'constant'), 'tracker': ('', 'wandb'),
+            'data.sft_turns': ('last', 'all')}
 # Starting points: key -> whether its params must fit this run's policy (Decoder) shapes.
 _STARTS = {'init_from': True, 'reference_from': True, 'backbone_from': True,
            'reward.reward_from': False, 'nash.preference_from': False}

@@ -50,7 +50,8 @@ STRUCTURAL = ('algo', 'model.', 'tokenizer', 'special_tokens.', 'init_from', 'ba
               'critic_from', 'reference', 'reference_from', 'reward_model', 'reward.reward_from',
               'reward.source', 'reward.ensemble', 'reward.ensemble_type', 'nash.preference',
               'nash.preference_from', 'data.train', 'data.eval', 'data.num_examples',
-              'data.eval_fraction', 'data.num_eval_examples', 'data.chat_template')
+              'data.eval_fraction', 'data.num_eval_examples', 'data.chat_template',
+              'data.sft_turns')
 # Keys a resume may change without the flag, recorded in the history all the same.
 RECORDED = ('total_steps',)
 # Keys that neither the checkpoint nor the training trajectory depend on.

@@ -306,3 +306,60 @@ def test_dpo_trains_on_ultrafeedback_parquet_through_the_template(tmp_path):
         losses = [json.loads(line)['loss'] for line in f if 'loss' in json.loads(line)]
     # Measured: loss 0.676 -> 0.645 in 20 steps, held-out reward margin 0.10, accuracy 1.0.
     assert losses[-1] < losses[0] - 0.02 and summary['heldout/rewards_margin'] > 0.05, losses
+
+
+GENERATION = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+              "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>"
+              "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TURNS = [{'role': 'system', 'content': 'Be brief.'}] + SKY + BLUE + [
+    {'role': 'user', 'content': 'nash'}] + GREEN
+
+
+@pytest.mark.parametrize('template', [GENERATION, TEMPLATE])
+def test_every_assistant_turn_is_trained_with_sft_turns_all(tmp_path, template):
+    """sft_turns='all': prompt + response ids are the whole rendered conversation, and the loss
+    mask is transformers' assistant mask ({% generation %}), or each assistant message's text
+    and end of turn (a template without the tag)."""
+    directory = bpe_tokenizer(tmp_path, config={'chat_template': template})
+    theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    fn = pipeline.make_tokenize_fn('sft', load_tokenizer(directory), max_prompt_len=48,
+                                   max_response_len=48, sft_turns='all')
+    out = fn(records.validate_record({'messages': TURNS}, 'sft', 'test'), 0)
+    prompt = out['prompt'][out['prompt_mask'] > 0].tolist()
+    response = out['response'][out['response_mask'] > 0].tolist()
+    loss_mask = out['loss_mask'][out['response_mask'] > 0].tolist()
+    full = theirs.apply_chat_template(TURNS, tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=template is GENERATION)
+    assert prompt + response == list(full['input_ids'])
+    if template is GENERATION:
+        assert [0] * len(prompt) + loss_mask == list(full['assistant_masks'])
+    trained = theirs.decode([t for t, m in zip(response, loss_mask) if m])
+    assert trained == 'this is a test<|im_end|>the policy samples<|im_end|>'
+    last = pipeline.make_tokenize_fn('sft', load_tokenizer(directory), max_prompt_len=48,
+                                     max_response_len=48)({'messages': TURNS}, 0)
+    assert 'loss_mask' not in last  # 'last': the final reply, as before
+
+
+def test_sft_trains_on_every_turn(tmp_path):
+    data = tmp_path / 'chat.jsonl'
+    records.write_jsonl(data, [{'messages': [{'role': 'user', 'content': f'q{i % 7}'},
+                                             {'role': 'assistant', 'content': 'a'},
+                                             {'role': 'user', 'content': 'again'},
+                                             {'role': 'assistant', 'content': f'b{i % 7}'}]}
+                               for i in range(64)])
+    c = experiment_runs.config_of('sft.py:tiny,steps=2', **{
+        'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
+        'data.max_response_len': 32, 'data.batch_size': 8})
+    tok = experiment_lib.make_tokenizer(c)
+    fn = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=16, max_response_len=32,
+                                   sft_turns='all')
+    out = fn(records.validate_record({'messages': [
+        {'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': 'a'},
+        {'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': 'b'}]}, 'sft', 't'), 0)
+    ids = out['response'][out['loss_mask'] > 0].tolist()
+    assert tok.decode(ids[:-1]) == 'ab' and ids[-1] == tok.eos_id  # plain format: EOS last
+    summary = experiment_runs.run(tmp_path / 'run', 'sft.py:tiny,steps=2', **{
+        'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
+        'data.max_response_len': 32, 'data.batch_size': 8, 'log_every': 1})
+    assert summary['step'] == 2

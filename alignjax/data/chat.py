@@ -174,6 +174,36 @@ class Chat:
         return (self.conversation(prompt, add_generation_prompt=True, tools=tools),
                 self.template is None and self.add_bos)
 
+    def assistant_segments(self, messages: Messages, tools=None) -> list[tuple[str, bool]]:
+        """The whole conversation as ``(text, is_assistant)`` pieces: the assistant's turns by
+        the template's ``{% generation %}`` spans when it has them, else by what each assistant
+        message adds after the turns before it (with the generation prompt). The first piece is
+        the context before the first assistant turn."""
+        full = self.conversation(messages, add_generation_prompt=False, tools=tools)
+        spans = []
+        if self.template is not None and '{% generation' in self.template.replace('{%-', '{%'):
+            spans = render(self.template, messages, variables=self.variables, tools=tools,
+                           spans=True)[1]
+        if not spans:
+            for i, m in enumerate(messages):
+                if m['role'] != 'assistant':
+                    continue
+                head = self.conversation(messages[:i], add_generation_prompt=True, tools=tools)
+                upto = self.conversation(messages[:i + 1], add_generation_prompt=False,
+                                         tools=tools)
+                if not (upto.startswith(head) and full.startswith(upto)):
+                    raise DataError('the chat template does not render the conversation turn by '
+                                    'turn; its assistant turns cannot be located (a template '
+                                    'with {% generation %} tags can)')
+                spans.append((len(head), len(upto)))
+        pieces, at = [], 0
+        for start, end in spans:
+            pieces += [(full[at:start], False), (full[start:end], True)]
+            at = end
+        if at < len(full):
+            pieces.append((full[at:], False))
+        return pieces
+
     def reply(self, prompt: str | Messages, reply: str | Messages, tools=None) -> str:
         """The text of ``reply`` after ``prompt``, without the EOS the template writes."""
         if isinstance(prompt, str) and isinstance(reply, str):

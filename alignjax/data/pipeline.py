@@ -226,10 +226,50 @@ def prompt_ids(record: Mapping[str, Any], kind: str, tok,
     return [tok.bos_id] * add_bos + tok.encode(text)
 
 
+def _assistant_turns(record: Mapping[str, Any], tok, chat: chat_lib.Chat, *,
+                     max_prompt_len: int, max_response_len: int,
+                     prompt_truncation: str) -> dict[str, np.ndarray]:
+    """An SFT conversation for ``config.data.sft_turns='all'``: the prompt is
+    the context before the first assistant turn, the response everything after
+    it, and ``loss_mask`` marks the tokens of every assistant turn."""
+    pieces = chat.assistant_segments(record["messages"], record.get("tools"))
+    add_bos = chat.template is None and chat.add_bos
+    prompt, mask = encode_prompt(tok, pieces[0][0], max_prompt_len,
+                                 truncation=prompt_truncation, add_bos=add_bos)
+    ids, weights = [], []
+    for text, trained in pieces[1:]:
+        piece = tok.encode(text)
+        ids += piece
+        weights += [int(trained)] * len(piece)
+    if chat.template is None:  # the plain format writes no EOS: end the last turn with one
+        ids, weights = ids + [tok.eos_id], weights + [1]
+    ids, weights = ids[:max_response_len], weights[:max_response_len]
+    out = {"prompt": prompt, "prompt_mask": mask}
+    for key, values, fill in (("response", ids, tok.pad_id),
+                              ("response_mask", [1] * len(ids), 0),
+                              ("loss_mask", weights, 0)):
+        row = np.full(max_response_len, fill, dtype=np.int32)
+        row[:len(values)] = values
+        out[key] = row
+    return out
+
+
 def _tokenize(record: Mapping[str, Any], index: int, *, kind: str,
               tok: ByteTokenizer, chat: chat_lib.Chat, max_prompt_len: int,
               max_response_len: int, prompt_truncation: str,
-              response_truncation: str) -> dict[str, np.ndarray]:
+              response_truncation: str, all_turns: bool) -> dict[str, np.ndarray]:
+    if all_turns:
+        if "messages" in record:
+            return _assistant_turns(record, tok, chat, max_prompt_len=max_prompt_len,
+                                    max_response_len=max_response_len,
+                                    prompt_truncation=prompt_truncation)
+        out = _tokenize(record, index, kind=kind, tok=tok, chat=chat,
+                        max_prompt_len=max_prompt_len,
+                        max_response_len=max_response_len,
+                        prompt_truncation=prompt_truncation,
+                        response_truncation=response_truncation,
+                        all_turns=False)
+        return {**out, "loss_mask": out["response_mask"]}
     prompt_text, add_bos, replies = texts(record, kind, chat)
     out = {}
     out["prompt"], out["prompt_mask"] = encode_prompt(
@@ -254,6 +294,7 @@ def make_tokenize_fn(
     prompt_truncation: str = "left",
     response_truncation: str = "right",
     chat_template: str = "auto",
+    sft_turns: str = "last",
 ) -> TokenizeFn:
     """Returns ``fn(record, index) -> dict of arrays`` in the batch layout of
     ``kind`` (see the module docstring).
@@ -263,7 +304,14 @@ def make_tokenize_fn(
     as ``data.chat`` describes; BOS is put before text that did not, where the
     tokenizer itself would (``tok.add_bos``: Llama and Gemma do, Qwen and the
     byte tokenizer do not), and never twice.
+
+    ``sft_turns`` (``config.data.sft_turns``, SFT only): ``'last'`` trains on
+    a conversation's final reply; ``'all'`` on every assistant turn, marked by
+    a ``loss_mask`` [R] (the template's ``{% generation %}`` spans, or each
+    assistant message's own text), the other turns being context.
     """
+    if sft_turns not in ("last", "all"):
+        raise DataError(f"config.data.sft_turns={sft_turns!r}: expected 'last' or 'all'")
     if kind not in records_lib.KINDS:
         raise DataError(f"unknown record kind {kind!r}")
     if kind != "prompt" and max_response_len <= 0:
@@ -272,7 +320,8 @@ def make_tokenize_fn(
         _tokenize, kind=kind, tok=tok, chat=chat_lib.Chat.of(tok, chat_template),
         max_prompt_len=max_prompt_len, max_response_len=max_response_len,
         prompt_truncation=prompt_truncation,
-        response_truncation=response_truncation)
+        response_truncation=response_truncation,
+        all_turns=kind == "sft" and sft_turns == "all")
 
 
 # --- batching --------------------------------------------------------------

@@ -17,7 +17,8 @@ def sft_loss_fn(model, frozen, batch, rng):
     del frozen, rng
     logp = scoring.response_logprobs(model, batch['prompt'], batch['prompt_mask'],
                                      batch['response'], batch['response_mask'])
-    nll, count = sft_losses.sft_loss(logp, batch['response_mask'])
+    # config.data.sft_turns='all': every assistant turn of a conversation (data.pipeline).
+    nll, count = sft_losses.sft_loss(logp, batch.get('loss_mask', batch['response_mask']))
     return nll, count, {'nll': (nll, count)}
 
 
@@ -29,7 +30,8 @@ def build(config, mesh) -> loop.Algorithm:
     tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
                                          prompt_truncation=experiment_lib.prompt_truncation(d),
-                                         chat_template=d.chat_template)
+                                         chat_template=d.chat_template,
+                                         sft_turns=d.sft_turns)
     stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
