@@ -1,21 +1,21 @@
-"""What experiment files share: argument parsing, the base config, and builders from config.
+"""What experiment files call: argument parsing, the base config, config sections, overrides.
 
-An experiment file is a leaf: `get_config(arg)` calls `parse_arg`, starts from `base_config`,
-sets what is particular to it and returns the locked ConfigDict; `main.py` does the rest.
+An experiment file is a leaf: `get_config(arg)` calls `parse_arg`, starts from `base_config` (or
+`online_base`), sets its algorithm's sections itself (`c.rl = rl(a, ..., epochs=2)`, `c.nash =
+nash(a)`, `c.reward = reward(a)`, in big_vision's style: each builder returns one section) and
+returns the config; `main.py` does the rest. What trainers build from a config lives below them:
+`alignjax.data.inputs` (tokenizer, records, streams) and `alignjax.trainers.common` (model config,
+mesh, optimizer, policy).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
-import jax
 import ml_collections
-import numpy as np
-import optax
 
-from alignjax import sharding
+from alignjax.interop import hf
 from alignjax.models import config as model_config
 
 
@@ -55,7 +55,6 @@ def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
     checkpoint directory (its config.json), to pair with `init_from='hf:DIR'`.
     """
     if preset.startswith('hf:'):
-        from alignjax.interop import hf  # pylint: disable=g-import-not-at-top
         cfg = hf.read_config(preset[3:]).replace(**overrides)
     else:
         cfg = model_config.get_model_config(preset, **overrides)
@@ -134,98 +133,6 @@ def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_coll
     c.eval.max_new_tokens = 12
     c.eval.temperature = 1.0
     return c
-
-
-def model_config_from(c: ml_collections.ConfigDict) -> model_config.ModelConfig:
-    fields = {k: v for k, v in c.to_dict().items() if k != 'preset'}
-    for key in ('rope_scaling', 'rope_local_scaling'):
-        if isinstance(fields.get(key), dict) and not fields[key]:
-            fields[key] = None
-    known = {f.name for f in dataclasses.fields(model_config.ModelConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f'Unknown config.model field(s) {unknown}')
-    return model_config.ModelConfig(**fields)
-
-
-def make_mesh(c: ml_collections.ConfigDict):
-    return sharding.make_mesh(tuple(c.mesh.shape))
-
-
-def mesh_rules(c: ml_collections.ConfigDict):
-    return sharding.rules_from_config(c.mesh.rules)
-
-
-def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warm-up to `lr`, then cosine / linear decay to `lr * end_lr_factor`, or constant."""
-    warmup = min(o.warmup_steps, max(total_steps - 1, 0))
-    decay_steps = max(total_steps - warmup, 1)
-    end = o.lr * o.end_lr_factor
-    if o.schedule == 'cosine':
-        decay = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.end_lr_factor)
-    elif o.schedule == 'linear':
-        decay = optax.linear_schedule(o.lr, end, decay_steps)
-    elif o.schedule == 'constant':
-        decay = optax.constant_schedule(o.lr)
-    else:
-        raise ValueError(f"config.optim.schedule must be cosine, linear or constant, "
-                         f"got {o.schedule!r}")
-    if warmup == 0:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
-
-
-def make_optimizer(o: ml_collections.ConfigDict, total_steps: int):
-    """AdamW with the schedule and optional global-norm clipping; returns (tx, schedule)."""
-    schedule = make_schedule(o, total_steps)
-    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
-    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-    return optax.chain(*parts), schedule
-
-
-def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:
-    """DIR/config.json: the resolved config (written by the primary process only)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, 'config.json')
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
-def make_tokenizer(c: ml_collections.ConfigDict):
-    """The tokenizer named by config.tokenizer: 'byte' (the synthetic tasks) or 'hf:DIR'."""
-    from alignjax.data.tokenizer import ByteTokenizer  # pylint: disable=g-import-not-at-top
-    if c.tokenizer == 'byte':
-        return ByteTokenizer()
-    if not c.tokenizer.startswith('hf:'):
-        raise ValueError(f"config.tokenizer={c.tokenizer!r}: expected 'byte' or 'hf:DIR'")
-    from alignjax.interop import tokenizer as hf_tokenizer  # pylint: disable=g-import-not-at-top
-    tok = hf_tokenizer.load_tokenizer(c.tokenizer[3:], **c.special_tokens.to_dict())
-    if tok.vocab_size > c.model.vocab_size:
-        raise ValueError(f'config.tokenizer={c.tokenizer!r} produces {tok.vocab_size} ids but '
-                         f'config.model.vocab_size={c.model.vocab_size}')
-    return tok
-
-
-def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
-    """The policy Decoder of config.model, created already sharded from config.seed."""
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    from alignjax.models import Decoder  # pylint: disable=g-import-not-at-top
-    cfg = model_config_from(c.model)
-    return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)),
-                                   mesh, mesh_rules(c))
-
-
-def synthetic_task(c: ml_collections.ConfigDict):
-    """The synthetic task behind config.data.train, or None for real data."""
-    from alignjax.data import synthetic  # pylint: disable=g-import-not-at-top
-    spec = c.data.train
-    if not spec.startswith('synthetic:'):
-        return None
-    return synthetic.get_task(spec.split(':', 1)[1])
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -337,143 +244,20 @@ def check_config_args(argv: list[str]) -> None:
             check_override_type(key, arg.split('=', 1)[1], _get(config, key), arg)
 
 
-def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_counts=False,
-                 **load_kw):
-    """Records of data spec `spec` with config.data.truncation's policy for long prompts applied
-    (see `data.lengths`), so that validation and training see the same records. Synthetic
-    records are generated once for both (they are a pure function of the arguments)."""
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    from alignjax.data import lengths  # pylint: disable=g-import-not-at-top
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    key = (spec, kind, c.tokenizer, c.data.max_prompt_len, c.data.max_response_len,
-           c.data.truncation, c.data.chat_template, tuple(sorted(load_kw.items())))
-    if spec.startswith('synthetic:') and key in _SYNTHETIC:
-        records, counts = _SYNTHETIC[key]
-        return (records, counts) if with_counts else records
-    records = pipeline.load_records(spec, kind, **load_kw)
-    locate = getattr(records, 'where', None)  # a file's records know their lines or rows
-    records, counts = lengths.apply_prompt_policy(
-        records, kind, make_tokenizer(c), max_prompt_len=c.data.max_prompt_len,
-        policy=c.data.truncation, source=spec, locate=locate,
-        max_response_len=0 if kind == 'prompt' else c.data.max_response_len,
-        chat_template=c.data.chat_template)
-    if counts['too_long']:
-        logging.warning('%s: %d of %d prompts longer than config.data.max_prompt_len=%d: '
-                        '%d truncated, %d skipped (config.data.truncation=%r)', spec,
-                        counts['too_long'], counts['records'], c.data.max_prompt_len,
-                        counts['truncated'], counts['skipped'], c.data.truncation)
-    if counts['long_replies']:
-        logging.warning('%s: %d of %d records have a reply longer than '
-                        'config.data.max_response_len=%d tokens (EOS included): cut on the right, '
-                        'without EOS', spec, counts['long_replies'], counts['records'],
-                        c.data.max_response_len)
-    if spec.startswith('synthetic:'):
-        if len(_SYNTHETIC) >= 8:
-            _SYNTHETIC.clear()
-        _SYNTHETIC[key] = (records, counts)
-    return (records, counts) if with_counts else records
+def online_base(algo: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What the online experiments (ppo, remax, rloo, grpo and the Nash family) share outside
+    their algorithm's own sections: the base config, the synthetic task, the SFT start and
+    reference, the optimiser's schedule and the run's length. The experiment file then sets
+    `c.rl` (`rl`), and `c.reward` (`reward`) or `c.nash` (`nash`), itself.
 
-
-_SYNTHETIC = {}  # the last few synthetic datasets of `load_records`
-
-
-def train_eval_records(c: ml_collections.ConfigDict, kind: str):
-    """(train, held-out) records of `kind` for config.data.train / config.data.eval.
-
-    Held-out records come from config.data.eval when set; synthetic tasks draw fresh ones from
-    another seed; other sources keep back the last config.data.eval_fraction of the records.
-    """
-    d = c.data
-    train = load_records(c, kind, d.train, num_examples=d.num_examples, seed=c.seed)
-    if d.eval:
-        return train, load_records(c, kind, d.eval, split='eval', seed=c.seed)
-    if d.train.startswith('synthetic:'):
-        held_out = load_records(c, kind, d.train, num_examples=d.num_eval_examples,
-                                seed=c.seed + 1_000_003)
-        return train, held_out
-    n_eval = max(1, int(len(train) * d.eval_fraction))
-    if len(train) <= n_eval:
-        raise ValueError(f'config.data.train={d.train!r} has {len(train)} records: too few to '
-                         f'hold out config.data.eval_fraction={d.eval_fraction}')
-    return [train[i] for i in range(len(train) - n_eval)], \
-        [train[i] for i in range(len(train) - n_eval, len(train))]
-
-
-def prompt_truncation(d: ml_collections.ConfigDict) -> str:
-    """What tokenisation does with a long prompt: the records were already filtered by
-    `load_records`, so 'skip' leaves none and 'left' / 'error' apply as they are."""
-    return 'error' if d.truncation == 'error' else 'left'
-
-
-def make_stream(c: ml_collections.ConfigDict, kind: str, records, tok, *, with_index=False):
-    """Random-access batch stream (`stream[step]`) of this process's rows, tokenised."""
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    d = c.data
-    tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
-                                         max_response_len=d.max_response_len,
-                                         prompt_truncation=prompt_truncation(d),
-                                         chat_template=d.chat_template)
-    if with_index:
-        base = tokenize
-        tokenize = lambda record, i: {**base(record, i), 'index': np.int32(i)}
-    return pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
-                                 seed=c.seed, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-
-
-def fixed_batches(c: ml_collections.ConfigDict, kind: str, records, tok, *, batch_size: int):
-    """Every record once, in order, as batches of `batch_size` rows (the last one padded by
-    repeating its final record); yields (batch, number of real rows). For evaluation passes."""
-    from alignjax.data import pipeline  # pylint: disable=g-import-not-at-top
-    d = c.data
-    tokenize = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=d.max_prompt_len,
-                                         max_response_len=d.max_response_len,
-                                         prompt_truncation=prompt_truncation(d),
-                                         chat_template=d.chat_template)
-    for start in range(0, len(records), batch_size):
-        idx = list(range(start, min(start + batch_size, len(records))))
-        real = len(idx)
-        idx += [idx[-1]] * (batch_size - real)
-        rows = [{**tokenize(records[i], i), 'index': np.int32(i)} for i in idx]
-        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}, real
-
-
-def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The shared config of the online policy-gradient experiments (ppo, remax, rloo, grpo).
-
-    `a` holds the parsed experiment arguments: tiny, model, task, reward ('gold' or 'rm': a learned
-    reward model trained on the task's preference pairs), ensemble, k (samples per prompt), kl
-    (< 0: 0.05 with the gold reward, 0.2 with a learned one, whose over-optimisation needs the
-    stronger leash: at 0.05 the tiny runs drive the proxy up and the gold reward down), lr, steps
-    (iterations; :tiny runs 100 of 64 rollouts). `data.batch_size` counts prompts per iteration;
-    a rollout has batch_size * k rows.
+    `a` holds the parsed experiment arguments: tiny, model, task, lr, k (samples per prompt),
+    steps (iterations; :tiny runs 100 of 64 rollouts). `data.batch_size` counts prompts per
+    iteration; a rollout has batch_size * k rows.
     """
     c = base_config(algo=algo, model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.init_from = f'experiment:experiments/sft.py:tiny,task={a.task}' if a.tiny else ''
     c.reference_from = ''  # '' -> the same as init_from
-    rm_args = f'tiny,task={a.task}' + (f',ensemble={a.ensemble}' if a.ensemble > 1 else '')
-    c.reward = ml_collections.ConfigDict(dict(
-        source='gold' if a.reward == 'gold' else 'reward_model',
-        reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
-                     if a.reward == 'rm' and a.tiny else ''),
-        aggregate='mean', lam=1.0))
-    if a.reward not in ('gold', 'rm'):
-        raise ValueError(f"reward must be 'gold' or 'rm', got {a.reward!r}")
-    c.critic_from = ''  # ppo: 'reward_model' | 'policy' | '' (scratch)
-    c.rl = ml_collections.ConfigDict(dict(
-        samples_per_prompt=a.k, max_new_tokens=c.data.max_response_len, temperature=1.0,
-        top_k=0, top_p=1.0,
-        epochs=1, minibatches=1,  # optimizer updates per rollout: epochs * minibatches
-        clip=0.2, clip_high=0.0, dual_clip=0.0,  # 0: symmetric clip / no dual clip
-        vf_coef=0.5, value_clip=0.2, gamma=1.0, lam=0.95,
-        kl_coef=a.kl if a.kl >= 0 else (0.2 if a.reward == 'rm' else 0.05),
-        kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
-        kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
-        missing_eos_penalty=0.0, grpo_normalize=True,
-        # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
-        # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
-        generation_sharding='train'))
     c.optim.lr = a.lr
     c.optim.warmup_steps = 5
     c.optim.schedule = 'constant'
@@ -494,9 +278,50 @@ def online_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Con
     return c
 
 
-def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The shared config of the Nash-learning experiments (nash_md, nash_mp, spo, inpo, dno,
-    sppo, online_ipo): the online config plus `config.nash`.
+def reward(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.reward` of the policy-gradient experiments: a.reward 'gold' (the task's reward) or
+    'rm' (a learned reward model trained on the task's preference pairs; :tiny trains or reuses
+    it, an ensemble of a.ensemble members when > 1)."""
+    rm_args = f'tiny,task={a.task}' + (f',ensemble={a.ensemble}' if a.ensemble > 1 else '')
+    section = ml_collections.ConfigDict(dict(
+        source='gold' if a.reward == 'gold' else 'reward_model',
+        reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
+                     if a.reward == 'rm' and a.tiny else ''),
+        aggregate='mean', lam=1.0))
+    if a.reward not in ('gold', 'rm'):
+        raise ValueError(f"reward must be 'gold' or 'rm', got {a.reward!r}")
+    return section
+
+
+def rl(a: ml_collections.ConfigDict, max_new_tokens: int, **settings) -> ml_collections.ConfigDict:
+    """`config.rl`: sampling, the policy-gradient update and the KL leash; `settings` are the
+    experiment's own values. a.k samples a prompt; kl_coef is a.kl, or when a.kl < 0 0.05 with
+    the gold reward and 0.2 with a learned one (whose over-optimisation needs the stronger leash:
+    at 0.05 the tiny runs drive the proxy up and the gold reward down)."""
+    kl = a.get('kl', -1.0)
+    section = ml_collections.ConfigDict(dict(
+        samples_per_prompt=a.k, max_new_tokens=max_new_tokens, temperature=1.0,
+        top_k=0, top_p=1.0,
+        epochs=1, minibatches=1,  # optimizer updates per rollout: epochs * minibatches
+        clip=0.2, clip_high=0.0, dual_clip=0.0,  # 0: symmetric clip / no dual clip
+        vf_coef=0.5, value_clip=0.2, gamma=1.0, lam=0.95,
+        kl_coef=kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05),
+        kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
+        kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
+        missing_eos_penalty=0.0, grpo_normalize=True,
+        # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
+        # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
+        generation_sharding='train'))
+    for key, value in settings.items():
+        if key not in section:
+            raise ValueError(f'config.rl has no key {key!r}')
+        section[key] = value
+    return section
+
+
+def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config.nash` of the Nash-learning experiments (nash_md, nash_mp, spo, inpo, dno, sppo,
+    online_ipo).
 
     Arguments (`experiments/<method>.py:ARGS`): tiny, model, task (default intransitive),
     preference ('model': the tiny pairwise preference model trained on the task's pairs, the
@@ -510,21 +335,10 @@ def nash_config(algo: str, a: ml_collections.ConfigDict) -> ml_collections.Confi
     Full scale: --config.data.train=jsonl:PATH of prompts, --config.init_from=<SFT workdir>,
     --config.nash.preference_from=<preference-model workdir>.
     """
-    a = ml_collections.ConfigDict(dict(a.to_dict(), reward='gold', ensemble=1, kl=0.0))
-    c = online_config(algo, a)
-    del c.reward, c.critic_from
-    c.rl.aggregation = 'sequence_sum'  # sequence-level objectives: REINFORCE on log pi(y)
-    c.rl.kl_coef = 0.0  # the KL to the reference is tau, inside each method's objective
     if a.preference not in ('model', 'gold'):
         raise ValueError(f"preference must be 'model' or 'gold', got {a.preference!r}")
-    c.nash = ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(dict(
         preference=a.preference,
         preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
                          if a.preference == 'model' and a.tiny else ''),
         tau=a.tau, eta=a.eta, mixture=0.125, phase_steps=5, sppo_exact_partition=False))
-    if algo in ('inpo', 'dno', 'sppo'):
-        # Iterative methods regress towards a target defined by the anchor pi_t (the sampling
-        # policy): several updates per rollout. With a single update from pi = pi_t, INPO's
-        # gradient is (eta tau)^2 times online IPO's, which Adam cannot tell apart.
-        c.rl.epochs, c.rl.minibatches = 2, 2
-    return c

@@ -6,7 +6,7 @@ jitted programs the trainer runs with `jax.ShapeDtypeStruct` arguments that carr
 compiles them for the target and reads the compiler's own per-device memory:
 
 - the update: `loop.make_update` with the algorithm's own loss and batch layout, the optimizer of
-  `experiment_lib.make_optimizer`, the frozen models as arguments, the state donated;
+  `common.make_optimizer`, the frozen models as arguments, the state donated;
 - online algorithms also the rollout: the sampler (`sampling.generate`: the prefill and the
   decode loop with its KV cache), Nash-MD's opponent sampler (the geometric mixture of policy and
   reference), the teacher-forced pass of policy, reference (and critic) over the samples, and the
@@ -42,11 +42,13 @@ from alignjax import experiment_lib
 from alignjax import resharding
 from alignjax import sampling
 from alignjax import sharding
+from alignjax.data import inputs
 from alignjax.data import pipeline
 from alignjax.losses import reward as reward_losses
 from alignjax.models import Decoder, PreferenceModel, RewardModel, ValueModel, scoring
 from alignjax.models import config as model_config
 from alignjax.rollout import response_values
+from alignjax.trainers import common
 from alignjax.trainers import dpo, loop, policy_gradient, sft
 
 GiB = 1 << 30
@@ -160,14 +162,14 @@ def _batch(layout: dict, mesh) -> dict:
 def _tokenized_layout(config, kind: str, rows: int) -> dict:
     """The batch layout of `kind` records as the data pipeline tokenizes them, for `rows` rows."""
     d = config.data
-    tokenize = pipeline.make_tokenize_fn(kind, experiment_lib.make_tokenizer(config),
+    tokenize = pipeline.make_tokenize_fn(kind, inputs.make_tokenizer(config),
                                          max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=experiment_lib.prompt_truncation(d))
+                                         prompt_truncation=inputs.prompt_truncation(d))
     record = {'prompt': 'p', 'response': 'r', 'chosen': 'c', 'rejected': 'r'}
     row = tokenize(record, 0)
     if kind == 'preference':
-        row['index'] = np.int32(0)  # experiment_lib.make_stream(with_index=True)
+        row['index'] = np.int32(0)  # inputs.make_stream(with_index=True)
     return {k: ((rows, *np.shape(v)), np.asarray(v).dtype) for k, v in row.items()}
 
 
@@ -218,7 +220,7 @@ def _update_program(config, mesh, rules, cfg):
     frozen_defs, frozen_states = {}, {}
     for name, ctor in frozen_ctors.items():
         frozen_defs[name], frozen_states[name] = abstract_module(ctor, mesh, rules)
-    tx, schedule = experiment_lib.make_optimizer(config.optim,
+    tx, schedule = common.make_optimizer(config.optim,
                                                  config.total_steps * epochs * minibatches)
     needs_master = getattr(loop, 'needs_master', None)  # loop.setup's float32 master copy
     if needs_master is not None and needs_master(params):
@@ -245,7 +247,7 @@ def _update_program(config, mesh, rules, cfg):
 
 def _sampler_program(config, mesh, rules, ctors, combine=None):
     """`sampling.generate` of the rollout (prefill and decode loop) over its rows."""
-    rl, tok = config.rl, experiment_lib.make_tokenizer(config)
+    rl, tok = config.rl, inputs.make_tokenizer(config)
     gen = resharding.GenerationSharding.from_spec(rl.generation_sharding, mesh, rules)
     gen_mesh = mesh if gen is None else gen.mesh
     defs, states = zip(*(abstract_module(c, gen_mesh, rules) for c in ctors))
@@ -316,8 +318,8 @@ def _rollout_programs(config, mesh, rules, cfg):
 
 def programs(config, mesh):
     """[(name, jitted program, abstract args)] of every program `config`'s run compiles."""
-    rules = experiment_lib.mesh_rules(config)
-    cfg = experiment_lib.model_config_from(config.model)
+    rules = common.mesh_rules(config)
+    cfg = common.model_config_from(config.model)
     out = [('update', *_update_program(config, mesh, rules, cfg))]
     if config.algo == 'dpo' and config.loss.precompute_ref:
         rdef, rstate = abstract_module(lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed)), mesh,
@@ -538,7 +540,7 @@ def should_plan(config, mode: str = 'auto') -> bool:
         return False
     if mode == 'on':
         return True
-    size = experiment_lib.model_config_from(config.model).num_params()
+    size = common.model_config_from(config.model).num_params()
     return size > model_config.get_model_config('small').num_params()
 
 

@@ -28,6 +28,10 @@ from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
+from alignjax import trainers
+from alignjax.interop import hf
+from alignjax.trainers import common
+from alignjax.trainers import loop
 
 REPO_ROOT = experiment_lib.REPO_ROOT
 
@@ -50,8 +54,6 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
         if not os.path.isdir(os.path.join(spec, 'checkpoints')):
             raise FileNotFoundError(f'config.{key}={spec!r}: no checkpoints/ directory there')
         return spec
-    from alignjax import trainers  # pylint: disable=g-import-not-at-top
-    from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
     exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     config = experiment_lib.load_config(exp)
     fields = {k: v for k, v in config.to_dict().items()
@@ -77,7 +79,7 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
             done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
         if not done:
             logging.info('config.%s=%r: training it once into %s', key, spec, workdir)
-            with jax.set_mesh(experiment_lib.make_mesh(config)):
+            with jax.set_mesh(common.make_mesh(config)):
                 loop.train(config, workdir, trainers.get_builder(config.algo))
     return workdir
 
@@ -123,7 +125,6 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
     if not spec:
         return
     if spec.startswith('hf:'):
-        from alignjax.interop import hf  # pylint: disable=g-import-not-at-top
         hf.load_into(module, spec[3:], key=key)
         logging.info('Loaded parameters from Hugging Face checkpoint %s', spec[3:])
         return

@@ -174,7 +174,7 @@ class Rollout:
 
     Args:
       prompts: random-access stream of prompt batches (`stream[step]` with prompt, prompt_mask,
-        index), e.g. `experiment_lib.make_stream(config, 'prompt', records, tok)`.
+        index), e.g. `inputs.make_stream(config, 'prompt', records, tok)`.
       records: the prompt records the stream's `index` points into (for prompt texts).
       tok: the tokenizer.
       scorer: maps (prompt texts, response texts, token batch) to scores [N]; None for

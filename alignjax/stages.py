@@ -32,6 +32,8 @@ from alignjax import pretrained
 from alignjax import rollout as rollout_lib
 from alignjax import trainers
 from alignjax import validation
+from alignjax.data import inputs
+from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers import reward_model as reward_model_lib
 
@@ -83,7 +85,7 @@ def _run(config, workdir: str) -> dict:
         print(f'[{i + 1}/{len(config.order)}] {name}: {config.stages[name].experiment} '
               f'({sub.total_steps} steps) -> {stage_dir}', flush=True)
         start = time.time()
-        with jax.set_mesh(experiment_lib.make_mesh(sub)):
+        with jax.set_mesh(common.make_mesh(sub)):
             loop.train(sub, stage_dir, trainers.get_builder(sub.algo))
         timings[name] = timings.get(name, 0.0) + time.time() - start
         if jax.process_index() == 0:
@@ -93,7 +95,7 @@ def _run(config, workdir: str) -> dict:
 
 
 def _load_policy(stage_cfg, path: str, mesh):
-    policy = experiment_lib.build_policy(stage_cfg, mesh)
+    policy = common.build_policy(stage_cfg, mesh)
     pretrained.init_module(policy, path)
     return policy
 
@@ -102,9 +104,9 @@ def compare(config, workdir: str, timings: dict) -> dict:
     """Evaluates every stage in `config.compare` against `config.reference` the same way."""
     c = config.evaluation
     ref_cfg = stage_config(config, config.reference, workdir)
-    task = experiment_lib.synthetic_task(ref_cfg)
-    tok = experiment_lib.make_tokenizer(ref_cfg)
-    mesh = experiment_lib.make_mesh(ref_cfg)
+    task = inputs.synthetic_task(ref_cfg)
+    tok = inputs.make_tokenizer(ref_cfg)
+    mesh = common.make_mesh(ref_cfg)
     rows = []
     with jax.set_mesh(mesh):
         reference = _load_policy(ref_cfg, os.path.join(workdir, config.reference), mesh)

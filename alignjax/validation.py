@@ -21,8 +21,14 @@ import jax
 import ml_collections
 from absl import logging
 
+from alignjax import experiment_lib
+from alignjax import trainers
+from alignjax.data import chat
+from alignjax.data import inputs
 from alignjax.data.records import DataError
 from alignjax.errors import ValidationError, require
+from alignjax.models import Decoder
+from alignjax.trainers import common
 
 ERROR_LOG = 'error.log'
 
@@ -78,7 +84,6 @@ def _lookup(config, dotted: str):
 
 def check_fields(config) -> None:
     """Types, signs and choices of the keys in `_FIELDS` and `_CHOICES`."""
-    from alignjax import trainers  # pylint: disable=g-import-not-at-top
     if config.get('algo') not in trainers.ALGORITHMS:
         raise ValidationError(f'config.algo={config.get("algo")!r}: expected one of '
                               f'{sorted(trainers.ALGORITHMS)}')
@@ -104,7 +109,6 @@ def check_fields(config) -> None:
         require(config.tracker, f'config.tracker={config.tracker}', 'track')
     present, template = _lookup(config, 'data.chat_template')
     if present:
-        from alignjax.data import chat  # pylint: disable=g-import-not-at-top
         if not isinstance(template, str) or not template:
             raise ValidationError(f'config.data.chat_template={template!r}: expected one of '
                                   f'{chat.MODES} or a Jinja file')
@@ -208,7 +212,6 @@ def check_starting_points(config) -> None:
 
 
 def _check_experiment_spec(key: str, spec: str) -> None:
-    from alignjax import experiment_lib  # pylint: disable=g-import-not-at-top
     exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     if not os.path.isfile(exp.split(':')[0]):
         raise ValidationError(f'config.{key}={spec!r}: no experiment file {exp.split(":")[0]!r}')
@@ -237,8 +240,6 @@ def _check_param_shapes(config, key: str, path: str, state_dir: str) -> None:
     """Compares the checkpoint's metadata with this run's policy shapes (nothing is loaded)."""
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     from flax import nnx  # pylint: disable=g-import-not-at-top
-    from alignjax import experiment_lib  # pylint: disable=g-import-not-at-top
-    from alignjax.models import Decoder  # pylint: disable=g-import-not-at-top
     try:
         with ocp.PyTreeCheckpointer() as reader:
             meta = reader.metadata(state_dir)
@@ -246,7 +247,7 @@ def _check_param_shapes(config, key: str, path: str, state_dir: str) -> None:
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise ValidationError(f'config.{key}={path!r}: unreadable checkpoint {state_dir} '
                               f'({type(e).__name__}: {e})') from None
-    cfg = experiment_lib.model_config_from(config.model)
+    cfg = common.model_config_from(config.model)
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     expected = nnx.to_pure_dict(nnx.state(model))
     saved = {_name(p): tuple(m.shape) for p, m in
@@ -269,16 +270,15 @@ def _name(path) -> str:
 def check_data(config) -> dict:
     """Reads and checks every record (JSON, fields, UTF-8, lengths); returns the counts of
     config.data.truncation's policy per data spec."""
-    from alignjax import experiment_lib  # pylint: disable=g-import-not-at-top
     kind = _KINDS.get(config.algo, 'prompt')
     d = config.data
     report = {}
     try:
-        _, report[d.train] = experiment_lib.load_records(
+        _, report[d.train] = inputs.load_records(
             config, kind, d.train, num_examples=d.num_examples, seed=config.seed,
             with_counts=True)
         if d.get('eval'):
-            _, report[d.eval] = experiment_lib.load_records(
+            _, report[d.eval] = inputs.load_records(
                 config, kind, d.eval, split='eval', seed=config.seed, with_counts=True)
     except DataError as e:
         raise ValidationError(str(e)) from None

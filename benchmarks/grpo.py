@@ -39,6 +39,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alignjax import experiment_lib, sharding  # pylint: disable=g-import-not-at-top
+from alignjax.trainers import common as trainer_common  # pylint: disable=g-import-not-at-top
 from alignjax.trainers import loop, policy_gradient  # pylint: disable=g-import-not-at-top
 
 EXPERIMENTS = os.path.join(common.HERE, '..', 'experiments')
@@ -107,8 +108,8 @@ def build(config, args, mesh):
     prompts = RandomPrompts(config.model.vocab_size, args.prompts, args.prompt_len, args.seed)
 
     def online_setup(config, mesh):
-        policy = experiment_lib.build_policy(config, mesh)
-        reference = experiment_lib.build_policy(config, mesh)
+        policy = trainer_common.build_policy(config, mesh)
+        reference = trainer_common.build_policy(config, mesh)
         return WordTokenizer(), EvenTokenTask(), prompts.records, prompts, policy, reference
 
     original = policy_gradient.online_setup
@@ -123,7 +124,7 @@ class Iteration:
     """Rollout + update, as `loop.train` steps them."""
 
     def __init__(self, config, args):
-        self.mesh = experiment_lib.make_mesh(config)
+        self.mesh = trainer_common.make_mesh(config)
         with jax.set_mesh(self.mesh):
             self.algo = build(config, args, self.mesh)
             run = loop.setup(config, self.algo, self.mesh)
@@ -189,7 +190,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     config = make_config(args)
-    cfg = experiment_lib.model_config_from(config.model)
+    cfg = trainer_common.model_config_from(config.model)
     load_before = common.load_average()
     hw = common.hardware_limit(size=args.limit_size, bandwidth_mib=args.limit_mib)
     common.log(f'{hw["device"]}; load average {load_before}; matmul peak '

@@ -76,6 +76,7 @@ import jax
 from flax import nnx
 
 from alignjax import experiment_lib, sharding
+from alignjax.trainers import common
 from alignjax.trainers import loop, policy_gradient
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'experiments')
@@ -203,9 +204,9 @@ def main(argv=None) -> dict:
         parser.error('--iters must be >= 1')
 
     configs = {name: make_config(name, args) for name in ('remax', 'ppo')}
-    mesh = experiment_lib.make_mesh(configs['remax'])
+    mesh = common.make_mesh(configs['remax'])
     device = f'{jax.devices()[0].device_kind} x{mesh.devices.size}'
-    cfg = experiment_lib.model_config_from(configs['remax'].model)
+    cfg = common.model_config_from(configs['remax'].model)
     log(f'device: {device}, model {args.model} ({cfg.num_params() / 1e6:.2f}M params), '
         f'{args.batch} prompts x {args.new_tokens} new tokens, PPO {args.ppo_epochs} epochs x '
         f'{args.ppo_minibatches} minibatches, {args.warmup} warm-up + {args.iters} timed iterations')

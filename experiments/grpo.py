@@ -23,10 +23,11 @@ from alignjax import experiment_lib
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', reward='gold',
                                  ensemble=1, k=4, kl=-1.0, lr=3e-4, steps=0, unnormalized=False)
-    c = experiment_lib.online_config('grpo', a)
-    c.rl.kl_in = 'loss'
+    c = experiment_lib.online_base('grpo', a)
+    c.reward = experiment_lib.reward(a)
+    c.critic_from = ''  # the key PPO sets; no critic here
+    c.rl = experiment_lib.rl(a, c.data.max_response_len, kl_in='loss', kl_estimator='k3',
+                             grpo_normalize=not a.unnormalized)
     if a.kl < 0 and a.reward == 'gold':
         c.rl.kl_coef = 0.04
-    c.rl.kl_estimator = 'k3'
-    c.rl.grpo_normalize = not a.unnormalized
     return c

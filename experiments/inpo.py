@@ -10,7 +10,7 @@ Tiny (CPU, intransitive task, ~2 minutes after the cached SFT policy and prefere
   (SFT reference 0.348 / 0.152; DPO 0.434 / 0.066).
 Full scale (model=small on one GPU or a v5e-8, with real prompts and checkpoints):
   python -m alignjax.main --config=experiments/inpo.py:model=small --workdir=$WORKDIR
-Summary fields, the full-scale flags and the arguments: `experiment_lib.nash_config`.
+Summary fields, the full-scale flags and the arguments: `experiment_lib.nash`.
 """
 
 from alignjax import experiment_lib
@@ -20,4 +20,14 @@ def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='intransitive',
                                  preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4,
                                  steps=0)
-    return experiment_lib.nash_config('inpo', a)
+    c = experiment_lib.online_base('inpo', a)
+    # Sequence-level objectives (REINFORCE on log pi(y)); the KL to the reference is tau, inside
+    # each method's objective.
+    c.rl = experiment_lib.rl(a, c.data.max_response_len, aggregation='sequence_sum', kl_coef=0.0,
+                             # Several updates per rollout: the method regresses towards a target
+                             # defined by the anchor pi_t (the sampling policy). With a single
+                             # update from pi = pi_t, INPO's gradient is (eta tau)^2 times online
+                             # IPO's, which Adam cannot tell apart.
+                             epochs=2, minibatches=2)
+    c.nash = experiment_lib.nash(a)
+    return c

@@ -11,7 +11,7 @@ Tiny (CPU, intransitive task, ~2 minutes after the cached SFT policy and prefere
   (SFT reference 0.348 / 0.152; DPO 0.434 / 0.066).
 Full scale (model=small on one GPU or a v5e-8, with real prompts and checkpoints):
   python -m alignjax.main --config=experiments/nash_mp.py:model=small --workdir=$WORKDIR
-Summary fields, the full-scale flags and the arguments: `experiment_lib.nash_config`.
+Summary fields, the full-scale flags and the arguments: `experiment_lib.nash`.
 """
 
 from alignjax import experiment_lib
@@ -21,4 +21,9 @@ def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='intransitive',
                                  preference='model', tau=0.05, eta=1.0, k=1, lr=3e-4,
                                  steps=0)
-    return experiment_lib.nash_config('nash_mp', a)
+    c = experiment_lib.online_base('nash_mp', a)
+    # Sequence-level objectives (REINFORCE on log pi(y)); the KL to the reference is tau, inside
+    # each method's objective.
+    c.rl = experiment_lib.rl(a, c.data.max_response_len, aggregation='sequence_sum', kl_coef=0.0)
+    c.nash = experiment_lib.nash(a)
+    return c

@@ -29,11 +29,11 @@ from alignjax import experiment_lib
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', reward='gold',
                                  ensemble=1, k=1, kl=-1.0, lr=1e-4, steps=0, critic='')
-    c = experiment_lib.online_config('ppo', a)
-    c.critic_from = a.critic or ('reward_model' if a.reward == 'rm' else 'policy')
+    c = experiment_lib.online_base('ppo', a)
+    c.reward = experiment_lib.reward(a)
+    c.critic_from = a.critic or ('reward_model' if a.reward == 'rm' else 'policy')  # or scratch
     if c.critic_from == 'scratch':
         c.critic_from = ''
-    c.rl.epochs = 2
-    c.rl.minibatches = 2
-    c.rl.whiten_advantages = True
+    c.rl = experiment_lib.rl(a, c.data.max_response_len, epochs=2, minibatches=2,
+                             whiten_advantages=True)
     return c

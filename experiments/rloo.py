@@ -21,5 +21,8 @@ from alignjax import experiment_lib
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', reward='gold',
                                  ensemble=1, k=4, kl=-1.0, lr=3e-4, steps=0)
-    c = experiment_lib.online_config('rloo', a)
+    c = experiment_lib.online_base('rloo', a)
+    c.reward = experiment_lib.reward(a)
+    c.critic_from = ''  # the key PPO sets; no critic here
+    c.rl = experiment_lib.rl(a, c.data.max_response_len)
     return c

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from alignjax.data import inputs
 from alignjax.data import pipeline
 from alignjax.data import records
 from alignjax.data import tfds_builder
@@ -122,17 +123,16 @@ def test_a_file_is_read_whole_by_default(tmp_path, caplog):
     to 3,892 training records without a word; a file is now read whole unless the key says
     otherwise, and a cut is logged."""
     import experiment_runs  # pylint: disable=import-outside-toplevel
-    from alignjax import experiment_lib  # pylint: disable=import-outside-toplevel
     path = tmp_path / "prefs.jsonl"
     records.write_jsonl(path, [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"}
                                for i in range(5000)])
     config = experiment_runs.config_of("dpo.py:tiny", **{"data.train": f"jsonl:{path}"})
-    train, held_out = experiment_lib.train_eval_records(config, "preference")
+    train, held_out = inputs.train_eval_records(config, "preference")
     assert (len(train), len(held_out)) == (4750, 250)  # eval_fraction 0.05, the last records
     assert held_out[-1]["prompt"] == "p4999"
     config.data.num_examples = 1000
     with caplog.at_level("WARNING"):
-        train, held_out = experiment_lib.train_eval_records(config, "preference")
+        train, held_out = inputs.train_eval_records(config, "preference")
     assert (len(train), len(held_out)) == (950, 50)
     assert "the first 1000 of its 5000 records" in caplog.text
     with pytest.raises(DataError, match="num_examples must be >= 0"):

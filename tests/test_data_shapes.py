@@ -13,8 +13,8 @@ import types
 import numpy as np
 import pytest
 
-from alignjax import experiment_lib
 from alignjax.data import chat, pipeline, records, shapes
+from alignjax.data import inputs
 from alignjax.data.records import DataError
 from alignjax.interop import load_tokenizer
 
@@ -292,9 +292,9 @@ def test_dpo_trains_on_ultrafeedback_parquet_through_the_template(tmp_path):
                  'log_every': 5}
     c = experiment_runs.config_of(f'dpo.py:model=hf:{directory},steps=20', **overrides)
     theirs = transformers.AutoTokenizer.from_pretrained(directory)
-    tok = experiment_lib.make_tokenizer(c)
-    batch = next(iter(experiment_lib.make_stream(
-        c, 'preference', experiment_lib.load_records(c, 'preference', c.data.train), tok)))
+    tok = inputs.make_tokenizer(c)
+    batch = next(iter(inputs.make_stream(
+        c, 'preference', inputs.load_records(c, 'preference', c.data.train), tok)))
     for ids, mask, i in zip(batch['prompt'], batch['prompt_mask'], range(3)):
         ids = ids[mask > 0].tolist()
         assert ids.count(theirs.bos_token_id) == 1
@@ -351,7 +351,7 @@ def test_sft_trains_on_every_turn(tmp_path):
     c = experiment_runs.config_of('sft.py:tiny,steps=2', **{
         'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
         'data.max_response_len': 32, 'data.batch_size': 8})
-    tok = experiment_lib.make_tokenizer(c)
+    tok = inputs.make_tokenizer(c)
     fn = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=16, max_response_len=32,
                                    sft_turns='all')
     out = fn(records.validate_record({'messages': [

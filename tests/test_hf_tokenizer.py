@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from alignjax import experiment_lib, pretrained, sharding
+from alignjax import pretrained, sharding
 from alignjax.data import pipeline
 from alignjax.interop import from_pretrained, load_tokenizer
+from alignjax.trainers import common
 from alignjax.trainers import reward_model as reward_model_lib
 
 import experiment_runs
@@ -205,7 +206,7 @@ def test_hf_starting_points(hf_dir):
     assert c.model.vocab_size == VOCAB and c.model.num_kv_heads == 2
     mesh = sharding.make_mesh((1, 2, 2))
     with jax.set_mesh(mesh):
-        policy = experiment_lib.build_policy(c, mesh)
+        policy = common.build_policy(c, mesh)
         pretrained.init_module(policy, f'hf:{hf_dir}')
         lm = from_pretrained(hf_dir, mesh=mesh)
         tokens = np.arange(1, 25, dtype=np.int32).reshape(2, 12)
@@ -226,7 +227,7 @@ def test_hf_starting_points(hf_dir):
     c.model.num_layers = 3
     with pytest.raises(ValueError, match=r'num_layers \(3 here, 2 there\).*model=hf:'):
         with jax.set_mesh(mesh):
-            pretrained.init_module(experiment_lib.build_policy(c, mesh), f'hf:{hf_dir}')
+            pretrained.init_module(common.build_policy(c, mesh), f'hf:{hf_dir}')
 
 
 def test_sft_run_from_hf_checkpoint(hf_dir, tmp_path):

@@ -12,7 +12,9 @@ from flax import nnx
 
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
+from alignjax import sharding
 from alignjax.losses import sft as sft_losses
+from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers import sft
 
@@ -97,7 +99,7 @@ def test_check_config_args_names_the_key():
 @pytest.mark.parametrize('schedule', ['cosine', 'linear', 'constant'])
 def test_schedule_warms_up_then_decays(schedule):
     c = tiny_config(**{'optim.schedule': schedule, 'optim.warmup_steps': 10})
-    _, sched = experiment_lib.make_optimizer(c.optim, 100)
+    _, sched = common.make_optimizer(c.optim, 100)
     lr = np.array([float(sched(s)) for s in range(101)])  # reaches its end at step 100
     assert lr[0] == 0.0 and abs(lr[10] - c.optim.lr) < 1e-9
     assert np.all(np.diff(lr[:11]) > 0)
@@ -110,7 +112,7 @@ def test_schedule_warms_up_then_decays(schedule):
 
 def test_model_config_overrides_flow_into_the_model():
     c = tiny_config(**{'model.num_layers': 3})
-    assert experiment_lib.model_config_from(c.model).num_layers == 3
+    assert common.model_config_from(c.model).num_layers == 3
 
 
 def test_non_finite_step_stops_before_its_checkpoint(tmp_path):
@@ -163,7 +165,7 @@ def test_epochs_of_minibatches_equal_sequential_sgd(microbatches):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 3)).astype(np.float32)
     y = rng.normal(size=(12,)).astype(np.float32)
-    mesh = experiment_lib.sharding.make_mesh((1, 1, 1))
+    mesh = sharding.make_mesh((1, 1, 1))
     epochs, minibatches, lr = 2, 3, 0.1
     with jax.set_mesh(mesh):
         graphdef, params = nnx.split(_Linear())

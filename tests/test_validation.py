@@ -20,6 +20,7 @@ from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import trainers
 from alignjax import validation
+from alignjax.data import inputs
 from alignjax.models import Decoder
 from alignjax.models import config as model_config
 from alignjax.trainers import loop
@@ -127,7 +128,7 @@ def test_long_prompt_policies_count_and_filter(tmp_path):
         assert report == {'records': 5, 'too_long': 2, 'kept': kept,
                           'truncated': 2 if policy == 'left' else 0,
                           'skipped': 2 if policy == 'skip' else 0, 'long_replies': 0}
-        records = experiment_lib.load_records(c, 'sft', c.data.train)
+        records = inputs.load_records(c, 'sft', c.data.train)
         assert len(records) == kept
         assert all(r['prompt'] == 'abc:' for r in records) == (policy == 'skip')
 

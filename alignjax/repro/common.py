@@ -21,6 +21,8 @@ import json
 import os
 import time
 
+from alignjax.trainers import common
+
 import numpy as np
 
 QUICK_ENV = 'ALIGNJAX_NOTEBOOK_QUICK'
@@ -80,13 +82,13 @@ def run(workdir: str, spec: str, overrides: dict | None = None) -> dict:
 
 def _train(workdir: str, spec: str, overrides: dict | None) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
-    from alignjax import experiment_lib, trainers  # pylint: disable=g-import-not-at-top
+    from alignjax import trainers  # pylint: disable=g-import-not-at-top
     from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
     config = config_of(spec, overrides)
     start = time.perf_counter()
     log(f'training {spec} {overrides or ""} -> {workdir}')
     resolve_starting_points(config)
-    with jax.set_mesh(experiment_lib.make_mesh(config)):
+    with jax.set_mesh(common.make_mesh(config)):
         summary = loop.train(config, workdir, trainers.get_builder(config.algo))
     log(f'  done in {time.perf_counter() - start:.0f} s')
     return summary
@@ -136,12 +138,12 @@ def mesh():
 def load_policy(workdir: str):
     """(policy Decoder with the latest checkpoint's params, the run's config) of a workdir."""
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from alignjax import experiment_lib, pretrained  # pylint: disable=g-import-not-at-top
+    from alignjax import pretrained  # pylint: disable=g-import-not-at-top
     with open(os.path.join(workdir, 'config.json')) as f:
         config = ml_collections.ConfigDict(json.load(f))
     config.mesh.shape = ONE_DEVICE
     config.mesh.rules = None
-    policy = experiment_lib.build_policy(config, mesh())
+    policy = common.build_policy(config, mesh())
     pretrained.init_module(policy, workdir)
     return policy, config
 

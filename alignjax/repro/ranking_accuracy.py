@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from alignjax import experiment_lib
+from alignjax.data import inputs
 from alignjax.data import synthetic
 from alignjax.repro import common
 from alignjax.repro import daa_overoptimization as daa
@@ -43,8 +43,8 @@ def _pair_logps(graphdef):
 def held_out_pairs():
     """(the DPO tiny config, held-out preference records, tokenizer) as DPO evaluates them."""
     config = common.config_of('dpo.py:tiny')
-    _, held_out = experiment_lib.train_eval_records(config, 'preference')
-    return config, held_out, experiment_lib.make_tokenizer(config)
+    _, held_out = inputs.train_eval_records(config, 'preference')
+    return config, held_out, inputs.make_tokenizer(config)
 
 
 def sequence_logps(model, config, records, tok) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,7 @@ def sequence_logps(model, config, records, tok) -> tuple[np.ndarray, np.ndarray]
     graphdef, state = nnx.split(model)
     fn = _pair_logps(graphdef)
     chosen, rejected = [], []
-    for batch, real in experiment_lib.fixed_batches(config, 'preference', records, tok,
+    for batch, real in inputs.fixed_batches(config, 'preference', records, tok,
                                                     batch_size=128):
         pc, pr = jax.device_get(fn(state, {k: v for k, v in batch.items() if k != 'index'}))
         chosen.append(np.asarray(pc)[:real])

@@ -21,11 +21,12 @@ from absl import logging
 from flax import nnx
 
 from alignjax import evaluation
-from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import sharding
+from alignjax.data import inputs
 from alignjax.losses import preference as pref_losses
 from alignjax.models import scoring
+from alignjax.trainers import common
 from alignjax.trainers import loop
 
 
@@ -119,18 +120,18 @@ class ReferenceLogps:
 
 def build(config, mesh) -> loop.Algorithm:
     _check_loss_config(config.loss)  # before the starting points: a typo costs no SFT run
-    tok = experiment_lib.make_tokenizer(config)
-    train, held_out = experiment_lib.train_eval_records(config, 'preference')
-    stream = experiment_lib.make_stream(config, 'preference', train, tok, with_index=True)
-    policy = experiment_lib.build_policy(config, mesh)
+    tok = inputs.make_tokenizer(config)
+    train, held_out = inputs.train_eval_records(config, 'preference')
+    stream = inputs.make_stream(config, 'preference', train, tok, with_index=True)
+    policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
-    reference = experiment_lib.build_policy(config, mesh)
+    reference = common.build_policy(config, mesh)
     pretrained.init_module(reference, config.reference_from or config.init_from,
                            key='reference_from' if config.reference_from else 'init_from')
     ref = ReferenceLogps(reference, mesh)
     if config.loss.precompute_ref:
         logging.info('Precomputing reference log-probs over %d records', len(train))
-        ref.precompute(experiment_lib.fixed_batches(config, 'preference', train, tok,
+        ref.precompute(inputs.fixed_batches(config, 'preference', train, tok,
                                                     batch_size=config.data.batch_size), len(train))
 
     loss_fn = make_loss_fn(config.loss)
@@ -143,14 +144,14 @@ def build(config, mesh) -> loop.Algorithm:
                               batches=lambda step, model, algo_state: stream[step])
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
-    task = experiment_lib.synthetic_task(config)
+    task = inputs.synthetic_task(config)
     beta = config.loss.beta
 
     def evaluate(model, step):
         del step
         state = nnx.state(model)
         rows = {k: [] for k in ('pc', 'pr', 'rc', 'rr')}
-        for batch, real in experiment_lib.fixed_batches(config, 'preference', held_out, tok,
+        for batch, real in inputs.fixed_batches(config, 'preference', held_out, tok,
                                                         batch_size=config.data.batch_size):
             pc, pr, _, _ = jax.device_get(policy_logps(state, sharding.shard_batch(batch, mesh)))
             rc, rr = jax.device_get(ref.compute(batch))  # never the cache: not held-out records

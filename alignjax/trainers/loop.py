@@ -31,12 +31,12 @@ from absl import logging
 from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
-from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import sharding
 from alignjax import tracking
 from alignjax import validation
 from alignjax import workdir as workdir_lib
+from alignjax.trainers import common
 
 # loss_fn(model, frozen, batch, rng) -> (loss_sum, weight, {name: (sum, weight)}).
 # The loss minimised is sum(loss_sum) / sum(weight) over all microbatches: exact accumulation.
@@ -275,7 +275,7 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
     for name, m in algo.frozen.items():
         frozen_graphdefs[name], s = nnx.split(m)
         frozen_states[name] = nnx.to_pure_dict(s)
-    tx, schedule = experiment_lib.make_optimizer(
+    tx, schedule = common.make_optimizer(
         config.optim, config.total_steps * algo.updates_per_batch)
     if needs_master(params):
         logging.info('Low-precision trainable parameters: the optimizer updates a float32 '
@@ -349,7 +349,7 @@ def _refusals(config):
 def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     with _refusals(config):
         validation.validate_run(config, workdir)
-    mesh = experiment_lib.make_mesh(config)
+    mesh = common.make_mesh(config)
     primary = jax.process_index() == 0
     policy = config.get('nonfinite', 'stop')
     ckpt_dir = os.path.join(workdir, 'checkpoints')
@@ -363,7 +363,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
             raise validation.ValidationError(
                 f'config.ckpt_every={config.ckpt_every} must be a multiple of '
                 f'{algo.save_every} (this algorithm can only save at those steps)')
-        experiment_lib.write_config(config, workdir)
+        common.write_config(config, workdir)
         run = setup(config, algo, mesh)
         graphdef, state, shardings = run.graphdef, run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update

@@ -29,12 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignjax import experiment_lib
 from alignjax import rollout as rollout_lib
 from alignjax import sampling
+from alignjax.data import inputs
 from alignjax.losses import advantages as adv_lib
 from alignjax.losses import nash as nash_losses
 from alignjax.models import scoring
+from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers import policy_gradient
 from alignjax.trainers.preference_model import load_preference_model
@@ -60,7 +61,7 @@ def check_nash_config(config) -> None:
         raise ValueError(f'config.nash.phase_steps must be >= 1, got {n.phase_steps}')
     if not 0.0 <= n.mixture <= 1.0:
         raise ValueError(f'config.nash.mixture must be in [0, 1], got {n.mixture}')
-    if n.preference == 'gold' and experiment_lib.synthetic_task(config) is None:
+    if n.preference == 'gold' and inputs.synthetic_task(config) is None:
         raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")
 
 
@@ -132,8 +133,8 @@ class Opponents:
 
     def __init__(self, config, mesh):
         self.phase = config.nash.phase_steps
-        self.anchor = experiment_lib.build_policy(config, mesh)
-        self.opponent = experiment_lib.build_policy(config, mesh)
+        self.anchor = common.build_policy(config, mesh)
+        self.opponent = common.build_policy(config, mesh)
         self._seq_logps = None
 
     def refresh(self, step: int, policy) -> None:

@@ -24,14 +24,15 @@ import numpy as np
 from flax import nnx
 
 from alignjax import evaluation
-from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import resharding
 from alignjax import rollout as rollout_lib
 from alignjax import sharding
+from alignjax.data import inputs
 from alignjax.losses import advantages as adv_lib
 from alignjax.losses import policy_gradient as pg
 from alignjax.models import ValueModel, scoring
+from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers.reward_model import load_reward_model
 
@@ -71,7 +72,7 @@ def check_rl_config(config) -> None:
     if config.reward.source not in ('gold', 'reward_model'):
         raise ValueError("config.reward.source must be 'gold' or 'reward_model', "
                          f'got {config.reward.source!r}')
-    if config.reward.source == 'gold' and experiment_lib.synthetic_task(config) is None:
+    if config.reward.source == 'gold' and inputs.synthetic_task(config) is None:
         raise ValueError("config.reward.source='gold' needs a synthetic config.data.train")
     if config.get('critic_from', '') not in ('reward_model', 'policy', ''):
         raise ValueError("config.critic_from must be 'reward_model', 'policy' or '', "
@@ -168,12 +169,12 @@ def build_critic(config, mesh, reward_model):
     src = config.critic_from
     if src == 'reward_model':
         rm, rm_config = reward_model
-        cfg = experiment_lib.model_config_from(rm_config.model)
+        cfg = common.model_config_from(rm_config.model)
         member = rm.members[0] if hasattr(rm, 'members') else rm
     else:
-        cfg = experiment_lib.model_config_from(config.model)
+        cfg = common.model_config_from(config.model)
     critic = sharding.create_sharded(lambda: ValueModel(cfg, rngs=nnx.Rngs(config.seed + 17)),
-                                     mesh, experiment_lib.mesh_rules(config))
+                                     mesh, common.mesh_rules(config))
     if src == 'reward_model':
         copy = lambda t: jax.tree.map(jnp.copy, t)  # own buffers: the train state is donated
         nnx.update(critic.backbone, copy(nnx.state(member.backbone)))
@@ -194,15 +195,15 @@ def online_setup(config, mesh):
     """What every online trainer starts from: tokenizer, synthetic task (or None), prompt records
     and their batch stream, and the policy and frozen reference (from init_from /
     reference_from)."""
-    tok = experiment_lib.make_tokenizer(config)
-    task = experiment_lib.synthetic_task(config)
-    records = experiment_lib.load_records(config, 'prompt', config.data.train,
+    tok = inputs.make_tokenizer(config)
+    task = inputs.synthetic_task(config)
+    records = inputs.load_records(config, 'prompt', config.data.train,
                                           num_examples=config.data.num_examples,
                                           seed=config.seed)
-    prompts = experiment_lib.make_stream(config, 'prompt', records, tok)
-    policy = experiment_lib.build_policy(config, mesh)
+    prompts = inputs.make_stream(config, 'prompt', records, tok)
+    policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
-    reference = experiment_lib.build_policy(config, mesh)
+    reference = common.build_policy(config, mesh)
     pretrained.init_module(reference, config.reference_from or config.init_from,
                            key='reference_from' if config.reference_from else 'init_from')
     return tok, task, records, prompts, policy, reference
@@ -211,7 +212,7 @@ def online_setup(config, mesh):
 def generation_sharding(config, mesh):
     """The sampler's sharding named by config.rl.generation_sharding (None: the update's)."""
     return resharding.GenerationSharding.from_spec(config.rl.generation_sharding, mesh,
-                                                   experiment_lib.mesh_rules(config))
+                                                   common.mesh_rules(config))
 
 
 def make_evaluate(config, task, reference, tok, *, policy_of=lambda model: model, scorer=None):

@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import sharding
+from alignjax.data import inputs
 from alignjax.data import synthetic
 from alignjax.losses import preference as pref_losses
 from alignjax.losses import reward as reward_losses
 from alignjax.models import PreferenceModel
+from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers.reward_model import pair_tokens
 
@@ -33,9 +34,9 @@ def pair_logits(model, batch):
 
 
 def build_preference_model(config, mesh):
-    cfg = experiment_lib.model_config_from(config.model)
+    cfg = common.model_config_from(config.model)
     return sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)),
-                                   mesh, experiment_lib.mesh_rules(config))
+                                   mesh, common.mesh_rules(config))
 
 
 def load_preference_model(spec: str, mesh, *, key: str = 'nash.preference_from'):
@@ -47,9 +48,9 @@ def load_preference_model(spec: str, mesh, *, key: str = 'nash.preference_from')
 
 
 def build(config, mesh) -> loop.Algorithm:
-    tok = experiment_lib.make_tokenizer(config)
-    train, held_out = experiment_lib.train_eval_records(config, 'preference')
-    stream = experiment_lib.make_stream(config, 'preference', train, tok)
+    tok = inputs.make_tokenizer(config)
+    train, held_out = inputs.train_eval_records(config, 'preference')
+    stream = inputs.make_stream(config, 'preference', train, tok)
     model = build_preference_model(config, mesh)
     pretrained.init_module(model.backbone, config.backbone_from, key='backbone_from')
 
@@ -62,13 +63,13 @@ def build(config, mesh) -> loop.Algorithm:
 
     graphdef = nnx.graphdef(model)
     logits_jit = jax.jit(lambda state, batch: pair_logits(nnx.merge(graphdef, state), batch)[0])
-    task = experiment_lib.synthetic_task(config)
+    task = inputs.synthetic_task(config)
 
     def evaluate(model, step):
         del step
         state = nnx.state(model)
         logits = []
-        for batch, real in experiment_lib.fixed_batches(config, 'preference', held_out, tok,
+        for batch, real in inputs.fixed_batches(config, 'preference', held_out, tok,
                                                         batch_size=config.data.batch_size):
             logits.append(np.asarray(logits_jit(state, sharding.shard_batch(batch, mesh)))[:real])
         return preference_figures(np.concatenate(logits), held_out, task)

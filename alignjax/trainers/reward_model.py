@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignjax import experiment_lib
 from alignjax import pretrained
 from alignjax import sharding
+from alignjax.data import inputs
 from alignjax.data import synthetic
 from alignjax.losses import reward as reward_losses
 from alignjax.models import RewardEnsemble, RewardModel
+from alignjax.trainers import common
 from alignjax.trainers import loop
 
 
@@ -41,7 +42,7 @@ def chosen_rejected_rewards(model, batch):
 
 def build_reward_model(config, mesh):
     """The (ensemble) reward model of config.model / config.reward, created sharded."""
-    cfg = experiment_lib.model_config_from(config.model)
+    cfg = common.model_config_from(config.model)
     r = config.reward
     if r.ensemble < 1:
         raise ValueError(f'config.reward.ensemble must be >= 1, got {r.ensemble}')
@@ -53,7 +54,7 @@ def build_reward_model(config, mesh):
     else:
         raise ValueError("config.reward.ensemble_type must be 'heads' or 'models', "
                          f'got {r.ensemble_type!r}')
-    model = sharding.create_sharded(ctor, mesh, experiment_lib.mesh_rules(config))
+    model = sharding.create_sharded(ctor, mesh, common.mesh_rules(config))
     backbones = [model.backbone] if r.ensemble_type == 'heads' else \
         [m.backbone for m in model.members]
     for backbone in backbones:
@@ -113,9 +114,9 @@ def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=N
 
 
 def build(config, mesh) -> loop.Algorithm:
-    tok = experiment_lib.make_tokenizer(config)
-    train, held_out = experiment_lib.train_eval_records(config, 'preference')
-    stream = experiment_lib.make_stream(config, 'preference', train, tok)
+    tok = inputs.make_tokenizer(config)
+    train, held_out = inputs.train_eval_records(config, 'preference')
+    stream = inputs.make_stream(config, 'preference', train, tok)
     model = build_reward_model(config, mesh)
     r = config.reward
 
@@ -134,12 +135,12 @@ def build(config, mesh) -> loop.Algorithm:
     graphdef = nnx.graphdef(model)
     score_jit = jax.jit(lambda state, batch: chosen_rejected_rewards(nnx.merge(graphdef, state),
                                                                      batch))
-    task = experiment_lib.synthetic_task(config)
+    task = inputs.synthetic_task(config)
 
     def evaluate(model, step):
         del step
         state = nnx.state(model)
-        batches = experiment_lib.fixed_batches(config, 'preference', held_out, tok,
+        batches = inputs.fixed_batches(config, 'preference', held_out, tok,
                                                batch_size=config.data.batch_size)
         score = lambda b: score_jit(state, sharding.shard_batch(b, mesh))
         return evaluate_pairs(score, batches, aggregate=r.aggregate, lam=r.lam, task=task,

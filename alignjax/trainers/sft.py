@@ -5,11 +5,12 @@ from __future__ import annotations
 import jax
 
 from alignjax import evaluation
-from alignjax import experiment_lib
 from alignjax import pretrained
+from alignjax.data import inputs
 from alignjax.data import pipeline
 from alignjax.losses import sft as sft_losses
 from alignjax.models import scoring
+from alignjax.trainers import common
 from alignjax.trainers import loop
 
 
@@ -23,23 +24,23 @@ def sft_loss_fn(model, frozen, batch, rng):
 
 
 def build(config, mesh) -> loop.Algorithm:
-    tok = experiment_lib.make_tokenizer(config)
+    tok = inputs.make_tokenizer(config)
     d = config.data
-    records = experiment_lib.load_records(config, 'sft', d.train, num_examples=d.num_examples,
+    records = inputs.load_records(config, 'sft', d.train, num_examples=d.num_examples,
                                           seed=config.seed)
     tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
-                                         prompt_truncation=experiment_lib.prompt_truncation(d),
+                                         prompt_truncation=inputs.prompt_truncation(d),
                                          chat_template=d.chat_template,
                                          sft_turns=d.sft_turns)
     stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
-    policy = experiment_lib.build_policy(config, mesh)
+    policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
     algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn,
                           batches=lambda step, model, algo_state: stream[step])
-    task = experiment_lib.synthetic_task(config)
+    task = inputs.synthetic_task(config)
     if task is not None:
         e = config.eval
         kw = dict(num_prompts=e.num_prompts, max_prompt_len=d.max_prompt_len,
@@ -48,7 +49,7 @@ def build(config, mesh) -> loop.Algorithm:
             'gold_reward': evaluation.policy_gold_reward(task, model, tok, **kw)}
         def initial_policy():
             # The reference of SFT is its starting point, rebuilt deterministically.
-            start = experiment_lib.build_policy(config, mesh)
+            start = common.build_policy(config, mesh)
             pretrained.init_module(start, config.init_from)
             return start
 

@@ -9,9 +9,9 @@ mkdir -p "$VENVS"
 if [ ! -x "$VENVS/trl/bin/python" ]; then
   python3 -m venv "$VENVS/trl"
   "$VENVS/trl/bin/pip" install -q --upgrade pip
-  # CPU torch first, so that nothing pulls the CUDA build.
-  "$VENVS/trl/bin/pip" install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    || "$VENVS/trl/bin/pip" install -q torch==2.13.0
+  # CPU torch first, so that nothing pulls the CUDA build (the pinned version resolves to the
+  # machine's local CPU wheel; the PyTorch index is not reachable from these machines).
+  "$VENVS/trl/bin/pip" install -q torch==2.13.0
   "$VENVS/trl/bin/pip" install -q transformers==5.23.0 trl==1.16.0 datasets accelerate numpy
 fi
 if [ ! -x "$VENVS/tunix/bin/python" ]; then

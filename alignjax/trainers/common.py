@@ -1,0 +1,87 @@
+"""What every trainer builds from its config: the model config, the mesh and its rules, the
+optimizer and its schedule, and the policy created sharded.
+
+Trainers (and `validation`, `memory_plan`, `repro/`) call these; `alignjax.experiment_lib` keeps
+what experiment files call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from flax import nnx
+import jax
+import ml_collections
+import optax
+
+from alignjax import sharding
+from alignjax.models import Decoder
+from alignjax.models import config as model_config
+
+
+def model_config_from(c: ml_collections.ConfigDict) -> model_config.ModelConfig:
+    fields = {k: v for k, v in c.to_dict().items() if k != 'preset'}
+    for key in ('rope_scaling', 'rope_local_scaling'):
+        if isinstance(fields.get(key), dict) and not fields[key]:
+            fields[key] = None
+    known = {f.name for f in dataclasses.fields(model_config.ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f'Unknown config.model field(s) {unknown}')
+    return model_config.ModelConfig(**fields)
+
+
+def make_mesh(c: ml_collections.ConfigDict):
+    return sharding.make_mesh(tuple(c.mesh.shape))
+
+
+def mesh_rules(c: ml_collections.ConfigDict):
+    return sharding.rules_from_config(c.mesh.rules)
+
+
+def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine / linear decay to `lr * end_lr_factor`, or constant."""
+    warmup = min(o.warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = o.lr * o.end_lr_factor
+    if o.schedule == 'cosine':
+        decay = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.end_lr_factor)
+    elif o.schedule == 'linear':
+        decay = optax.linear_schedule(o.lr, end, decay_steps)
+    elif o.schedule == 'constant':
+        decay = optax.constant_schedule(o.lr)
+    else:
+        raise ValueError(f"config.optim.schedule must be cosine, linear or constant, "
+                         f"got {o.schedule!r}")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(o: ml_collections.ConfigDict, total_steps: int):
+    """AdamW with the schedule and optional global-norm clipping; returns (tx, schedule)."""
+    schedule = make_schedule(o, total_steps)
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+    parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
+    return optax.chain(*parts), schedule
+
+
+def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
+    """The policy Decoder of config.model, created already sharded from config.seed."""
+    cfg = model_config_from(c.model)
+    return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)),
+                                   mesh, mesh_rules(c))
+
+
+def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:
+    """DIR/config.json: the resolved config (written by the primary process only)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, 'config.json')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
