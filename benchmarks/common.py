@@ -40,11 +40,13 @@ def set_threads(n: int = 2) -> None:
         os.environ.setdefault(var, str(n))
 
 
-def model_config(size: str):
-    """The alignjax ModelConfig of a workload size."""
+def model_config(size: str, layers: str = 'scan'):
+    """The alignjax ModelConfig of a workload size; `layers`: 'scan' (stacked, one lax.scan: the
+    library's default) or 'loop' (a Python loop over the blocks)."""
     from alignjax.models import ModelConfig  # pylint: disable=g-import-not-at-top
     shape = dict(WORKLOADS[size])
-    return ModelConfig(**shape, norm_eps=NORM_EPS, rope_theta=ROPE_THETA, tie_embeddings=False)
+    return ModelConfig(**shape, norm_eps=NORM_EPS, rope_theta=ROPE_THETA, tie_embeddings=False,
+                       scan_layers=layers == 'scan')
 
 
 def workload_spec(size: str) -> dict:
@@ -146,6 +148,8 @@ def add_shared_flags(parser) -> None:
     parser.add_argument('--limit_mib', type=int, default=512,
                         help='array MiB of the bandwidth measurement')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--layers', default='scan', choices=('scan', 'loop'),
+                        help="alignjax's blocks: stacked under one scan, or a Python loop")
 
 
 def load_average() -> list[float]:

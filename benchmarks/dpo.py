@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
     common.add_shared_flags(parser)
     args = parser.parse_args(argv)
 
-    cfg = common.model_config(args.size)
+    cfg = common.model_config(args.size, args.layers)
     if args.remat:
         cfg = cfg.replace(remat=True)
     load_before = common.load_average()

@@ -85,6 +85,7 @@ def make_config(args):
         c.model[key] = value
     c.model.norm_eps, c.model.rope_theta = common.NORM_EPS, common.ROPE_THETA
     c.model.tie_embeddings = False
+    c.model.scan_layers = args.layers == 'scan'
     c.data.batch_size = args.prompts
     c.data.max_prompt_len = args.prompt_len
     c.rl.samples_per_prompt = args.samples

@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     common.add_shared_flags(parser)
     args = parser.parse_args(argv)
 
-    cfg = common.model_config(args.size)
+    cfg = common.model_config(args.size, args.layers)
     load_before = common.load_average()
     hw = common.hardware_limit(size=args.limit_size, bandwidth_mib=args.limit_mib)
     common.log(f'{hw["device"]}; load average {load_before}; matmul peak '
