@@ -165,25 +165,47 @@ class Chat:
             raise DataError(f'the chat template cannot render this conversation: '
                             f'{type(e).__name__}: {e}') from None
 
-    def prompt(self, prompt: str | Messages, tools=None) -> tuple[str, bool]:
-        """(text, whether BOS must be put before it) of a record's prompt."""
-        if isinstance(prompt, str):
-            if not self.wrap_text or (self.bos and prompt.startswith(self.bos)):
-                return prompt, self.add_bos and not (self.bos and prompt.startswith(self.bos))
-            prompt = [{'role': 'user', 'content': prompt}]
-        return (self.conversation(prompt, add_generation_prompt=True, tools=tools),
-                self.template is None and self.add_bos)
+    def _rendered(self, text: str) -> bool:
+        """Whether a text prompt was rendered by hand (it begins with the BOS token)."""
+        return bool(self.bos) and text.startswith(self.bos)
+
+    def split(self, prompt: str | Messages, replies: Sequence[str | Messages] = (),
+              tools=None) -> tuple[str, bool, list[str]]:
+        """``(prompt text, whether BOS goes before it, [reply texts])`` of a record: the prompt
+        rendered once, with the generation prompt, and each reply as what the whole conversation
+        adds after it, cut before the EOS the template writes."""
+        if isinstance(prompt, str) and all(isinstance(r, str) for r in replies) and (
+                not self.wrap_text or self._rendered(prompt)):
+            return prompt, self.add_bos and not self._rendered(prompt), list(replies)
+        turns = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
+        head = self.conversation(turns, add_generation_prompt=True, tools=tools)
+        texts = []
+        for reply in replies:
+            if isinstance(reply, str):
+                reply = [{'role': 'assistant', 'content': reply}]
+            full = self.conversation(turns + list(reply), add_generation_prompt=False,
+                                     tools=tools)
+            if not full.startswith(head):
+                raise DataError('the chat template renders the conversation without its prompt '
+                                '(with the generation prompt) as a prefix; it cannot be split '
+                                'into prompt and reply (config.data.chat_template=none renders '
+                                'it plainly)')
+            text = full[len(head):]
+            if self.template is not None and self.eos and self.eos in text:
+                text = text[:text.index(self.eos)]
+            texts.append(text)
+        return head, self.template is None and self.add_bos, texts
 
     def assistant_segments(self, messages: Messages, tools=None) -> list[tuple[str, bool]]:
         """The whole conversation as ``(text, is_assistant)`` pieces: the assistant's turns by
         the template's ``{% generation %}`` spans when it has them, else by what each assistant
         message adds after the turns before it (with the generation prompt). The first piece is
         the context before the first assistant turn."""
-        full = self.conversation(messages, add_generation_prompt=False, tools=tools)
-        spans = []
-        if self.template is not None and '{% generation' in self.template.replace('{%-', '{%'):
-            spans = render(self.template, messages, variables=self.variables, tools=tools,
-                           spans=True)[1]
+        if self.template is None:
+            full, spans = plain(messages), []
+        else:
+            full, spans = render(self.template, messages, variables=self.variables, tools=tools,
+                                 spans=True)
         if not spans:
             for i, m in enumerate(messages):
                 if m['role'] != 'assistant':
@@ -203,24 +225,3 @@ class Chat:
         if at < len(full):
             pieces.append((full[at:], False))
         return pieces
-
-    def reply(self, prompt: str | Messages, reply: str | Messages, tools=None) -> str:
-        """The text of ``reply`` after ``prompt``, without the EOS the template writes."""
-        if isinstance(prompt, str) and isinstance(reply, str):
-            if not self.wrap_text or (self.bos and prompt.startswith(self.bos)):
-                return reply
-        if isinstance(prompt, str):
-            prompt = [{'role': 'user', 'content': prompt}]
-        if isinstance(reply, str):
-            reply = [{'role': 'assistant', 'content': reply}]
-        head = self.conversation(prompt, add_generation_prompt=True, tools=tools)
-        full = self.conversation(list(prompt) + list(reply), add_generation_prompt=False,
-                                 tools=tools)
-        if not full.startswith(head):
-            raise DataError('the chat template renders the conversation without its prompt (with '
-                            'the generation prompt) as a prefix; it cannot be split into prompt '
-                            'and reply (config.data.chat_template=none renders it plainly)')
-        text = full[len(head):]
-        if self.template is not None and self.eos and self.eos in text:
-            text = text[:text.index(self.eos)]
-        return text

@@ -213,10 +213,9 @@ def texts(record: Mapping[str, Any], kind: str, chat: chat_lib.Chat, *,
         prompt, replies = record["prompt"], {}
     else:
         raise DataError(f"unknown record kind {kind!r}")
-    prompt_text, add_bos = chat.prompt(prompt, tools)
-    return prompt_text, add_bos, {
-        key: chat.reply(prompt, reply, tools) for key, reply in replies.items()
-        if with_replies}
+    prompt_text, add_bos, reply_texts = chat.split(
+        prompt, list(replies.values()) if with_replies else [], tools)
+    return prompt_text, add_bos, dict(zip(replies, reply_texts))
 
 
 def prompt_ids(record: Mapping[str, Any], kind: str, tok,

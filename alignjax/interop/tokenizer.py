@@ -197,7 +197,8 @@ class HFTokenizer:
         """
         records_lib.check_messages(messages, where='format_chat')
         chat = chat_lib.Chat.of(self)
-        return chat.prompt(messages[:-1])[0], chat.reply(messages[:-1], messages[-1:])
+        prompt, _, (response,) = chat.split(messages[:-1], [messages[-1:]])
+        return prompt, response
 
 
 def load_tokenizer(directory: str, *, bos: str = '', eos: str = '', pad: str = '') -> HFTokenizer:
