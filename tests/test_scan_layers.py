@@ -53,3 +53,23 @@ def test_rematerialised_frozen_model_runs_inside_the_gradient(scan):
 
     grads = step(state, nnx.split(reference))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('unroll', [0, 1, 3])
+def test_scan_unroll_computes_the_same(unroll):
+    """`model.scan_unroll`: 0 (all of a shallow model's layers an iteration), 1, or a k that does
+    not divide the depth; the loss and gradients are the loop's."""
+    from alignjax.models import config as model_config  # pylint: disable=g-import-not-at-top
+    over = dict(num_layers=4, sliding_window=3, local_layer_period=2)
+    unrolled = make(scan_layers=False, **over)
+    scanned = make(scan_layers=True, scan_unroll=unroll, **over)
+    assert scanned.cfg.layers_per_scan_step == (unroll or 4)
+    assert make(scan_layers=True, num_layers=model_config.SHALLOW_LAYERS + 1
+                ).cfg.layers_per_scan_step == 1
+    nnx.update(scanned, stack_layers(nnx.state(unrolled)))
+    tokens, mask = inputs()
+    (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask)
+                          for m in (unrolled, scanned)]
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(stack_layers(g0)), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)

@@ -211,7 +211,8 @@ class Decoder(nnx.Module):
 
         if cfg.remat:
             body = jax.checkpoint(body, policy=_remat_policy(cfg), prevent_cse=False)
-        x, new_cache = jax.lax.scan(body, x, (params, local, inv_freq, cache))
+        x, new_cache = jax.lax.scan(body, x, (params, local, inv_freq, cache),
+                                    unroll=cfg.layers_per_scan_step)
         return x, new_cache
 
     def unstacked(self) -> 'Decoder':
