@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import ml_collections
 
@@ -65,73 +66,166 @@ def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({'preset': preset, **fields}, type_safe=False)
 
 
-def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_collections.ConfigDict:
-    """Defaults every experiment shares; the experiment file sets the rest."""
-    c = ml_collections.ConfigDict()
-    c.algo = algo
-    c.seed = 0
-    c.model = model_config_dict(model)
-    c.tokenizer = 'byte'  # 'byte' or 'hf:DIR' (tokenizer.json or tokenizer.model there)
-    c.special_tokens = ml_collections.ConfigDict({'bos': '', 'eos': '', 'pad': ''})  # '': the
-    # checkpoint's own (hf: tokenizers); otherwise the token's text
-    c.init_from = ''  # '' or a workdir whose latest checkpoint's params start this run
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """A config key's default and what validation accepts of it: its type ('int', 'number',
+    'str'; '' unchecked), a lower bound (`strict`: excluded) or a set of choices."""
+    default: Any
+    kind: str = ''
+    low: float | None = None
+    strict: bool = False
+    choices: tuple = ()
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
-    c.mesh.rules = ml_collections.FieldReference(None, field_type=list)
 
-    c.data = ml_collections.ConfigDict()
-    c.data.train = 'synthetic:transitive'
-    c.data.num_examples = 0  # records to use: 0 = all of a file's, 4096 of a synthetic task
-    c.data.batch_size = 32  # global
-    c.data.max_prompt_len = 8
-    c.data.max_response_len = 12
+def _int(default, low=None, strict=False):
+    return Key(default, 'int', low, strict)
+
+
+def _num(default, low=None, strict=False):
+    return Key(default, 'number', low, strict)
+
+
+def _one_of(default, *choices):
+    return Key(default, choices=choices)
+
+
+POSITIVE, NON_NEGATIVE = dict(low=0, strict=True), dict(low=0)
+
+# The defaults every experiment shares, each with its bound: the one table `base_config` builds
+# from and `validation.check_fields` checks against. Insertion order is the config's order.
+BASE: dict[str, Key] = {
+    'seed': _int(0),
+    'tokenizer': Key('byte'),  # 'byte' or 'hf:DIR' (tokenizer.json or tokenizer.model there)
+    # '': the checkpoint's own (hf: tokenizers); otherwise the token's text
+    'special_tokens.bos': Key(''), 'special_tokens.eos': Key(''), 'special_tokens.pad': Key(''),
+    'init_from': Key(''),  # '' or a workdir whose latest checkpoint's params start this run
+    'mesh.shape': Key((1, -1, 1)),  # (data, fsdp, tensor); one entry may be -1
+    'data.train': Key('synthetic:transitive', 'str'),
+    # records to use: 0 = all of a file's, 4096 of a synthetic task
+    'data.num_examples': _int(0, **NON_NEGATIVE),
+    'data.batch_size': _int(32, **POSITIVE),  # global
+    'data.max_prompt_len': _int(8, **POSITIVE),
+    'data.max_response_len': _int(12, **POSITIVE),
     # Prompts over max_prompt_len: 'left' truncates (keeps a prompt's end), 'skip' drops the
     # record, 'error' refuses the data (naming file:line); decided before training, counts logged.
-    c.data.truncation = 'left'
+    'data.truncation': _one_of('left', 'left', 'skip', 'error'),
     # Which records a chat template renders: 'auto' (all, when the tokenizer has one), 'messages'
     # (conversational records only), 'none', or a Jinja file (see alignjax.data.chat).
-    c.data.chat_template = 'auto'
+    'data.chat_template': Key('auto'),
     # SFT on conversations: 'last' trains on the final reply, 'all' on every assistant turn.
-    c.data.sft_turns = 'last'
-    c.data.eval = ''  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
-    c.data.eval_fraction = 0.05
-    c.data.num_eval_examples = 512  # synthetic held-out records
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 1e-3
-    c.optim.schedule = 'cosine'  # cosine | linear | constant
-    c.optim.warmup_steps = 20
-    c.optim.end_lr_factor = 0.1
-    c.optim.weight_decay = 0.0
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
-    c.optim.grad_clip = 1.0  # global norm; 0 disables
-    c.optim.microbatches = 1  # gradient accumulation (exact)
-
-    c.total_steps = 300 if tiny else 10_000
-    c.log_every = 25
-    c.eval_every = 0  # 0: evaluate only at the end
-    c.ckpt_every = 100
-    c.keep_ckpts = 2
+    'data.sft_turns': _one_of('last', 'last', 'all'),
+    'data.eval': Key(''),  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
+    'data.eval_fraction': _num(0.05, **POSITIVE),
+    'data.num_eval_examples': Key(512),  # synthetic held-out records
+    'optim.lr': _num(1e-3, **POSITIVE),
+    'optim.schedule': _one_of('cosine', 'cosine', 'linear', 'constant'),
+    'optim.warmup_steps': _int(20, **NON_NEGATIVE),
+    'optim.end_lr_factor': Key(0.1),
+    'optim.weight_decay': _num(0.0, **NON_NEGATIVE),
+    'optim.b1': Key(0.9),
+    'optim.b2': Key(0.95),
+    'optim.eps': _num(1e-8, **NON_NEGATIVE),
+    'optim.grad_clip': _num(1.0, **NON_NEGATIVE),  # global norm; 0 disables
+    'optim.microbatches': _int(1, **POSITIVE),  # gradient accumulation (exact)
+    'total_steps': _int(300, **POSITIVE),  # 10_000 unless tiny
+    'log_every': _int(25, **POSITIVE),
+    'eval_every': _int(0, **NON_NEGATIVE),  # 0: evaluate only at the end
+    'ckpt_every': _int(100, **POSITIVE),
+    'keep_ckpts': _int(2, **POSITIVE),
     # Write checkpoints in the background after the device-to-host copy, so that training goes
     # on while the files are written (the last one, and one on preemption, are waited for).
-    c.async_checkpoint = True
+    'async_checkpoint': Key(True),
     # A non-finite loss or gradient: 'stop' the run (naming the step and the metric) or 'skip'
     # the update (parameters and optimizer state unchanged; counted as nonfinite_skipped).
-    c.nonfinite = 'stop'
+    'nonfinite': _one_of('stop', 'stop', 'skip'),
     # Resuming a workdir with other hyperparameters is refused unless this is set (the change is
     # then logged and kept in WORKDIR/config_history.jsonl); see alignjax/workdir.py.
-    c.allow_config_change = False
+    'allow_config_change': Key(False),
     # An experiment tracker beside TensorBoard: '' (none) or 'wandb' (alignjax.tracking).
-    c.tracker = ''
-    c.tracker_project = 'alignjax'
+    'tracker': _one_of('', '', 'wandb'),
+    'tracker_project': Key('alignjax'),
+    'eval.num_prompts': _int(128, **POSITIVE),
+    'eval.max_new_tokens': _int(12, **POSITIVE),
+    'eval.temperature': _num(1.0, **NON_NEGATIVE),
+    # The trainer's evaluators to run ('name' every eval_every steps, 'name:N' every N; empty:
+    # the trainer's defaults): alignjax/evaluators/__init__.py lists them.
+    'eval.evaluators': Key(()),
+}
 
-    c.eval = ml_collections.ConfigDict()
-    c.eval.num_prompts = 128
-    c.eval.max_new_tokens = 12
-    c.eval.temperature = 1.0
+# `config.rl` (`rl`): sampling, the policy-gradient update and the KL leash.
+RL: dict[str, Key] = {
+    'samples_per_prompt': _int(4, **POSITIVE),
+    'max_new_tokens': _int(12, **POSITIVE),
+    'temperature': _num(1.0, **NON_NEGATIVE),
+    'top_k': Key(0), 'top_p': Key(1.0),
+    'epochs': _int(1, **POSITIVE),  # optimizer updates per rollout: epochs * minibatches
+    'minibatches': _int(1, **POSITIVE),
+    'clip': Key(0.2), 'clip_high': Key(0.0), 'dual_clip': Key(0.0),  # 0: symmetric / none
+    'vf_coef': Key(0.5), 'value_clip': Key(0.2), 'gamma': Key(1.0), 'lam': Key(0.95),
+    'kl_coef': _num(0.05, **NON_NEGATIVE),
+    'kl_estimator': _one_of('k1', 'k1', 'k2', 'k3'),
+    'kl_in': _one_of('reward', 'reward', 'loss'),
+    'adaptive_kl': Key(False), 'kl_target': Key(1.0), 'kl_horizon': Key(10_000),
+    'whiten_advantages': Key(False),
+    'aggregation': _one_of('token_mean', 'token_mean', 'sequence_mean', 'sequence_sum'),
+    'missing_eos_penalty': Key(0.0), 'grpo_normalize': Key(True),
+    # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
+    # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
+    'generation_sharding': Key('train'),
+}
+
+# `config.nash` (`nash`).
+NASH: dict[str, Key] = {
+    'preference': _one_of('model', 'model', 'gold'),
+    'preference_from': Key(''),
+    'tau': _num(0.0, **NON_NEGATIVE),
+    'eta': _num(1.0, **POSITIVE),
+    'mixture': Key(0.125), 'phase_steps': Key(5), 'sppo_exact_partition': Key(False),
+}
+
+# Bounds of keys whose defaults live elsewhere: the experiment files' `config.loss`, and
+# `models.config.ModelConfig` (the presets).
+ELSEWHERE: dict[str, Key] = {
+    'loss.beta': _num(None, **POSITIVE), 'loss.label_smoothing': _num(None, **NON_NEGATIVE),
+    **{f'model.{k}': _int(None, **POSITIVE) for k in (
+        'vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
+        'mlp_dim')},
+}
+
+# Every checked key, dotted from the config's root.
+BOUNDS: dict[str, Key] = {
+    **{k: v for k, v in BASE.items() if v.kind or v.choices},
+    **{f'rl.{k}': v for k, v in RL.items() if v.kind or v.choices},
+    **{f'nash.{k}': v for k, v in NASH.items() if v.kind or v.choices},
+    **ELSEWHERE,
+}
+
+
+def _section(table: dict[str, Key], **values) -> ml_collections.ConfigDict:
+    """A ConfigDict of a table's defaults (dotted keys nest), `values` replacing some."""
+    unknown = sorted(set(values) - set(table))
+    if unknown:
+        raise ValueError(f'no config keys {unknown} in this section; known: {sorted(table)}')
+    c = ml_collections.ConfigDict()
+    for key, spec in table.items():
+        *path, name = key.split('.')
+        parent = c
+        for part in path:
+            if part not in parent:
+                parent[part] = ml_collections.ConfigDict()
+            parent = parent[part]
+        parent[name] = values.get(key, spec.default)
+    return c
+
+
+def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_collections.ConfigDict:
+    """Defaults every experiment shares (`BASE`); the experiment file sets the rest."""
+    c = ml_collections.ConfigDict()
+    c.algo = algo
+    for key, value in _section(BASE, total_steps=300 if tiny else 10_000).items():
+        c[key] = value
+    c.model = model_config_dict(model)
+    c.mesh.rules = ml_collections.FieldReference(None, field_type=list)
     return c
 
 
@@ -299,24 +393,12 @@ def rl(a: ml_collections.ConfigDict, max_new_tokens: int, **settings) -> ml_coll
     the gold reward and 0.2 with a learned one (whose over-optimisation needs the stronger leash:
     at 0.05 the tiny runs drive the proxy up and the gold reward down)."""
     kl = a.get('kl', -1.0)
-    section = ml_collections.ConfigDict(dict(
-        samples_per_prompt=a.k, max_new_tokens=max_new_tokens, temperature=1.0,
-        top_k=0, top_p=1.0,
-        epochs=1, minibatches=1,  # optimizer updates per rollout: epochs * minibatches
-        clip=0.2, clip_high=0.0, dual_clip=0.0,  # 0: symmetric clip / no dual clip
-        vf_coef=0.5, value_clip=0.2, gamma=1.0, lam=0.95,
-        kl_coef=kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05),
-        kl_estimator='k1', kl_in='reward', adaptive_kl=False, kl_target=1.0,
-        kl_horizon=10_000, whiten_advantages=False, aggregation='token_mean',
-        missing_eos_penalty=0.0, grpo_normalize=True,
-        # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
-        # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
-        generation_sharding='train'))
-    for key, value in settings.items():
-        if key not in section:
-            raise ValueError(f'config.rl has no key {key!r}')
-        section[key] = value
-    return section
+    unknown = sorted(set(settings) - set(RL))
+    if unknown:
+        raise ValueError(f'config.rl has no key {unknown[0]!r}')
+    return _section(RL, **{
+        'samples_per_prompt': a.k, 'max_new_tokens': max_new_tokens,
+        'kl_coef': kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05), **settings})
 
 
 def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -337,8 +419,6 @@ def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """
     if a.preference not in ('model', 'gold'):
         raise ValueError(f"preference must be 'model' or 'gold', got {a.preference!r}")
-    return ml_collections.ConfigDict(dict(
-        preference=a.preference,
-        preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
-                         if a.preference == 'model' and a.tiny else ''),
-        tau=a.tau, eta=a.eta, mixture=0.125, phase_steps=5, sppo_exact_partition=False))
+    return _section(NASH, preference=a.preference, tau=a.tau, eta=a.eta, preference_from=(
+        f'experiment:experiments/preference_model.py:tiny,task={a.task}'
+        if a.preference == 'model' and a.tiny else ''))

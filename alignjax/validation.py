@@ -41,33 +41,6 @@ _KINDS = {'sft': 'sft', 'reward_model': 'preference', 'preference_model': 'prefe
 CONTEXT = {'tiny': 256, 'small': 1024, 'llama3_8b': 8192, 'llama3_2_1b': 131_072,
            'qwen2_5_7b': 32_768, 'mistral_7b': 32_768, 'gemma2_2b': 8192}
 
-_INT, _NUMBER, _STR = 'int', 'number', 'str'
-# key -> (type, lower bound or None, bound is strict). Keys a config lacks are not checked.
-_FIELDS = {
-    'seed': (_INT, None, False),
-    'total_steps': (_INT, 0, True), 'log_every': (_INT, 0, True), 'ckpt_every': (_INT, 0, True),
-    'keep_ckpts': (_INT, 0, True), 'eval_every': (_INT, 0, False),
-    'data.batch_size': (_INT, 0, True), 'data.max_prompt_len': (_INT, 0, True),
-    'data.max_response_len': (_INT, 0, True), 'data.num_examples': (_INT, 0, False),
-    'data.eval_fraction': (_NUMBER, 0, True), 'data.train': (_STR, None, False),
-    'optim.lr': (_NUMBER, 0, True), 'optim.microbatches': (_INT, 0, True),
-    'optim.warmup_steps': (_INT, 0, False), 'optim.weight_decay': (_NUMBER, 0, False),
-    'optim.grad_clip': (_NUMBER, 0, False), 'optim.eps': (_NUMBER, 0, False),
-    'loss.beta': (_NUMBER, 0, True), 'loss.label_smoothing': (_NUMBER, 0, False),
-    'eval.num_prompts': (_INT, 0, True), 'eval.max_new_tokens': (_INT, 0, True),
-    'eval.temperature': (_NUMBER, 0, False),
-    'rl.samples_per_prompt': (_INT, 0, True), 'rl.max_new_tokens': (_INT, 0, True),
-    'rl.epochs': (_INT, 0, True), 'rl.minibatches': (_INT, 0, True),
-    'rl.kl_coef': (_NUMBER, 0, False), 'rl.temperature': (_NUMBER, 0, False),
-    'nash.eta': (_NUMBER, 0, True), 'nash.tau': (_NUMBER, 0, False),
-    'model.vocab_size': (_INT, 0, True), 'model.embed_dim': (_INT, 0, True),
-    'model.num_layers': (_INT, 0, True), 'model.num_heads': (_INT, 0, True),
-    'model.num_kv_heads': (_INT, 0, True), 'model.head_dim': (_INT, 0, True),
-    'model.mlp_dim': (_INT, 0, True),
-}
-_CHOICES = {'nonfinite': ('stop', 'skip'), 'data.truncation': ('left', 'skip', 'error'),
-            'optim.schedule': ('cosine', 'linear', 'constant'), 'tracker': ('', 'wandb'),
-            'data.sft_turns': ('last', 'all')}
 # Starting points: key -> whether its params must fit this run's policy (Decoder) shapes.
 _STARTS = {'init_from': True, 'reference_from': True, 'backbone_from': True,
            'reward.reward_from': False, 'nash.preference_from': False}
@@ -83,28 +56,29 @@ def _lookup(config, dotted: str):
 
 
 def check_fields(config) -> None:
-    """Types, signs and choices of the keys in `_FIELDS` and `_CHOICES`."""
+    """Types, signs and choices of the keys in `experiment_lib.BOUNDS` (beside their defaults)."""
     if config.get('algo') not in trainers.ALGORITHMS:
         raise ValidationError(f'config.algo={config.get("algo")!r}: expected one of '
                               f'{sorted(trainers.ALGORITHMS)}')
-    for key, (kind, low, strict) in _FIELDS.items():
+    for key, spec in experiment_lib.BOUNDS.items():
         present, v = _lookup(config, key)
         if not present:
             continue
-        ok_type = {_INT: isinstance(v, int), _NUMBER: isinstance(v, (int, float)),
-                   _STR: isinstance(v, str)}[kind] and not isinstance(v, bool)
+        if spec.choices:
+            if v not in spec.choices:
+                raise ValidationError(f'config.{key}={v!r}: expected one of {spec.choices}')
+            continue
+        kind, low, strict = spec.kind, spec.low, spec.strict
+        ok_type = {'int': isinstance(v, int), 'number': isinstance(v, (int, float)),
+                   'str': isinstance(v, str)}[kind] and not isinstance(v, bool)
         sign = '' if low is None else ('positive ' if strict else 'non-negative ')
-        expected = f'a {sign}{"number" if kind == _NUMBER else kind}'
+        expected = f'a {sign}{kind}'
         if not ok_type:
             raise ValidationError(f'config.{key} must be {expected}, got {v!r} '
                                   f'({type(v).__name__})')
         if low is not None and (v <= low if strict else v < low) or \
-                kind == _NUMBER and not math.isfinite(v):
+                kind == 'number' and not math.isfinite(v):
             raise ValidationError(f'config.{key} must be {expected}, got {v!r}')
-    for key, choices in _CHOICES.items():
-        present, v = _lookup(config, key)
-        if present and v not in choices:
-            raise ValidationError(f'config.{key}={v!r}: expected one of {choices}')
     if config.get('tracker'):  # its package, before any compute
         require(config.tracker, f'config.tracker={config.tracker}', 'track')
     present, template = _lookup(config, 'data.chat_template')

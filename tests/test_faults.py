@@ -9,7 +9,6 @@
 """
 
 import glob
-import json
 import os
 import random
 import signal
@@ -178,6 +177,7 @@ def with_nan_at(step_index):
     def build(config, mesh):
         algo = sft.build(config, mesh)
         algo.evaluate = algo.summarize = None
+        algo.evaluators = []
         batches, loss_fn = algo.batches, algo.loss_fn
 
         def poisoned(step, model, algo_state):

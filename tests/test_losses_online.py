@@ -158,6 +158,22 @@ def test_grpo_matches_numpy(k, normalize):
     assert np.all(np.asarray(out)[:k] == 0.0)
 
 
+@pytest.mark.parametrize('k', [2, 4])
+def test_reinforce_pp_matches_numpy(k):
+    rewards = randn(12, (12,))
+    mask = make_mask(LENGTHS * 2)  # [12, T], ragged lengths, two all-padding rows
+    out = np.asarray(adv_lib.reinforce_pp_advantages(rewards, mask, group_size=k))
+    m = np.asarray(mask, np.float64)
+    r = np.asarray(rewards, np.float64)
+    centred = np.array([r[i] - np.mean(r[(i // k) * k:(i // k + 1) * k]) for i in range(12)])
+    tokens = centred[:, None] * m
+    mean = np.sum(tokens * m) / np.sum(m)
+    var = np.sum((tokens - mean) ** 2 * m) / np.sum(m)
+    expected = (tokens - mean) / np.sqrt(var + 1e-8) * m
+    close(out, expected, atol=1e-5)
+    assert np.all(out[m == 0] == 0.0)
+
+
 @pytest.mark.parametrize('fn', [adv_lib.rloo_advantages, adv_lib.grpo_advantages])
 def test_group_sizes_are_validated(fn):
     with pytest.raises(ValueError, match='10.*4'):

@@ -115,7 +115,7 @@ def test_precomputed_reference_equals_per_step_reference(tmp_path):
             algo = build(config, mesh)
             captured['frozen'] = sorted(algo.frozen)
             captured['batches'] = [algo.batches(s, None, {}) for s in range(3)]
-            algo.evaluate = None
+            algo.evaluate, algo.evaluators = None, []
             return algo
 
         loop.train(c, workdir, capture)

@@ -223,7 +223,7 @@ def _prompt_file(path, n):
     ('reward_model.py:tiny,steps=2', lambda d: {'reward.ensemble_type': 'bag'}, 'ensemble_type'),
     ('ppo.py:tiny', lambda d: {'rl.kl_in': 'loss_x'}, 'config.rl.kl_in'),
     ('ppo.py:tiny', lambda d: {'rl.aggregation': 'median'}, 'config.rl.aggregation'),
-    ('ppo.py:tiny', lambda d: {'rl.kl_estimator': 'k4'}, 'k1, k2 or k3'),
+    ('ppo.py:tiny', lambda d: {'rl.kl_estimator': 'k4'}, "expected one of ('k1', 'k2', 'k3')"),
     ('ppo.py:tiny', lambda d: {'rl.minibatches': 7}, 'does not divide the rollout'),
     ('ppo.py:tiny', lambda d: {'rl.epochs': 0}, 'config.rl.epochs'),
     ('ppo.py:tiny', lambda d: {'reward.source': 'oracle'}, 'config.reward.source'),

@@ -151,6 +151,22 @@ def grpo_advantages(rewards, *, group_size: int, normalize: bool = True, eps: fl
     return centred.reshape(-1)
 
 
+def reinforce_pp_advantages(rewards, mask, *, group_size: int, eps: float = 1e-8):
+    """REINFORCE++-baseline token advantages [B, T] (Hu 2025, "REINFORCE++"): each sample's
+    reward minus its prompt group's mean (all k samples, itself included), broadcast to its
+    response tokens, then standardised over every valid token of the batch:
+
+        A_i = R_i - mean_{j in group(i)} R_j;   A_{i,t} = (A_i - mu) / sqrt(sigma^2 + eps),
+
+    mu and sigma^2 the (population) mean and variance of A_{i,t} over the batch's response tokens.
+    The group mean removes each prompt's difficulty, as in GRPO; the scale comes from the whole
+    batch instead of each group's std, which is noisy for k of 4-8 and infinite for a group of
+    equal rewards.
+    """
+    centred = grpo_advantages(rewards, group_size=group_size, normalize=False)
+    return whiten(sequence_to_tokens(centred, mask), mask, eps=eps)
+
+
 def sequence_to_tokens(adv, mask):
     """Broadcast one advantage per sequence [B] to its valid tokens: [B, T], zero on padding."""
     return _f32(adv)[:, None] * _f32(mask)

@@ -14,15 +14,13 @@ microbatches divides once, by the global number of pairs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-LOSS_TYPES = ('sigmoid', 'ipo', 'hinge', 'simpo', 'robust', 'exo_pair', 'nca_pair', 'sppo_hard',
-              'apo_zero', 'apo_down')
-
 
 def _concrete(value):
     """The Python float of a coefficient, or None when it is traced (checked by the caller then)."""
@@ -33,22 +31,16 @@ def _concrete(value):
 
 
 def _validate(loss_type: str, beta, label_smoothing) -> None:
-    if loss_type not in LOSS_TYPES:
+    if loss_type not in PAIR_LOSSES:
         raise ValueError(f'unknown preference loss type {loss_type!r}; known: {LOSS_TYPES}')
     b = _concrete(beta)
     if b is not None and not b > 0:
         raise ValueError(f'loss.beta must be > 0, got {beta}')
     e = _concrete(label_smoothing)
-    if e is None:
-        return
-    if loss_type == 'robust' and not 0.0 <= e < 0.5:
-        raise ValueError(f"loss.label_smoothing must lie in [0, 0.5) for 'robust', got {e}")
-    if loss_type == 'exo_pair' and not 0.0 < e <= 0.5:
-        raise ValueError(f"loss.label_smoothing must lie in (0, 0.5] for 'exo_pair' "
-                         f'(the paper suggests 1e-3), got {e}')
-    if not 0.0 <= e <= 0.5:
-        raise ValueError(f'loss.label_smoothing (a label-flip probability) must lie in [0, 0.5], '
-                         f'got {e}')
+    row = PAIR_LOSSES[loss_type]
+    if e is not None and not row.smoothing_ok(e):
+        raise ValueError(f'loss.label_smoothing must lie in {row.smoothing} for {loss_type!r}'
+                         f'{row.smoothing_note}, got {e}')
 
 
 def _mask(mask, shape, dtype):
@@ -88,77 +80,151 @@ def _smoothed_logistic(z, e):
     return -(1.0 - e) * jax.nn.log_sigmoid(z) - e * jax.nn.log_sigmoid(-z)
 
 
+class Pair(NamedTuple):
+    """What a DPO-family loss reads of a batch of pairs, each [B]: the policy's log-probs of the
+    chosen and rejected responses and their log-ratios to the reference (sums, or per-token
+    averages when the caller length-normalises)."""
+    logps_c: jax.Array
+    logps_r: jax.Array
+    ratio_c: jax.Array  # pi_c - ref_c
+    ratio_r: jax.Array  # pi_r - ref_r
+
+    @property
+    def margin(self) -> jax.Array:
+        return self.ratio_c - self.ratio_r
+
+
+# The DPO family, one pure function a loss: (pair, beta, e = label_smoothing, gamma) -> [B].
+# With m = pair.margin, h = beta * m, r_c = beta * ratio_c, r_r = beta * ratio_r.
+
+def sigmoid_loss(t: Pair, beta, e, gamma):
+    """DPO (Rafailov et al. 2023, "Direct Preference Optimization"); with e > 0 the conservative
+    DPO (cDPO, Mitchell 2023) of a label flipped with probability e:
+    -(1 - e) log sigmoid(h) - e log sigmoid(-h). Reference-free DPO: zeros as the reference."""
+    del gamma
+    return _smoothed_logistic(beta * t.margin, e)
+
+
+def robust_loss(t: Pair, beta, e, gamma):
+    """rDPO (Chowdhury et al. 2024, "Provably Robust DPO"), unbiased under label noise e:
+    (-(1 - e) log sigmoid(h) + e log sigmoid(-h)) / (1 - 2e), 0 <= e < 0.5."""
+    del gamma
+    h = beta * t.margin
+    return (-(1.0 - e) * jax.nn.log_sigmoid(h) + e * jax.nn.log_sigmoid(-h)) / (1.0 - 2.0 * e)
+
+
+def ipo_loss(t: Pair, beta, e, gamma):
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", Eq. 17, beta = tau): (m - 1 / (2 beta))^2. Azar et al. average log-probs over
+    tokens: pass averages for that convention (TRL does so inside its loss)."""
+    del e, gamma
+    return jnp.square(t.margin - 1.0 / (2.0 * beta))
+
+
+def hinge_loss(t: Pair, beta, e, gamma):
+    """SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human
+    Feedback"), with the reference log-ratio: max(0, 1 - h)."""
+    del e, gamma
+    return jax.nn.relu(1.0 - beta * t.margin)
+
+
+def simpo_loss(t: Pair, beta, e, gamma):
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward"), margin gamma, label smoothing e, on length-averaged log-probs, no reference:
+    z = beta * (pi_c - pi_r) - gamma;  -(1 - e) log sigmoid(z) - e log sigmoid(-z)."""
+    return _smoothed_logistic(beta * (t.logps_c - t.logps_r) - gamma, e)
+
+
+def exo_pair_loss(t: Pair, beta, e, gamma):
+    """EXO (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model Alignment",
+    Eq. 16 for K = 2): KL(p_theta || p_e) between p_theta = (sigmoid(h), sigmoid(-h)) and the
+    smoothed label (1 - e, e), 0 < e <= 0.5."""
+    del gamma
+    h = beta * t.margin
+    log_q_w, log_q_l = jax.nn.log_sigmoid(h), jax.nn.log_sigmoid(-h)
+    return (jnp.exp(log_q_w) * (log_q_w - jnp.log1p(-e))
+            + jnp.exp(log_q_l) * (log_q_l - jnp.log(e)))
+
+
+def nca_pair_loss(t: Pair, beta, e, gamma):
+    """NCA (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit
+    Rewards"), pairwise form:
+    -log sigmoid(r_c) - 0.5 log sigmoid(-r_c) - 0.5 log sigmoid(-r_r)."""
+    del e, gamma
+    r_c, r_r = beta * t.ratio_c, beta * t.ratio_r
+    return (-jax.nn.log_sigmoid(r_c) - 0.5 * jax.nn.log_sigmoid(-r_c)
+            - 0.5 * jax.nn.log_sigmoid(-r_r))
+
+
+def sppo_hard_loss(t: Pair, beta, e, gamma):
+    """SPPO (Wu et al. 2024, "Self-Play Preference Optimization") with hard win probabilities
+    P(y_w > y_l) = 1, eta = 1 / beta:
+    (pi_c - ref_c - 1 / (2 beta))^2 + (pi_r - ref_r + 1 / (2 beta))^2."""
+    del e, gamma
+    half_eta = 1.0 / (2.0 * beta)
+    return jnp.square(t.ratio_c - half_eta) + jnp.square(t.ratio_r + half_eta)
+
+
+def apo_zero_loss(t: Pair, beta, e, gamma):
+    """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization", Eq. 7), shifted by
+    the constant 1 to be non-negative (gradients unchanged): sigmoid(-r_c) + sigmoid(r_r)."""
+    del e, gamma
+    return jax.nn.sigmoid(-beta * t.ratio_c) + jax.nn.sigmoid(beta * t.ratio_r)
+
+
+def apo_down_loss(t: Pair, beta, e, gamma):
+    """APO-down (same paper, Eq. 8), shifted by 1: sigmoid(r_c) + sigmoid(-h)."""
+    del e, gamma
+    return jax.nn.sigmoid(beta * t.ratio_c) + jax.nn.sigmoid(-beta * t.margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLoss:
+    """One row of the DPO family: its pure loss and what the trainer must know about it."""
+    fn: Callable[..., jax.Array]
+    smoothing: str = '[0, 0.5]'  # label_smoothing's interval, for the check and its message
+    smoothing_note: str = ''
+    reference_free: bool = False  # reads no reference (the trainer runs none)
+    length_normalized: bool = False  # defined on per-token average log-probs
+    alone: bool = False  # combines with no other type
+
+    def smoothing_ok(self, e: float) -> bool:
+        lo, hi = (float(v) for v in self.smoothing[1:-1].split(','))
+        return ((lo < e if self.smoothing[0] == '(' else lo <= e)
+                and (e < hi if self.smoothing[-1] == ')' else e <= hi))
+
+
+PAIR_LOSSES: dict[str, PairLoss] = {
+    'sigmoid': PairLoss(sigmoid_loss),
+    'ipo': PairLoss(ipo_loss),
+    'hinge': PairLoss(hinge_loss),
+    'simpo': PairLoss(simpo_loss, reference_free=True, length_normalized=True, alone=True),
+    'robust': PairLoss(robust_loss, smoothing='[0, 0.5)'),
+    'exo_pair': PairLoss(exo_pair_loss, smoothing='(0, 0.5]',
+                         smoothing_note=' (the paper suggests 1e-3)'),
+    'nca_pair': PairLoss(nca_pair_loss),
+    'sppo_hard': PairLoss(sppo_hard_loss),
+    'apo_zero': PairLoss(apo_zero_loss),
+    'apo_down': PairLoss(apo_down_loss),
+}
+LOSS_TYPES = tuple(PAIR_LOSSES)
+
+
 def preference_losses(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
                       loss_type: str, beta: float, label_smoothing: float = 0.0,
                       gamma: float = 0.0):
-    """Per-example losses [B] of one DPO-family objective.
+    """Per-example losses [B] of one DPO-family objective, `PAIR_LOSSES[loss_type]` (each row's
+    function gives its equation and paper).
 
     Inputs are [B] per-sequence log-prob sums (or per-token averages when the caller
-    length-normalises: the function does not care). With m = (pi_c - ref_c) - (pi_r - ref_r),
-    h = beta * m, e = label_smoothing, r_c = beta * (pi_c - ref_c), r_r = beta * (pi_r - ref_r):
-
-    - 'sigmoid': DPO (Rafailov et al. 2023, "Direct Preference Optimization"); with e > 0 the
-      conservative DPO (cDPO, Mitchell 2023) of a label flipped with probability e:
-          -(1 - e) log sigmoid(h) - e log sigmoid(-h).
-      Reference-free DPO: pass zeros as the reference log-probs.
-    - 'robust': rDPO (Chowdhury et al. 2024, "Provably Robust DPO"), unbiased under label noise e:
-          (-(1 - e) log sigmoid(h) + e log sigmoid(-h)) / (1 - 2e),  0 <= e < 0.5.
-    - 'ipo': IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from
-      Human Preferences", Eq. 17, beta = tau): (m - 1 / (2 beta))^2. Azar et al. average
-      log-probs over tokens: pass averages for that convention (TRL does so inside its loss).
-    - 'hinge': SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human
-      Feedback"), with the reference log-ratio: max(0, 1 - h).
-    - 'simpo': SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a
-      Reference-Free Reward"), margin gamma, label smoothing e; reference-free (the ref arguments
-      are ignored), the caller passes length-averaged log-probs:
-          z = beta * (pi_c - pi_r) - gamma;  -(1 - e) log sigmoid(z) - e log sigmoid(-z).
-    - 'exo_pair': EXO (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model
-      Alignment", Eq. 16 for K = 2): KL(p_theta || p_e) between p_theta = (sigmoid(h),
-      sigmoid(-h)) and the smoothed label (1 - e, e), 0 < e <= 0.5.
-    - 'nca_pair': NCA (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with
-      Explicit Rewards"), pairwise form:
-          -log sigmoid(r_c) - 0.5 log sigmoid(-r_c) - 0.5 log sigmoid(-r_r).
-    - 'sppo_hard': SPPO (Wu et al. 2024, "Self-Play Preference Optimization") with hard win
-      probabilities P(y_w > y_l) = 1, eta = 1 / beta:
-          (pi_c - ref_c - 1 / (2 beta))^2 + (pi_r - ref_r + 1 / (2 beta))^2.
-    - 'apo_zero', 'apo_down': APO (D'Oosterlinck et al. 2024, "Anchored Preference Optimization",
-      Eqs. 7-8), shifted by the constant 1 to be non-negative (gradients unchanged):
-          apo_zero = sigmoid(-r_c) + sigmoid(r_r);  apo_down = sigmoid(r_c) + sigmoid(-h).
+    length-normalises: the function does not care); a reference-free row ignores the reference.
 
     Raises ValueError on an unknown type, beta <= 0, or a label_smoothing outside the type's range.
     """
     _validate(loss_type, beta, label_smoothing)
-    e = label_smoothing
-    chosen_logratio = jnp.asarray(chosen_logps) - jnp.asarray(ref_chosen_logps)
-    rejected_logratio = jnp.asarray(rejected_logps) - jnp.asarray(ref_rejected_logps)
-    margin = chosen_logratio - rejected_logratio
-    h = beta * margin
-    if loss_type == 'sigmoid':
-        return _smoothed_logistic(h, e)
-    if loss_type == 'robust':
-        return (-(1.0 - e) * jax.nn.log_sigmoid(h) + e * jax.nn.log_sigmoid(-h)) / (1.0 - 2.0 * e)
-    if loss_type == 'ipo':
-        return jnp.square(margin - 1.0 / (2.0 * beta))
-    if loss_type == 'hinge':
-        return jax.nn.relu(1.0 - h)
-    if loss_type == 'simpo':
-        z = beta * (jnp.asarray(chosen_logps) - jnp.asarray(rejected_logps)) - gamma
-        return _smoothed_logistic(z, e)
-    if loss_type == 'exo_pair':
-        log_q_w, log_q_l = jax.nn.log_sigmoid(h), jax.nn.log_sigmoid(-h)
-        return (jnp.exp(log_q_w) * (log_q_w - jnp.log1p(-e))
-                + jnp.exp(log_q_l) * (log_q_l - jnp.log(e)))
-    r_c, r_r = beta * chosen_logratio, beta * rejected_logratio
-    if loss_type == 'nca_pair':
-        return (-jax.nn.log_sigmoid(r_c) - 0.5 * jax.nn.log_sigmoid(-r_c)
-                - 0.5 * jax.nn.log_sigmoid(-r_r))
-    if loss_type == 'sppo_hard':
-        half_eta = 1.0 / (2.0 * beta)
-        return jnp.square(chosen_logratio - half_eta) + jnp.square(rejected_logratio + half_eta)
-    if loss_type == 'apo_zero':
-        return jax.nn.sigmoid(-r_c) + jax.nn.sigmoid(r_r)
-    assert loss_type == 'apo_down', loss_type
-    return jax.nn.sigmoid(r_c) + jax.nn.sigmoid(-h)
+    pc, pr = jnp.asarray(chosen_logps), jnp.asarray(rejected_logps)
+    pair = Pair(pc, pr, pc - jnp.asarray(ref_chosen_logps), pr - jnp.asarray(ref_rejected_logps))
+    return PAIR_LOSSES[loss_type].fn(pair, beta, label_smoothing, gamma)
 
 
 def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,

@@ -12,6 +12,7 @@ ALGORITHMS = {
     'remax': 'alignjax.trainers.policy_gradient',
     'rloo': 'alignjax.trainers.policy_gradient',
     'grpo': 'alignjax.trainers.policy_gradient',
+    'reinforce_pp': 'alignjax.trainers.policy_gradient',
     'nash_md': 'alignjax.trainers.nash',
     'nash_mp': 'alignjax.trainers.nash',
     'spo': 'alignjax.trainers.nash',

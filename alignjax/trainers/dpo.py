@@ -20,10 +20,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from alignjax import evaluation
+from alignjax import evaluators
 from alignjax import pretrained
 from alignjax import sharding
 from alignjax.data import inputs
+from alignjax.evaluators import gold, heldout_preference
 from alignjax.losses import preference as pref_losses
 from alignjax.models import scoring
 from alignjax.trainers import common
@@ -49,25 +50,25 @@ def _check_loss_config(loss) -> tuple[str, ...]:
     unknown = [t for t in types if t not in pref_losses.LOSS_TYPES]
     if unknown:
         raise ValueError(f'config.loss.types: unknown {unknown}; known: {pref_losses.LOSS_TYPES}')
-    if 'simpo' in types and len(types) > 1:
-        raise ValueError("config.loss.types: 'simpo' is reference-free and length-normalised; "
-                         'combine it with no other type')
+    alone = [t for t in types if pref_losses.PAIR_LOSSES[t].alone]
+    if alone and len(types) > 1:
+        raise ValueError(f'config.loss.types: {alone[0]!r} is reference-free and '
+                         'length-normalised; combine it with no other type')
     if loss.weights and len(loss.weights) != len(types):
         raise ValueError(f'config.loss.weights has {len(loss.weights)} entries for '
                          f'{len(types)} config.loss.types')
-    if loss.beta <= 0:
-        raise ValueError(f'config.loss.beta must be > 0, got {loss.beta}')
-    return types
+    return types  # loss.beta > 0: validation's table (experiment_lib.BOUNDS)
 
 
 def uses_reference(loss) -> bool:
-    return not (tuple(loss.types) == ('simpo',) or loss.reference_free)
+    rows = [pref_losses.PAIR_LOSSES[t] for t in loss.types if t in pref_losses.PAIR_LOSSES]
+    return not (loss.reference_free or (rows and all(r.reference_free for r in rows)))
 
 
 def make_loss_fn(loss):
     types = _check_loss_config(loss)
-    simpo = types == ('simpo',)
-    normalize = simpo or loss.length_normalize
+    normalize = loss.length_normalize or any(
+        pref_losses.PAIR_LOSSES[t].length_normalized for t in types)
     no_ref = not uses_reference(loss)
 
     def loss_fn(model, frozen, batch, rng):
@@ -145,40 +146,15 @@ def build(config, mesh) -> loop.Algorithm:
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)
-    beta = config.loss.beta
 
-    def evaluate(model, step):
-        del step
-        state = nnx.state(model)
-        rows = {k: [] for k in ('pc', 'pr', 'rc', 'rr')}
-        for batch, real in inputs.fixed_batches(config, 'preference', held_out, tok,
-                                                        batch_size=config.data.batch_size):
-            pc, pr, _, _ = jax.device_get(policy_logps(state, sharding.shard_batch(batch, mesh)))
-            rc, rr = jax.device_get(ref.compute(batch))  # never the cache: not held-out records
-            for k, v in zip(('pc', 'pr', 'rc', 'rr'), (pc, pr, rc, rr)):
-                rows[k].append(np.asarray(v)[:real])
-        pc, pr, rc, rr = (np.concatenate(rows[k]) for k in ('pc', 'pr', 'rc', 'rr'))
-        margin = (pc - rc) - (pr - rr)
-        out = {
-            # Implicit reward beta * log pi/ref on held-out pairs (Rafailov et al.).
-            'heldout/rewards_chosen': float(beta * np.mean(pc - rc)),
-            'heldout/rewards_rejected': float(beta * np.mean(pr - rr)),
-            'heldout/rewards_margin': float(beta * np.mean(margin)),
-            'heldout/implicit_accuracy': float(np.mean(margin > 0)),
-            'heldout/logps_chosen': float(np.mean(pc)),
-            'heldout/logps_rejected': float(np.mean(pr)),
-            # Ranking accuracy 1[pi(yw) > pi(yl)] of the policy and of the reference
-            # ("Preference learning algorithms do not learn preference rankings").
-            'heldout/ranking_accuracy': float(np.mean(pc > pr)),
-            'heldout/ranking_accuracy_ref': float(np.mean(rc > rr)),
-        }
-        if task is not None:
-            e = config.eval
-            out.update(evaluation.gold_evaluation(
-                task, model, reference, tok, num_prompts=e.num_prompts,
-                max_prompt_len=config.data.max_prompt_len, max_new_tokens=e.max_new_tokens,
-                temperature=e.temperature, seed=config.seed, with_kl=True))
-        return out
-
-    algo.evaluate = evaluate
+    available = {
+        'heldout_preference': lambda: heldout_preference.make(
+            config, held_out, tok, mesh, policy_logps=policy_logps, beta=config.loss.beta,
+            reference_logps=ref.compute),  # never the cache: not held-out records
+        'gold': lambda: gold.make(config, task, reference, tok,
+                                  max_new_tokens=config.eval.max_new_tokens),
+    }
+    if task is None:
+        del available['gold']
+    algo.evaluators = evaluators.select(config, available, tuple(available))
     return algo

@@ -31,6 +31,7 @@ from absl import logging
 from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
+from alignjax import evaluators as evaluators_lib
 from alignjax import metrics as metrics_lib
 from alignjax import sharding
 from alignjax import tracking
@@ -54,8 +55,12 @@ class Algorithm:
         ignore the model, online ones sample from it. Deterministic in the step.
       frozen: models the loss reads but does not train (reference, reward); passed to the jitted
         update as arguments, never baked in as constants.
-      evaluate: `(model, step) -> dict of figures`, run every `eval_every` steps and at the end.
-      summarize: `(model) -> dict` for summary.json; defaults to `evaluate(model, final_step)`.
+      evaluators: `evaluators.Evaluator`s, each run at its own period and at the end (the
+        figures of those due at a step written as one `eval/` row; summary.json gets each one's
+        final figures).
+      evaluate: a plain `(model, step) -> dict of figures`, run every `eval_every` steps and at
+        the end: one unnamed evaluator beside `evaluators`.
+      summarize: `(model) -> dict` for summary.json, in place of the evaluators' final figures.
       algo_state: controllers carried across steps and checkpoints (an adaptive KL coefficient).
       update_algo_state: `(algo_state, metrics) -> algo_state`, on host after each step.
       epochs, minibatches: optimizer updates per batch (PPO's several epochs of minibatches over
@@ -75,6 +80,7 @@ class Algorithm:
     loss_fn: LossFn
     batches: Callable[[int, nnx.Module, dict], dict]
     frozen: dict[str, nnx.Module] = dataclasses.field(default_factory=dict)
+    evaluators: list[evaluators_lib.Evaluator] = dataclasses.field(default_factory=list)
     evaluate: Callable[[nnx.Module, int], dict] | None = None
     summarize: Callable[[nnx.Module], dict] | None = None
     algo_state: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -86,6 +92,11 @@ class Algorithm:
     @property
     def updates_per_batch(self) -> int:
         return self.epochs * self.minibatches
+
+    def all_evaluators(self, eval_every: int) -> list[evaluators_lib.Evaluator]:
+        extra = [] if self.evaluate is None else [
+            evaluators_lib.Evaluator('evaluate', self.evaluate, eval_every)]
+        return list(self.evaluators) + extra
 
 
 def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
@@ -147,7 +158,7 @@ def float32_master(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
                 state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1,
-                skip_nonfinite: bool = False):
+                skip_nonfinite: bool = False, frozen_shardings=None):
     """The jitted update: (state, frozen_states, batch) -> (state, metrics, finite).
 
     With `skip_nonfinite` a step whose loss or gradient norm is not finite keeps the old
@@ -157,7 +168,10 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
     With epochs * minibatches > 1 the batch is reused: each epoch permutes its rows and takes one
     optimizer step per minibatch; the metrics are the mean over those steps. The state is donated
     and comes back on exactly the shardings it went in with, so every step after the first reuses
-    one compiled program.
+    one compiled program. The state (and, given `frozen_shardings`, the frozen models) are
+    declared as the program's input shardings; the batch's come from `sharding.shard_batch`.
+    Metrics: the loss and the algorithm's own, `grad_norm` (after accumulation, before clipping),
+    `update_norm` (the optimizer's step) and `param_norm` (after it).
     """
 
     def grads_of(params, frozen_states, batch, rng):
@@ -197,6 +211,7 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
         out = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in metrics.items()}
         out['loss'] = loss_sum / weight
         out['grad_norm'] = optax.global_norm(grads)
+        out['update_norm'] = optax.global_norm(updates)
         return params, opt_state, out
 
     def update(state, frozen_states, batch):
@@ -237,7 +252,9 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
         return new_state, out, finite
 
     rep = sharding.replicated(mesh)
-    return jax.jit(update, donate_argnums=(0,), out_shardings=(state_shardings, rep, rep))
+    return jax.jit(update, donate_argnums=(0,),
+                   in_shardings=(state_shardings, frozen_shardings, None),
+                   out_shardings=(state_shardings, rep, rep))
 
 
 def state_shardings(params, tx, algo_state, mesh):
@@ -295,7 +312,8 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
     update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
                          config.optim.microbatches, shardings, mesh, epochs=algo.epochs,
                          minibatches=algo.minibatches,
-                         skip_nonfinite=config.get('nonfinite', 'stop') == 'skip')
+                         skip_nonfinite=config.get('nonfinite', 'stop') == 'skip',
+                         frozen_shardings=jax.tree.map(lambda x: x.sharding, frozen_states))
     return Setup(graphdef, state, shardings, frozen_states, update)
 
 
@@ -359,6 +377,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
         with _refusals(config):
             algo = build(config, mesh)
+        evals = algo.all_evaluators(config.eval_every)
         if config.ckpt_every % algo.save_every:
             raise validation.ValidationError(
                 f'config.ckpt_every={config.ckpt_every} must be a multiple of '
@@ -414,9 +433,9 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                         writer.write(done, {**jax.device_get(metrics), **host_metrics},
                                      tokens=tokens)
                         tokens = 0
-                    if config.eval_every and algo.evaluate and done % config.eval_every == 0 \
-                            and done != config.total_steps:
-                        evaluated = algo.evaluate(model, done)
+                    evaluated = evaluators_lib.figures_due(evals, model, done,
+                                                           config.total_steps)
+                    if evaluated:
                         writer.write(done, {f'eval/{k}': v for k, v in evaluated.items()},
                                      timed=False)
                     # A stop request waits for the next save point (the end of an outer step).
@@ -445,8 +464,8 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         summary = {'step': int(state['step'])}
         if algo.summarize is not None:
             summary.update(algo.summarize(model))
-        elif algo.evaluate is not None:
-            summary.update(algo.evaluate(model, int(state['step'])))
+        else:
+            summary.update(evaluators_lib.summary(evals, model, int(state['step'])))
         writer.write_summary(summary)
         writer.close()
         logging.info('Summary: %s', summary)

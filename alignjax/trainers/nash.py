@@ -24,6 +24,9 @@ Each method's sample loss reproduces its tabular update exactly on a softmax tab
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,24 +43,76 @@ from alignjax.trainers import loop
 from alignjax.trainers import policy_gradient
 from alignjax.trainers.preference_model import load_preference_model
 
-PG_METHODS = ('nash_md', 'nash_mp', 'spo')
-PAIR_METHODS = ('inpo', 'dno', 'sppo', 'online_ipo')
-METHODS = PG_METHODS + PAIR_METHODS
+
+# The regression methods' losses, one pure function each over a batch of G prompt groups of k
+# samples: (logp, ref, anchor [G, k] sequence log-probs, pref [G, k, k] P(y_i > y_j), win [G, k]
+# win rates, (i, j) the k(k-1)/2 pairs of a group, n = config.nash) -> (loss_sum, count).
+
+def inpo_pairs(logp, ref, anchor, pref, win, ij, n):
+    del win
+    i, j = ij
+    return nash_losses.inpo_loss(logp[:, i], logp[:, j], ref[:, i], ref[:, j], anchor[:, i],
+                                 anchor[:, j], eta=n.eta, tau=n.tau, prob_w=pref[:, i, j])
+
+
+def dno_pairs(logp, ref, anchor, pref, win, ij, n):
+    del ref, pref
+    i, j = ij
+    return nash_losses.dno_loss(logp[:, i], logp[:, j], anchor[:, i], anchor[:, j],
+                                nash_losses.dno_target(win[:, i], win[:, j]), eta=1.0 / n.eta)
+
+
+def sppo_samples(logp, ref, anchor, pref, win, ij, n):
+    del ref, pref, ij
+    log_z = None
+    if n.sppo_exact_partition:
+        log_z = jnp.broadcast_to(nash_losses.sppo_log_partition(win, eta=n.eta)[:, None],
+                                 win.shape)
+    return nash_losses.sppo_loss(logp, anchor, win, eta=n.eta, log_partition=log_z)
+
+
+def online_ipo_pairs(logp, ref, anchor, pref, win, ij, n):
+    del anchor, win
+    i, j = ij
+    return nash_losses.online_ipo_loss(logp[:, i] - ref[:, i], logp[:, j] - ref[:, j],
+                                       pref[:, i, j], tau=n.tau)
+
+
+@dataclasses.dataclass(frozen=True)
+class NashMethod:
+    """One row of the Nash family: a policy-gradient method (rows are samples, advantage against
+    an `opponent`: 'mixture', 'anchor' or 'group') or a regression one (rows are prompt groups,
+    `pair_loss` above)."""
+    opponent: str = ''
+    pair_loss: Callable[..., tuple] | None = None
+    min_samples: int = 1
+    phases: bool = False  # Nash-MP's two proximal phases an outer step (saves at their ends)
+
+
+METHODS: dict[str, NashMethod] = {
+    'nash_md': NashMethod(opponent='mixture'),
+    'nash_mp': NashMethod(opponent='anchor', phases=True),
+    'spo': NashMethod(opponent='group', min_samples=2),
+    'inpo': NashMethod(pair_loss=inpo_pairs, min_samples=2),
+    'dno': NashMethod(pair_loss=dno_pairs, min_samples=2),
+    'sppo': NashMethod(pair_loss=sppo_samples, min_samples=2),
+    'online_ipo': NashMethod(pair_loss=online_ipo_pairs, min_samples=2),
+}
 
 
 def check_nash_config(config) -> None:
     n, algo = config.nash, config.algo
     if algo not in METHODS:
-        raise ValueError(f'config.algo={algo!r} is not one of {METHODS}')
+        raise ValueError(f'config.algo={algo!r} is not one of {tuple(METHODS)}')
     if n.preference not in ('gold', 'model'):
         raise ValueError(f"config.nash.preference must be 'gold' or 'model', got {n.preference!r}")
     k = config.rl.samples_per_prompt
-    if (algo == 'spo' or algo in PAIR_METHODS) and k < 2:
+    if k < METHODS[algo].min_samples:
         raise ValueError(f'{algo} compares samples of a prompt: config.rl.samples_per_prompt must '
-                         f'be >= 2, got {k}')
+                         f'be >= {METHODS[algo].min_samples}, got {k}')
     if n.tau <= 0 or n.eta <= 0:
         raise ValueError(f'config.nash.tau and config.nash.eta must be > 0, got {n.tau}, {n.eta}')
-    if algo == 'nash_mp' and n.phase_steps < 1:
+    if METHODS[algo].phases and n.phase_steps < 1:
         raise ValueError(f'config.nash.phase_steps must be >= 1, got {n.phase_steps}')
     if not 0.0 <= n.mixture <= 1.0:
         raise ValueError(f'config.nash.mixture must be in [0, 1], got {n.mixture}')
@@ -85,7 +140,7 @@ def group_preferences(oracle, raw: dict, k: int) -> np.ndarray:
 
 def make_pair_loss_fn(config):
     """The regression methods' loss on groups: batch rows are prompts with k samples each."""
-    n, algo = config.nash, config.algo
+    n, pair_loss = config.nash, METHODS[config.algo].pair_loss
     k = config.rl.samples_per_prompt
     i, j = np.triu_indices(k, 1)
 
@@ -97,25 +152,7 @@ def make_pair_loss_fn(config):
                                          flat(batch['response']), flat(batch['response_mask']))
         logp = jnp.sum(logp, axis=-1).reshape(g, k)
         ref, anchor = batch['ref_logp'], batch['anchor_logp']
-        pref, win = batch['pref'], batch['win']
-        if algo == 'inpo':
-            loss, count = nash_losses.inpo_loss(
-                logp[:, i], logp[:, j], ref[:, i], ref[:, j], anchor[:, i], anchor[:, j],
-                eta=n.eta, tau=n.tau, prob_w=pref[:, i, j])
-        elif algo == 'dno':
-            loss, count = nash_losses.dno_loss(
-                logp[:, i], logp[:, j], anchor[:, i], anchor[:, j],
-                nash_losses.dno_target(win[:, i], win[:, j]), eta=1.0 / n.eta)
-        elif algo == 'sppo':
-            log_z = None
-            if n.sppo_exact_partition:
-                log_z = jnp.broadcast_to(
-                    nash_losses.sppo_log_partition(win, eta=n.eta)[:, None], win.shape)
-            loss, count = nash_losses.sppo_loss(logp, anchor, win, eta=n.eta, log_partition=log_z)
-        else:
-            loss, count = nash_losses.online_ipo_loss(logp[:, i] - ref[:, i],
-                                                      logp[:, j] - ref[:, j], pref[:, i, j],
-                                                      tau=n.tau)
+        loss, count = pair_loss(logp, ref, anchor, batch['pref'], batch['win'], (i, j), n)
         metrics = {'logratio_to_anchor': (jnp.sum(logp - anchor), jnp.float32(g * k)),
                    'logratio_to_ref': (jnp.sum(logp - ref), jnp.float32(g * k))}
         return loss, count, metrics
@@ -157,7 +194,7 @@ class Opponents:
 
 def build(config, mesh) -> loop.Algorithm:
     check_nash_config(config)
-    n, rl, algo = config.nash, config.rl, config.algo
+    n, rl, method = config.nash, config.rl, METHODS[config.algo]
     tok, task, records, prompts, policy, reference = policy_gradient.online_setup(config, mesh)
     if n.preference == 'gold':
         oracle = rollout_lib.GoldPreference(task)
@@ -170,27 +207,27 @@ def build(config, mesh) -> loop.Algorithm:
         config=rollout_lib.RolloutConfig(
             samples_per_prompt=k, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
             top_k=rl.top_k, top_p=rl.top_p))
-    opponents = Opponents(config, mesh) if algo == 'nash_mp' else None
+    opponents = Opponents(config, mesh) if method.opponent == 'anchor' else None
     mixture = sampling.geometric_mixture(float(n.mixture))
 
     def pg_batch(step, model, raw):
         mask = raw['response_mask'].astype(np.float32)
         logp, ref = raw['old_logp'].sum(1), raw['ref_logp'].sum(1)
         metrics = {}
-        if algo == 'spo':
+        if method.opponent == 'group':
             pref = group_preferences(oracle, raw, k)
             win = np.asarray(nash_losses.group_win_rates(pref)).reshape(-1)
             adv = np.asarray(nash_losses.nash_md_advantages(win, logp, ref, tau=n.tau))
             metrics['rollout/win_rate_spread'] = float(np.mean(np.abs(win - 0.5)))
         else:
-            if algo == 'nash_md':
+            if method.opponent == 'mixture':
                 opp = rollout.sample_opponents(step, [model, reference], raw, combine=mixture)
             else:
                 opponents.refresh(step, model)
                 opp = rollout.sample_opponents(step, opponents.opponent, raw)
             pref = oracle(raw['prompt_texts'], raw['response_texts'], opp['response_texts'],
                           raw, opp)
-            if algo == 'nash_md':
+            if method.opponent == 'mixture':
                 adv = np.asarray(nash_losses.nash_md_advantages(pref, logp, ref, tau=n.tau))
             else:
                 adv = np.asarray(nash_losses.proximal_advantages(
@@ -214,14 +251,14 @@ def build(config, mesh) -> loop.Algorithm:
     def batches(step, model, algo_state):
         del algo_state
         raw = rollout(step, model)
-        batch, metrics = pg_batch(step, model, raw) if algo in PG_METHODS else pair_batch(raw)
+        batch, metrics = pair_batch(raw) if method.pair_loss else pg_batch(step, model, raw)
         batch['metrics'] = {**raw['metrics'], **rollout_lib.global_metrics(metrics)}
         return batch
 
-    loss_fn = (policy_gradient.make_loss_fn(config) if algo in PG_METHODS
-               else make_pair_loss_fn(config))
+    loss_fn = (make_pair_loss_fn(config) if method.pair_loss
+               else policy_gradient.make_loss_fn(config))
     return loop.Algorithm(
         model=policy, loss_fn=loss_fn, batches=batches,
-        evaluate=policy_gradient.make_evaluate(config, task, reference, tok),
+        evaluators=policy_gradient.online_evaluators(config, task, reference, tok),
         epochs=rl.epochs, minibatches=rl.minibatches,
-        save_every=2 * n.phase_steps if algo == 'nash_mp' else 1)
+        save_every=2 * n.phase_steps if method.phases else 1)

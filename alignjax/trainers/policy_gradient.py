@@ -1,7 +1,7 @@
-"""Online policy-gradient RL: PPO, ReMax, RLOO and GRPO over one rollout path.
+"""Online policy-gradient RL: PPO, ReMax, RLOO, GRPO and REINFORCE++ over one rollout path.
 
-The four share the batch source (`rollout.Rollout`) and the clipped-ratio policy loss; they
-differ in the advantage and in what else is trained:
+They share the batch source (`rollout.Rollout`) and the clipped-ratio policy loss; they differ in
+the advantage and in what else is trained, one row each of `ONLINE_ALGOS`:
 
 - `ppo`: per-token reward -kl_coef * KL_t with the score on the last token, GAE(gamma, lambda)
   from a critic trained beside the policy (clipped value loss), whitened advantages, several
@@ -10,6 +10,11 @@ differ in the advantage and in what else is trained:
 - `rloo`: A_i = R_i - mean of the prompt's other k-1 samples (Ahmadian et al. 2024).
 - `grpo`: A_i = group z-score of the prompt's k samples, the KL as a k3 loss term (Shao et al.
   2024); `config.rl.grpo_normalize=False` drops the std (Dr. GRPO).
+- `reinforce_pp`: REINFORCE++-baseline, A_i = R_i - group mean, standardised over the batch's
+  tokens (Hu 2025).
+
+Adding one is a row: a pure advantage function (`losses/advantages.py`) and what the algorithm
+needs besides (a critic, a group of samples, a greedy baseline).
 
 R is the score (gold reward or a reward model) minus kl_coef * sum_t KL_t when
 `config.rl.kl_in == 'reward'`; with `'loss'` the KL is a loss term instead. With one epoch of
@@ -18,17 +23,21 @@ one minibatch the clipped-ratio loss is exactly REINFORCE (its gradient at ratio
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from alignjax import evaluation
+from alignjax import evaluators
 from alignjax import pretrained
 from alignjax import resharding
 from alignjax import rollout as rollout_lib
 from alignjax import sharding
 from alignjax.data import inputs
+from alignjax.evaluators import gold
 from alignjax.losses import advantages as adv_lib
 from alignjax.losses import policy_gradient as pg
 from alignjax.models import ValueModel, scoring
@@ -36,9 +45,50 @@ from alignjax.trainers import common
 from alignjax.trainers import loop
 from alignjax.trainers.reward_model import load_reward_model
 
-ONLINE_ALGOS = ('ppo', 'remax', 'rloo', 'grpo')
-KL_IN = ('reward', 'loss')
-AGGREGATIONS = ('token_mean', 'sequence_mean', 'sequence_sum')
+
+@dataclasses.dataclass(frozen=True)
+class OnlineAlgo:
+    """One row of the online family.
+
+    advantages: (returns [N], response mask [N, R], *, k, rl, baseline) -> token advantages
+      [N, R], pure; `returns` are the sequence returns (score minus the in-reward KL), `baseline`
+      the greedy responses' returns repeated per sample (None unless `greedy_baseline`). None:
+      GAE from the critic's values.
+    """
+    advantages: Callable[..., jax.Array] | None
+    critic: bool = False  # a value model trained beside the policy (ActorCritic)
+    min_samples: int = 1  # rl.samples_per_prompt at least
+    greedy_baseline: bool = False  # the rollout also decodes each prompt greedily
+
+
+def _remax(returns, mask, *, k, rl, baseline):
+    del k, rl
+    return adv_lib.sequence_to_tokens(adv_lib.remax_advantages(returns, baseline), mask)
+
+
+def _rloo(returns, mask, *, k, rl, baseline):
+    del rl, baseline
+    return adv_lib.sequence_to_tokens(adv_lib.rloo_advantages(returns, group_size=k), mask)
+
+
+def _grpo(returns, mask, *, k, rl, baseline):
+    del baseline
+    return adv_lib.sequence_to_tokens(
+        adv_lib.grpo_advantages(returns, group_size=k, normalize=rl.grpo_normalize), mask)
+
+
+def _reinforce_pp(returns, mask, *, k, rl, baseline):
+    del rl, baseline
+    return adv_lib.reinforce_pp_advantages(returns, mask, group_size=k)
+
+
+ONLINE_ALGOS: dict[str, OnlineAlgo] = {
+    'ppo': OnlineAlgo(None, critic=True),
+    'remax': OnlineAlgo(_remax, greedy_baseline=True),
+    'rloo': OnlineAlgo(_rloo, min_samples=2),
+    'grpo': OnlineAlgo(_grpo, min_samples=2),
+    'reinforce_pp': OnlineAlgo(_reinforce_pp, min_samples=2),
+}
 
 
 class ActorCritic(nnx.Module):
@@ -50,19 +100,15 @@ class ActorCritic(nnx.Module):
 
 
 def check_rl_config(config) -> None:
+    """What `validation.check_fields` cannot see from the table of bounds (experiment_lib.RL):
+    the algorithm's own needs and the keys that depend on each other."""
     rl, algo = config.rl, config.algo
     if algo not in ONLINE_ALGOS:
-        raise ValueError(f'config.algo={algo!r} is not one of {ONLINE_ALGOS}')
-    if rl.kl_in not in KL_IN:
-        raise ValueError(f'config.rl.kl_in must be one of {KL_IN}, got {rl.kl_in!r}')
-    if rl.aggregation not in AGGREGATIONS:
-        raise ValueError(f'config.rl.aggregation must be one of {AGGREGATIONS}, '
-                         f'got {rl.aggregation!r}')
-    if rl.kl_estimator not in ('k1', 'k2', 'k3'):
-        raise ValueError(f"config.rl.kl_estimator must be k1, k2 or k3, got {rl.kl_estimator!r}")
-    if algo in ('rloo', 'grpo') and rl.samples_per_prompt < 2:
-        raise ValueError(f'{algo} needs config.rl.samples_per_prompt >= 2 (a group of samples '
-                         f'per prompt), got {rl.samples_per_prompt}')
+        raise ValueError(f'config.algo={algo!r} is not one of {tuple(ONLINE_ALGOS)}')
+    if rl.samples_per_prompt < ONLINE_ALGOS[algo].min_samples:
+        raise ValueError(f'{algo} needs config.rl.samples_per_prompt >= '
+                         f'{ONLINE_ALGOS[algo].min_samples} (a group of samples per prompt), '
+                         f'got {rl.samples_per_prompt}')
     rows = config.data.batch_size * rl.samples_per_prompt
     if rows % rl.minibatches:
         raise ValueError(f'config.rl.minibatches={rl.minibatches} does not divide the rollout of '
@@ -84,7 +130,7 @@ def check_rl_config(config) -> None:
 
 def make_advantage_fn(config):
     """Jitted (host batch, kl_coef) -> (advantages [N, R], returns or None, metrics)."""
-    rl, algo = config.rl, config.algo
+    rl, row = config.rl, ONLINE_ALGOS[config.algo]
     k = rl.samples_per_prompt
 
     def penalised(scores, has_eos, logp, ref_logp, mask, kl_coef):
@@ -100,7 +146,7 @@ def make_advantage_fn(config):
                                      mask, kl_coef)
         metrics = {'rollout/kl_penalty': jnp.mean(jnp.sum(kl, axis=1)) * coef}
         returns = None
-        if algo == 'ppo':
+        if row.advantages is None:
             rewards = pg.token_rewards(scores, kl, mask, kl_coef=coef)
             adv, returns = adv_lib.gae(rewards, b['old_values'], mask, gamma=rl.gamma, lam=rl.lam)
             metrics['rollout/explained_variance'] = adv_lib.explained_variance(
@@ -109,18 +155,14 @@ def make_advantage_fn(config):
                 jnp.sum(mask), 1.0)
         else:
             seq = scores - coef * jnp.sum(kl, axis=1)
-            if algo == 'remax':
+            baseline = None
+            if row.greedy_baseline:
                 gmask = b['greedy_response_mask'].astype(jnp.float32)
                 g_scores, g_kl, _ = penalised(b['greedy_scores'], b['greedy_has_eos'],
                                               b['greedy_old_logp'], b['greedy_ref_logp'], gmask,
                                               kl_coef)
                 baseline = jnp.repeat(g_scores - coef * jnp.sum(g_kl, axis=1), k)
-                a = adv_lib.remax_advantages(seq, baseline)
-            elif algo == 'rloo':
-                a = adv_lib.rloo_advantages(seq, group_size=k)
-            else:
-                a = adv_lib.grpo_advantages(seq, group_size=k, normalize=rl.grpo_normalize)
-            adv = adv_lib.sequence_to_tokens(a, mask)
+            adv = row.advantages(seq, mask, k=k, rl=rl, baseline=baseline)
         if rl.whiten_advantages:
             adv = adv_lib.whiten(adv, mask)
         return adv, returns, metrics
@@ -129,14 +171,14 @@ def make_advantage_fn(config):
 
 
 def make_loss_fn(config):
-    rl, algo = config.rl, config.algo
+    rl, critic = config.rl, ONLINE_ALGOS[config.algo].critic
     # One update per rollout keeps the rollout's row order (groups of a prompt's samples
     # contiguous, microbatches cutting between groups): each prompt then runs once.
     group = rl.samples_per_prompt if rl.epochs * rl.minibatches == 1 else 1
 
     def loss_fn(model, frozen, batch, rng):
         del frozen, rng
-        policy = model.policy if algo == 'ppo' else model
+        policy = model.policy if critic else model
         args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
         mask = batch['response_mask'].astype(jnp.float32)
         logp, entropy = scoring.rows_response_logprobs(policy, *args, group=group,
@@ -145,7 +187,7 @@ def make_loss_fn(config):
             logp, batch['old_logp'], batch['advantages'], mask, clip_low=rl.clip,
             clip_high=rl.clip_high or None, dual_clip=rl.dual_clip or None, mode=rl.aggregation)
         metrics = dict(metrics, policy_loss=(total, weight))
-        if algo == 'ppo':
+        if critic:
             values = rollout_lib.response_values(model.critic, *args)
             v_sum, _, v_metrics = pg.value_loss(values, batch['old_values'], batch['returns'],
                                                 mask, clip=rl.value_clip or None,
@@ -215,27 +257,20 @@ def generation_sharding(config, mesh):
                                                    common.mesh_rules(config))
 
 
-def make_evaluate(config, task, reference, tok, *, policy_of=lambda model: model, scorer=None):
-    """`evaluate(model, step)` of an online trainer: the gold evaluation of `policy_of(model)`
-    against the reference on the task's eval prompts (with a learned `scorer`, its proxy reward
-    too); nothing on real data."""
-
-    def evaluate(model, step):
-        del step
-        if task is None:
-            return {}
-        e = config.eval
-        return evaluation.gold_evaluation(
-            task, policy_of(model), reference, tok, num_prompts=e.num_prompts,
-            max_prompt_len=config.data.max_prompt_len, max_new_tokens=config.rl.max_new_tokens,
-            temperature=e.temperature, seed=config.seed, with_kl=True, scorer=scorer)
-
-    return evaluate
+def online_evaluators(config, task, reference, tok, *, policy_of=lambda model: model,
+                      scorer=None) -> list:
+    """The evaluators of an online trainer: the gold evaluation of `policy_of(model)` against the
+    reference on the task's eval prompts (with a learned `scorer`, its proxy reward too); none
+    on real data."""
+    available = {} if task is None else {'gold': lambda: gold.make(
+        config, task, reference, tok, max_new_tokens=config.rl.max_new_tokens,
+        policy_of=policy_of, scorer=scorer)}
+    return evaluators.select(config, available, tuple(available))
 
 
 def build(config, mesh) -> loop.Algorithm:
     check_rl_config(config)
-    rl, algo = config.rl, config.algo
+    rl, row = config.rl, ONLINE_ALGOS[config.algo]
     tok, task, records, prompts, policy, reference = online_setup(config, mesh)
     reward_model = None
     if config.reward.source == 'gold':
@@ -246,7 +281,7 @@ def build(config, mesh) -> loop.Algorithm:
                                                aggregate=config.reward.aggregate,
                                                lam=config.reward.lam)
     model = policy
-    if algo == 'ppo':
+    if row.critic:
         model = ActorCritic(policy, build_critic(config, mesh, reward_model))
 
     rollout = rollout_lib.Rollout(
@@ -255,11 +290,11 @@ def build(config, mesh) -> loop.Algorithm:
         config=rollout_lib.RolloutConfig(
             samples_per_prompt=rl.samples_per_prompt, max_new_tokens=rl.max_new_tokens,
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
-            greedy_baseline=algo == 'remax'))
+            greedy_baseline=row.greedy_baseline))
     advantage_fn = make_advantage_fn(config)
 
     def batches(step, model, algo_state):
-        policy, critic = (model.policy, model.critic) if algo == 'ppo' else (model, None)
+        policy, critic = (model.policy, model.critic) if row.critic else (model, None)
         raw = rollout(step, policy, critic)
         kl_coef = float(algo_state['kl_coef'])
         # Only what the advantages read goes to the device (not tokens, texts or gold scores).
@@ -267,7 +302,7 @@ def build(config, mesh) -> loop.Algorithm:
         adv, returns, adv_metrics = jax.device_get(advantage_fn(arrays, kl_coef))
         batch = {k: raw[k] for k in TRAIN_KEYS}
         batch['advantages'] = np.asarray(adv)
-        if algo == 'ppo':
+        if row.critic:
             batch['old_values'], batch['returns'] = raw['old_values'], np.asarray(returns)
         batch['kl_coef'] = np.full((len(adv),), kl_coef, np.float32)
         metrics = dict(raw['metrics'], **rollout_lib.global_metrics(
@@ -284,10 +319,10 @@ def build(config, mesh) -> loop.Algorithm:
                                    batch_size=config.data.batch_size * rl.samples_per_prompt)
         return {'kl_coef': np.float32(coef)}
 
-    evaluate = make_evaluate(config, task, reference, tok,
-                             policy_of=(lambda m: m.policy) if algo == 'ppo' else (lambda m: m),
-                             scorer=scorer if reward_model is not None else None)
+    evals = online_evaluators(config, task, reference, tok,
+                              policy_of=(lambda m: m.policy) if row.critic else (lambda m: m),
+                              scorer=scorer if reward_model is not None else None)
     return loop.Algorithm(
-        model=model, loss_fn=make_loss_fn(config), batches=batches, evaluate=evaluate,
+        model=model, loss_fn=make_loss_fn(config), batches=batches, evaluators=evals,
         algo_state={'kl_coef': np.float32(rl.kl_coef)}, update_algo_state=update_algo_state,
         epochs=rl.epochs, minibatches=rl.minibatches)

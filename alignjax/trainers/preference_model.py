@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from alignjax import evaluators
 from alignjax import pretrained
 from alignjax import sharding
 from alignjax.data import inputs
-from alignjax.data import synthetic
+from alignjax.evaluators import preference_accuracy
 from alignjax.losses import preference as pref_losses
 from alignjax.losses import reward as reward_losses
 from alignjax.models import PreferenceModel
@@ -64,37 +64,9 @@ def build(config, mesh) -> loop.Algorithm:
     graphdef = nnx.graphdef(model)
     logits_jit = jax.jit(lambda state, batch: pair_logits(nnx.merge(graphdef, state), batch)[0])
     task = inputs.synthetic_task(config)
-
-    def evaluate(model, step):
-        del step
-        state = nnx.state(model)
-        logits = []
-        for batch, real in inputs.fixed_batches(config, 'preference', held_out, tok,
-                                                        batch_size=config.data.batch_size):
-            logits.append(np.asarray(logits_jit(state, sharding.shard_batch(batch, mesh)))[:real])
-        return preference_figures(np.concatenate(logits), held_out, task)
-
+    available = {'preference_accuracy': lambda: preference_accuracy.make(
+        config, held_out, tok, mesh, logits=logits_jit, task=task)}
     return loop.Algorithm(model=model, loss_fn=loss_fn,
                           batches=lambda step, model, algo_state: stream[step],
-                          evaluate=evaluate)
-
-
-def preference_figures(logit_cr: np.ndarray, records, task) -> dict[str, float]:
-    """Held-out accuracy and calibration of P(chosen > rejected) predictions."""
-    prob = 1.0 / (1.0 + np.exp(-logit_cr))
-    swap = np.arange(len(prob)) % 2 == 1
-    out = {
-        'accuracy': float(np.mean((logit_cr > 0) + 0.5 * (logit_cr == 0))),
-        'ece': float(reward_losses.expected_calibration_error(
-            np.where(swap, 1.0 - prob, prob), np.where(swap, 0.0, 1.0))),
-    }
-    if task is not None:
-        p = np.array([task.gold_preference(r['prompt'], r['chosen'], r['rejected'])
-                      for r in records])
-        out['gold_label_accuracy'] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
-        out['bayes_accuracy'] = float(np.mean(np.maximum(p, 1.0 - p)))
-        if task.name == 'intransitive':
-            out.update(synthetic.cycle_accuracy(logit_cr, records, p))
-    return out
-
-
+                          evaluators=evaluators.select(config, available,
+                                                       ('preference_accuracy',)))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax
 
-from alignjax import evaluation
+from alignjax import evaluators
 from alignjax import pretrained
 from alignjax.data import inputs
+from alignjax.evaluators import gold
 from alignjax.data import pipeline
 from alignjax.losses import sft as sft_losses
 from alignjax.models import scoring
@@ -41,18 +42,14 @@ def build(config, mesh) -> loop.Algorithm:
     algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn,
                           batches=lambda step, model, algo_state: stream[step])
     task = inputs.synthetic_task(config)
-    if task is not None:
-        e = config.eval
-        kw = dict(num_prompts=e.num_prompts, max_prompt_len=d.max_prompt_len,
-                  max_new_tokens=e.max_new_tokens, temperature=e.temperature, seed=config.seed)
-        algo.evaluate = lambda model, step: {
-            'gold_reward': evaluation.policy_gold_reward(task, model, tok, **kw)}
-        def initial_policy():
-            # The reference of SFT is its starting point, rebuilt deterministically.
-            start = common.build_policy(config, mesh)
-            pretrained.init_module(start, config.init_from)
-            return start
 
-        algo.summarize = lambda model: evaluation.gold_evaluation(
-            task, model, initial_policy(), tok, **kw)
+    def initial_policy():
+        # The reference of SFT is its starting point, rebuilt deterministically.
+        start = common.build_policy(config, mesh)
+        pretrained.init_module(start, config.init_from)
+        return start
+
+    available = {} if task is None else {'gold': lambda: gold.make_policy_only(
+        config, task, tok, initial_policy=initial_policy)}
+    algo.evaluators = evaluators.select(config, available, tuple(available))
     return algo
