@@ -19,7 +19,7 @@ Two shapes of update share `rollout.Rollout` and `losses.nash`:
   `inpo`, `dno`, `sppo` and `online_ipo`.
 
 Each method's sample loss reproduces its tabular update exactly on a softmax table
-(tests/test_nash_losses.py against `alignjax.games`).
+(tests/losses/test_nash_losses.py against `alignjax.games`).
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def build(config, mesh) -> loop.Algorithm:
         return batch
 
     loss_fn = (make_pair_loss_fn(config) if method.pair_loss
-               else policy_gradient.make_loss_fn(config))
+               else policy_gradient.make_loss_fn(config, critic=False))
     return loop.Algorithm(
         model=policy, loss_fn=loss_fn, batches=batches,
         evaluators=policy_gradient.online_evaluators(config, task, reference, tok),

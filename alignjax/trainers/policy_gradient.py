@@ -170,8 +170,13 @@ def make_advantage_fn(config):
     return jax.jit(fn)
 
 
-def make_loss_fn(config):
-    rl, critic = config.rl, ONLINE_ALGOS[config.algo].critic
+def make_loss_fn(config, *, critic: bool | None = None):
+    """The clipped-ratio policy loss (with the critic's value loss when `critic`, by default
+    what config.algo's row says), the KL as a loss term when config.rl.kl_in == 'loss'. Nash's
+    policy-gradient methods use it with critic=False."""
+    rl = config.rl
+    if critic is None:
+        critic = ONLINE_ALGOS[config.algo].critic
     # One update per rollout keeps the rollout's row order (groups of a prompt's samples
     # contiguous, microbatches cutting between groups): each prompt then runs once.
     group = rl.samples_per_prompt if rl.epochs * rl.minibatches == 1 else 1
