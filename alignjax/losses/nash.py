@@ -8,7 +8,7 @@ P(y > y') with P(y > y') + P(y' > y) = 1, and P(y > pi) = E_{y' ~ pi} P(y > y') 
 of y against a policy. tau is the KL regularisation towards mu, eta a step size.
 
 Each objective is the sample form of one tabular update of `alignjax.games.iterate`: minimised
-exactly over a softmax table (tests/test_nash_losses.py) it gives that update's next policy.
+exactly over a softmax table (tests/losses/test_nash_losses.py) it gives that update's next policy.
 
     advantage / loss          sampling                        tabular update
     nash_md_advantages        y ~ pi, y' ~ pi^(1-m) mu^m      iterate('nash_md'), m = eta tau

@@ -18,7 +18,7 @@ import pytest
 from alignjax import checkpoint as ckpt_lib
 from alignjax import metrics as metrics_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT = os.path.join(ROOT, 'experiments', 'sft.py')
 STEPS = 40
 FLAGS = [f'--config={SFT}:tiny,steps={STEPS}', '--config.ckpt_every=10', '--config.log_every=5',

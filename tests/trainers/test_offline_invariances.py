@@ -20,7 +20,7 @@ from alignjax.trainers import loop
 from alignjax.trainers import preference_model
 from alignjax.trainers import reward_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = get_model_config('tiny')
 TOK = ByteTokenizer()
 

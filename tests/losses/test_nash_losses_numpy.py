@@ -2,7 +2,7 @@
 
 Row weights mask padding (garbage there reaches neither value nor gradient), soft labels equal
 the label expectation of hard ones, and the losses agree with the DPO-family losses where they
-coincide. The tabular equivalences are in tests/test_nash_losses.py.
+coincide. The tabular equivalences are in tests/losses/test_nash_losses.py.
 """
 
 import functools

@@ -1,14 +1,17 @@
 """The evaluator seam: evaluators declared in config, each at its own period, run by the loop."""
 
+import os
+
 import ml_collections
 import pytest
 
 from alignjax import evaluators
+from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax.trainers import loop
 from alignjax.trainers import sft
 
-from test_loop import tiny_config
+import experiment_runs
 
 
 def config(entries=(), eval_every=0):
@@ -48,7 +51,11 @@ def test_unknown_evaluator_is_one_line_naming_the_key():
 
 def test_loop_runs_each_evaluator_at_its_period(tmp_path):
     """SFT's gold evaluator every 2 steps of 5, then its final figures in summary.json."""
-    c = tiny_config(**{'total_steps': 5, 'eval.evaluators': ('gold:2',)})
+    c = experiment_lib.load_config(
+        os.path.join(experiment_runs.ROOT, 'experiments', 'sft.py') + ':tiny,steps=5')
+    c = experiment_runs.override(c, **{'log_every': 1, 'ckpt_every': 100, 'eval.num_prompts': 4,
+                                       'eval.max_new_tokens': 4, 'mesh.shape': (1, 1, 1),
+                                       'eval.evaluators': ('gold:2',)})
     summary = loop.train(c, str(tmp_path), sft.build)
     rows = metrics_lib.read_metrics(str(tmp_path))
     evals = [r['step'] for r in rows if 'eval/gold_reward' in r]

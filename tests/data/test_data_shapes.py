@@ -19,7 +19,7 @@ from alignjax.data.records import DataError
 from alignjax.interop import load_tokenizer
 
 import experiment_runs
-from test_hf_tokenizer import CORPUS, bpe_tokenizer
+from tokenizer_fixtures import CORPUS, bpe_tokenizer
 
 transformers = pytest.importorskip('transformers')
 trl = pytest.importorskip('trl')
