@@ -65,26 +65,27 @@ def finished_steps(directory: str) -> list[int]:
     """The finalized steps under `directory`, from its listing alone (opening a manager would
     clean up a save in progress)."""
     names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n) for n in names
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE_ITEM)))
+    return sorted(
+        int(n)
+        for n in names
+        if n.isdigit() and os.path.isdir(os.path.join(directory, n, STATE_ITEM)))
 
 
 def _bytes_on_disk(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(path) for name in names)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names)
 
 
 def abstract_like(tree):
     """Returns ``jax.ShapeDtypeStruct`` leaves (with shardings) mirroring ``tree``."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 class Checkpointer:
     """Saves and restores ``(state, meta)`` at an interval, keeping the last ``keep``."""
-
-    def __init__(self, directory: str, *, save_every: int, keep: int,
-                 async_save: bool = False):
+    def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = False):
         """Creates (if needed) ``directory`` and opens the orbax manager on it.
 
         Args:
@@ -105,13 +106,13 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=(STATE_ITEM, META_ITEM))
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=(STATE_ITEM, META_ITEM))
 
     def all_steps(self) -> list[int]:
         """Returns the finalized steps on disk, ascending."""
-        return sorted(s for s in self._manager.all_steps()
-                      if (self.directory / str(s) / STATE_ITEM).exists())
+        return sorted(
+            s for s in self._manager.all_steps() if (self.directory / str(s) / STATE_ITEM).exists())
 
     def latest_step(self) -> int | None:
         """Returns the newest finalized step, or None; all processes get the same answer."""
@@ -121,8 +122,7 @@ class Checkpointer:
             latest = int(multihost_utils.broadcast_one_to_all(np.int64(latest)))
         return None if latest < 0 else latest
 
-    def save(self, step: int, state, *, meta: dict | None = None,
-             force: bool = False) -> bool:
+    def save(self, step: int, state, *, meta: dict | None = None, force: bool = False) -> bool:
         """Saves ``state`` and the JSON-serialisable ``meta`` dict at ``step``.
 
         Writes when ``step % save_every == 0`` or ``force`` (use it for the final
@@ -139,10 +139,11 @@ class Checkpointer:
         self._check_space(state)
         saved = self._manager.save(
             step,
-            args=ocp.args.Composite(**{
-                STATE_ITEM: ocp.args.StandardSave(state),
-                META_ITEM: ocp.args.JsonSave(dict(meta or {})),
-            }),
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    META_ITEM: ocp.args.JsonSave(dict(meta or {})),
+                }),
             force=True,  # the decision above is ours; skip orbax's initial-save rule
         )
         if saved:
@@ -163,11 +164,12 @@ class Checkpointer:
         except OSError:
             return
         done = self.all_steps()
-        needed = (_bytes_on_disk(str(self.directory / str(done[-1]))) if done else
-                  sum(getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state)))
+        needed = (_bytes_on_disk(str(self.directory / str(done[-1]))) if done else sum(
+            getattr(x, 'nbytes', 0) for x in jax.tree.leaves(state)))
         if free < needed * 1.1 + 2**20:
-            raise OSError(errno.ENOSPC, f'{os.strerror(errno.ENOSPC)}: a checkpoint needs about '
-                          f'{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free')
+            raise OSError(
+                errno.ENOSPC, f'{os.strerror(errno.ENOSPC)}: a checkpoint needs about '
+                f'{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free')
 
     def restore(self, step: int | None, abstract_state):
         """Restores a checkpoint onto the shardings of ``abstract_state``.
@@ -221,8 +223,9 @@ class Checkpointer:
             except Exception as e:  # pylint: disable=broad-except
                 ok, error = False, first_line(e)
             if not ok:
-                logging.warning('Checkpoint %s/%d does not restore (%s); trying the one before '
-                                'it', self.directory, step, error)
+                logging.warning(
+                    'Checkpoint %s/%d does not restore (%s); trying the one before '
+                    'it', self.directory, step, error)
                 failures.append((step, error))
                 continue
             if failures:
@@ -268,17 +271,21 @@ class Checkpointer:
             # orbax stores dict keys as strings (nnx.List layers are 0, 1, ...).
             target = {'params': _stringify_keys(abstract_params)}
             try:
-                restored = reader.restore(path, args=ocp.args.PyTreeRestore(
-                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True))
+                restored = reader.restore(
+                    path, args=ocp.args.PyTreeRestore(
+                        item=target,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                        partial_restore=True))
             except Exception as e:  # pylint: disable=broad-except
                 self._refuse_other_layout(step, target, e)
                 raise
         params = _match_keys(abstract_params, restored['params'])
         # A partial restore leaves what the checkpoint lacks as abstract leaves: refuse them.
-        missing = [jax.tree_util.keystr(path) for path, leaf in
-                   jax.tree_util.tree_leaves_with_path(params)
-                   if isinstance(leaf, jax.ShapeDtypeStruct)]
+        missing = [
+            jax.tree_util.keystr(path)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+            if isinstance(leaf, jax.ShapeDtypeStruct)
+        ]
         if missing:
             self._refuse_other_layout(step, target, None)
             raise KeyError(f'{len(missing)} parameter(s) not in the checkpoint, e.g. '
@@ -361,7 +368,6 @@ class PreemptionGuard:
     service is off. On exit the previous Python handlers are restored; a handler Python cannot
     restore (``signal.getsignal`` is None) is left alone.
     """
-
     def __init__(self, *, sigint: bool = False):
         """Args: sigint: also treat Ctrl-C as a graceful stop request."""
         self._signals = (signal.SIGTERM, signal.SIGINT) if sigint else (signal.SIGTERM,)
@@ -404,7 +410,7 @@ class PreemptionGuard:
         self._synced = jax.process_count() > 1 and _preemption_service()
         for sig in self._signals:
             if self._synced:  # JAX's preemption notifier has SIGTERM (a Python handler would
-                continue      # hide it); a local Ctrl-C flag could not be agreed on
+                continue  # hide it); a local Ctrl-C flag could not be agreed on
             if signal.getsignal(sig) is None:
                 logging.info('Signal %s has a non-Python handler; leaving it.', sig)
                 continue

@@ -26,10 +26,10 @@ def sample(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_token
     Returns texts, and as NumPy arrays: prompt ids and mask, response tokens and mask, and the
     policy's (untempered) per-token log-probs of the sampled tokens.
     """
-    config = sampling.SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=max(temperature, 1e-6),
-        greedy=temperature == 0.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
-        prompt_bucket=max_prompt_len)
+    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens,
+                                     temperature=max(temperature, 1e-6), greedy=temperature == 0.0,
+                                     eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                     prompt_bucket=max_prompt_len)
     batch_size = min(batch_size, len(prompts))
     add_bos = bool(getattr(tok, 'add_bos', False))  # as the training pipeline encodes prompts
     parts = []
@@ -44,8 +44,10 @@ def sample(model, prompts: list[str], tok, *, max_prompt_len: int, max_new_token
         # sharded over processes' devices).
         out = jax.tree.map(sharding.to_global_host, out)
         n = len(chunk)
-        parts.append({'prompt': ids[:n], 'prompt_mask': mask[:n], 'tokens': out['tokens'][:n],
-                      'mask': out['mask'][:n], 'policy_logprobs': out['policy_logprobs'][:n]})
+        parts.append({
+            'prompt': ids[:n], 'prompt_mask': mask[:n], 'tokens': out['tokens'][:n],
+            'mask': out['mask'][:n], 'policy_logprobs': out['policy_logprobs'][:n]
+        })
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     result['texts'] = [tok.decode(t) for t in result['tokens']]
     return result
@@ -64,8 +66,9 @@ def kl_to_reference(samples: dict, reference, *, batch_size: int = 128) -> float
     n = len(samples['tokens'])
     for start in range(0, n, batch_size):
         sl = slice(start, start + batch_size)
-        lp = np.asarray(ref_logps(state, samples['prompt'][sl], samples['prompt_mask'][sl],
-                                  samples['tokens'][sl], samples['mask'][sl]))
+        lp = np.asarray(
+            ref_logps(state, samples['prompt'][sl], samples['prompt_mask'][sl],
+                      samples['tokens'][sl], samples['mask'][sl]))
         total += float(np.sum((samples['policy_logprobs'][sl] - lp) * samples['mask'][sl]))
     return total / n
 
@@ -76,15 +79,15 @@ def _ref_logprobs(graphdef):
 
 
 def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt_len: int,
-                    max_new_tokens: int, temperature: float, seed: int,
-                    with_kl: bool = False, scorer=None) -> dict[str, float]:
+                    max_new_tokens: int, temperature: float, seed: int, with_kl: bool = False,
+                    scorer=None) -> dict[str, float]:
     """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), with_kl
     the sampled KL(policy || reference) per sequence, and with a `scorer` (a learned reward model,
     see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
-    kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
-              temperature=temperature, key=key)
+    kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens, temperature=temperature,
+              key=key)
     samples = sample(model, prompts, tok, **kw)
     ys = samples['texts']
     ref_samples = sample(ref_model, prompts, tok, **kw)
@@ -107,8 +110,10 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
         out.update({f'class{c}_fraction': float(np.mean(classes == c)) for c in range(4)})
     if scorer is not None:
         for name, s in (('proxy_reward', samples), ('proxy_reward_ref', ref_samples)):
-            batch = {'prompt': s['prompt'], 'prompt_mask': s['prompt_mask'],
-                     'response': s['tokens'], 'response_mask': s['mask']}
+            batch = {
+                'prompt': s['prompt'], 'prompt_mask': s['prompt_mask'], 'response': s['tokens'],
+                'response_mask': s['mask']
+            }
             out[name] = float(np.mean(scorer(prompts, s['texts'], batch)))
     return out
 

@@ -30,7 +30,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         key, _, value = item.partition('=')
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f'Unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}')
+            raise ValueError(
+                f'Unknown config argument {key!r} in {arg!r}; known: {sorted(defaults)}')
         default = defaults[key]
         if not _:
             out[key] = True
@@ -97,7 +98,9 @@ BASE: dict[str, Key] = {
     'seed': _int(0),
     'tokenizer': Key('byte'),  # 'byte' or 'hf:DIR' (tokenizer.json or tokenizer.model there)
     # '': the checkpoint's own (hf: tokenizers); otherwise the token's text
-    'special_tokens.bos': Key(''), 'special_tokens.eos': Key(''), 'special_tokens.pad': Key(''),
+    'special_tokens.bos': Key(''),
+    'special_tokens.eos': Key(''),
+    'special_tokens.pad': Key(''),
     'init_from': Key(''),  # '' or a workdir whose latest checkpoint's params start this run
     'mesh.shape': Key((1, -1, 1)),  # (data, fsdp, tensor); one entry may be -1
     'data.train': Key('synthetic:transitive', 'str'),
@@ -157,18 +160,27 @@ RL: dict[str, Key] = {
     'samples_per_prompt': _int(4, **POSITIVE),
     'max_new_tokens': _int(12, **POSITIVE),
     'temperature': _num(1.0, **NON_NEGATIVE),
-    'top_k': Key(0), 'top_p': Key(1.0),
+    'top_k': Key(0),
+    'top_p': Key(1.0),
     'epochs': _int(1, **POSITIVE),  # optimizer updates per rollout: epochs * minibatches
     'minibatches': _int(1, **POSITIVE),
-    'clip': Key(0.2), 'clip_high': Key(0.0), 'dual_clip': Key(0.0),  # 0: symmetric / none
-    'vf_coef': Key(0.5), 'value_clip': Key(0.2), 'gamma': Key(1.0), 'lam': Key(0.95),
+    'clip': Key(0.2),
+    'clip_high': Key(0.0),
+    'dual_clip': Key(0.0),  # 0: symmetric / none
+    'vf_coef': Key(0.5),
+    'value_clip': Key(0.2),
+    'gamma': Key(1.0),
+    'lam': Key(0.95),
     'kl_coef': _num(0.05, **NON_NEGATIVE),
     'kl_estimator': _one_of('k1', 'k1', 'k2', 'k3'),
     'kl_in': _one_of('reward', 'reward', 'loss'),
-    'adaptive_kl': Key(False), 'kl_target': Key(1.0), 'kl_horizon': Key(10_000),
+    'adaptive_kl': Key(False),
+    'kl_target': Key(1.0),
+    'kl_horizon': Key(10_000),
     'whiten_advantages': Key(False),
     'aggregation': _one_of('token_mean', 'token_mean', 'sequence_mean', 'sequence_sum'),
-    'missing_eos_penalty': Key(0.0), 'grpo_normalize': Key(True),
+    'missing_eos_penalty': Key(0.0),
+    'grpo_normalize': Key(True),
     # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
     # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
     'generation_sharding': Key('train'),
@@ -180,16 +192,19 @@ NASH: dict[str, Key] = {
     'preference_from': Key(''),
     'tau': _num(0.0, **NON_NEGATIVE),
     'eta': _num(1.0, **POSITIVE),
-    'mixture': Key(0.125), 'phase_steps': Key(5), 'sppo_exact_partition': Key(False),
+    'mixture': Key(0.125),
+    'phase_steps': Key(5),
+    'sppo_exact_partition': Key(False),
 }
 
 # Bounds of keys whose defaults live elsewhere: the experiment files' `config.loss`, and
 # `models.config.ModelConfig` (the presets).
 ELSEWHERE: dict[str, Key] = {
-    'loss.beta': _num(None, **POSITIVE), 'loss.label_smoothing': _num(None, **NON_NEGATIVE),
-    **{f'model.{k}': _int(None, **POSITIVE) for k in (
-        'vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim',
-        'mlp_dim')},
+    'loss.beta': _num(None, **POSITIVE),
+    'loss.label_smoothing': _num(None, **NON_NEGATIVE),
+    **{
+        f'model.{k}': _int(None, **POSITIVE) for k in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
+    },
 }
 
 # Every checked key, dotted from the config's root.
@@ -377,11 +392,11 @@ def reward(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     'rm' (a learned reward model trained on the task's preference pairs; :tiny trains or reuses
     it, an ensemble of a.ensemble members when > 1)."""
     rm_args = f'tiny,task={a.task}' + (f',ensemble={a.ensemble}' if a.ensemble > 1 else '')
-    section = ml_collections.ConfigDict(dict(
-        source='gold' if a.reward == 'gold' else 'reward_model',
-        reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
-                     if a.reward == 'rm' and a.tiny else ''),
-        aggregate='mean', lam=1.0))
+    section = ml_collections.ConfigDict(
+        dict(
+            source='gold' if a.reward == 'gold' else 'reward_model',
+            reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
+                         if a.reward == 'rm' and a.tiny else ''), aggregate='mean', lam=1.0))
     if a.reward not in ('gold', 'rm'):
         raise ValueError(f"reward must be 'gold' or 'rm', got {a.reward!r}")
     return section
@@ -396,9 +411,11 @@ def rl(a: ml_collections.ConfigDict, max_new_tokens: int, **settings) -> ml_coll
     unknown = sorted(set(settings) - set(RL))
     if unknown:
         raise ValueError(f'config.rl has no key {unknown[0]!r}')
-    return _section(RL, **{
-        'samples_per_prompt': a.k, 'max_new_tokens': max_new_tokens,
-        'kl_coef': kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05), **settings})
+    return _section(
+        RL, **{
+            'samples_per_prompt': a.k, 'max_new_tokens': max_new_tokens,
+            'kl_coef': kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05), **settings
+        })
 
 
 def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -419,6 +436,7 @@ def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """
     if a.preference not in ('model', 'gold'):
         raise ValueError(f"preference must be 'model' or 'gold', got {a.preference!r}")
-    return _section(NASH, preference=a.preference, tau=a.tau, eta=a.eta, preference_from=(
-        f'experiment:experiments/preference_model.py:tiny,task={a.task}'
-        if a.preference == 'model' and a.tiny else ''))
+    return _section(
+        NASH, preference=a.preference, tau=a.tau, eta=a.eta,
+        preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
+                         if a.preference == 'model' and a.tiny else ''))

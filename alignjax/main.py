@@ -52,10 +52,10 @@ def main(argv):
     metrics.quiet_library_logs()
     if _DISTRIBUTED.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+                                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     logging.info('JAX process %d/%d, %d devices (%s)', jax.process_index(), jax.process_count(),
-                 jax.device_count(), jax.devices()[0].platform)
+                 jax.device_count(),
+                 jax.devices()[0].platform)
     config = _CONFIG.value
     try:
         if config.algo == 'pipeline':  # several runs in one workdir (experiments/quickstart.py)

@@ -55,13 +55,15 @@ GiB = 1 << 30
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'experiments')
 # HBM per chip (per device) by target generation; `check_fits` compares against these.
-HBM_BYTES = {'v4': 32 * GiB, 'v5e': 16 * GiB, 'v5litepod': 16 * GiB, 'v5p': 95 * GiB,
-             'v6e': 32 * GiB, 'h100': 80 * GiB, 'h200': 141 * GiB}
+HBM_BYTES = {
+    'v4': 32 * GiB, 'v5e': 16 * GiB, 'v5litepod': 16 * GiB, 'v5p': 95 * GiB, 'v6e': 32 * GiB,
+    'h100': 80 * GiB, 'h200': 141 * GiB
+}
 ALGOS = ('sft', 'dpo', 'ppo', 'remax', 'rloo', 'grpo', 'nash_md')
 ONLINE = ('ppo', 'remax', 'rloo', 'grpo', 'nash_md')
 
-
 # ------------------------------------------------------------------------------------ targets
+
 
 def target_devices(target: str) -> list:
     """The devices of `target`: a TPU topology name, 'cpu:N' or 'local'."""
@@ -100,6 +102,7 @@ def hbm_bytes(target: str) -> int | None:
 
 # ------------------------------------------------------------------------------------ configs
 
+
 def _model_dict(model, **overrides) -> ml_collections.ConfigDict:
     if isinstance(model, str):
         return experiment_lib.model_config_dict(model, **overrides)
@@ -112,8 +115,8 @@ def _model_dict(model, **overrides) -> ml_collections.ConfigDict:
 
 
 def plan_config(algo: str, model: str | model_config.ModelConfig = 'tiny', *, batch: int,
-                prompt_len: int, response_len: int, group: int | None = None,
-                mesh_shape=(1, -1, 1), layers: int | None = None, exp_args: str = '',
+                prompt_len: int, response_len: int, group: int | None = None, mesh_shape=(1, -1, 1),
+                layers: int | None = None, exp_args: str = '',
                 overrides=()) -> ml_collections.ConfigDict:
     """The config `main` would run for `experiments/<algo>.py[:exp_args]`, with the model (a
     preset name or a ModelConfig), the batch (pairs or prompts a step), the lengths, the group
@@ -121,8 +124,8 @@ def plan_config(algo: str, model: str | model_config.ModelConfig = 'tiny', *, ba
     'model.remat=False') swapped in."""
     if algo not in ALGOS:
         raise ValueError(f'memory plan: algo {algo!r} is not one of {ALGOS}')
-    config = experiment_lib.load_config(os.path.join(EXPERIMENTS, f'{algo}.py') +
-                                        (f':{exp_args}' if exp_args else ''))
+    config = experiment_lib.load_config(
+        os.path.join(EXPERIMENTS, f'{algo}.py') + (f':{exp_args}' if exp_args else ''))
     with config.unlocked():
         config.model = _model_dict(model, **({'num_layers': layers} if layers else {}))
         config.data.batch_size = batch
@@ -140,9 +143,10 @@ def plan_config(algo: str, model: str | model_config.ModelConfig = 'tiny', *, ba
 
 # ------------------------------------------------------------------------------------ programs
 
+
 def _with_shardings(tree, shardings):
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        tree, shardings)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree,
+                        shardings)
 
 
 def abstract_module(ctor, mesh, rules):
@@ -154,9 +158,10 @@ def abstract_module(ctor, mesh, rules):
 
 def _batch(layout: dict, mesh) -> dict:
     """Sharded ShapeDtypeStructs of a batch {name: (shape, dtype)}: rows over the batch axes."""
-    return {k: jax.ShapeDtypeStruct(shape, dtype,
-                                    sharding=sharding.batch_sharding(mesh, len(shape)))
-            for k, (shape, dtype) in layout.items()}
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
+        for k, (shape, dtype) in layout.items()
+    }
 
 
 def _tokenized_layout(config, kind: str, rows: int) -> dict:
@@ -176,10 +181,12 @@ def _tokenized_layout(config, kind: str, rows: int) -> dict:
 def _online_layout(config, rows: int) -> dict:
     """The update's batch of an online trainer (policy_gradient.build / nash.build)."""
     p, r = config.data.max_prompt_len, config.rl.max_new_tokens
-    layout = {'prompt': ((rows, p), np.int32), 'prompt_mask': ((rows, p), np.int32),
-              'response': ((rows, r), np.int32), 'response_mask': ((rows, r), np.int32),
-              'old_logp': ((rows, r), np.float32), 'ref_logp': ((rows, r), np.float32),
-              'advantages': ((rows, r), np.float32)}
+    layout = {
+        'prompt': ((rows, p), np.int32), 'prompt_mask': ((rows, p), np.int32),
+        'response': ((rows, r), np.int32), 'response_mask': ((rows, r), np.int32), 'old_logp': (
+            (rows, r), np.float32), 'ref_logp': ((rows, r), np.float32), 'advantages': (
+                (rows, r), np.float32)
+    }
     assert set(policy_gradient.TRAIN_KEYS) <= set(layout)
     if config.algo != 'nash_md':
         layout['kl_coef'] = ((rows,), np.float32)
@@ -214,14 +221,13 @@ def _update_program(config, mesh, rules, cfg):
             algo_state = {'kl_coef': jax.ShapeDtypeStruct((), jnp.float32)}
     model_ctor = policy_ctor
     if algo == 'ppo':
-        model_ctor = lambda: policy_gradient.ActorCritic(
-            Decoder(cfg, rngs=nnx.Rngs(seed)), ValueModel(cfg, rngs=nnx.Rngs(seed + 17)))
+        model_ctor = lambda: policy_gradient.ActorCritic(Decoder(cfg, rngs=nnx.Rngs(seed)),
+                                                         ValueModel(cfg, rngs=nnx.Rngs(seed + 17)))
     graphdef, params = abstract_module(model_ctor, mesh, rules)
     frozen_defs, frozen_states = {}, {}
     for name, ctor in frozen_ctors.items():
         frozen_defs[name], frozen_states[name] = abstract_module(ctor, mesh, rules)
-    tx, schedule = common.make_optimizer(config.optim,
-                                                 config.total_steps * epochs * minibatches)
+    tx, schedule = common.make_optimizer(config.optim, config.total_steps * epochs * minibatches)
     needs_master = getattr(loop, 'needs_master', None)  # loop.setup's float32 master copy
     if needs_master is not None and needs_master(params):
         tx = loop.float32_master(tx)
@@ -276,18 +282,19 @@ def _rollout_programs(config, mesh, rules, cfg):
         out.append(('sampler: opponent (mixture)',
                     *_sampler_program(config, mesh, rules, [policy, policy], mix)))
     layout = _online_layout(config, rows)
-    batch = _batch({n: layout[n] for n in ('prompt', 'prompt_mask', 'response',
-                                          'response_mask')}, mesh)
+    batch = _batch({n: layout[n] for n in ('prompt', 'prompt_mask', 'response', 'response_mask')},
+                   mesh)
     pdef, pstate = abstract_module(policy, mesh, rules)
     cdef, cstate = (abstract_module(lambda: ValueModel(cfg, rngs=nnx.Rngs(seed + 17)), mesh, rules)
                     if algo == 'ppo' else (None, None))
 
     def teacher_forced(policy_state, ref_state, critic_state, batch):  # rollout._teacher_forced
         args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
-        out = {'old_logp': scoring.rows_response_logprobs(nnx.merge(pdef, policy_state), *args,
-                                                          group=k),
-               'ref_logp': scoring.rows_response_logprobs(nnx.merge(pdef, ref_state), *args,
-                                                          group=k)}
+        out = {
+            'old_logp': scoring.rows_response_logprobs(nnx.merge(pdef, policy_state), *args,
+                                                       group=k),
+            'ref_logp': scoring.rows_response_logprobs(nnx.merge(pdef, ref_state), *args, group=k)
+        }
         if cdef is not None:
             out['old_values'] = response_values(nnx.merge(cdef, critic_state), *args)
         return out
@@ -335,6 +342,7 @@ def programs(config, mesh):
 
 # ------------------------------------------------------------------------------------ compiling
 
+
 @dataclasses.dataclass
 class Row:
     """One compiled program's per-device memory (bytes) and compile time."""
@@ -369,9 +377,11 @@ class Report:
         unit, name = (GiB, 'GiB') if max([r.total for r in self.rows] + [0]) >= GiB / 4 else \
             (1 << 20, 'MiB')
         g = lambda b: f'{b / unit:8.2f}'
-        lines = [f'{self.algo} {self.model} on {self.target}, mesh {self.mesh} ({name} a device)',
-                 f'{"program":36s} {"args":>8s} {"outputs":>8s} {"aliased":>8s} {"temps":>8s} '
-                 f'{"total":>8s} {"peak":>8s} {"compile":>8s}']
+        lines = [
+            f'{self.algo} {self.model} on {self.target}, mesh {self.mesh} ({name} a device)',
+            f'{"program":36s} {"args":>8s} {"outputs":>8s} {"aliased":>8s} {"temps":>8s} '
+            f'{"total":>8s} {"peak":>8s} {"compile":>8s}'
+        ]
         for r in self.rows:
             lines.append(f'{r.name[:36]:36s} {g(r.argument)} {g(r.output)} {g(r.alias)} '
                          f'{g(r.temp)} {g(r.total)} {g(r.peak)} {r.compile_s:7.1f}s'
@@ -382,12 +392,16 @@ class Report:
 
     def to_json(self) -> str:
         rows = [dict(dataclasses.asdict(r), total=r.total) for r in self.rows]
-        return json.dumps({'algo': self.algo, 'model': self.model, 'target': self.target,
-                           'mesh': list(self.mesh), 'config': self.config, 'rows': rows})
+        return json.dumps({
+            'algo': self.algo, 'model': self.model, 'target': self.target, 'mesh': list(self.mesh),
+            'config': self.config, 'rows': rows
+        })
 
 
-_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-          'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_BYTES = {
+    'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4,
+    'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16
+}
 _INSTR = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\(')
 _HEADER = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$')
 _CALLED = re.compile(r'(?:calls|to_apply)=%?([\w.\-]+)')
@@ -443,12 +457,12 @@ def compile_program(name: str, fn, args, top: int = 8) -> Row:
             raise
         row = Row(name, compile_s=time.perf_counter() - start, error=refusal.group(0).strip())
         # The partitioned program does not exist: name the unpartitioned (global) values.
-        row.largest = [(b, f'{w} (global shape)') for b, w in
-                       largest_buffers(lowered.as_text(dialect='hlo'), top)]
+        row.largest = [(b, f'{w} (global shape)')
+                       for b, w in largest_buffers(lowered.as_text(dialect='hlo'), top)]
         figures = _FIGURE.findall(row.error)
         if figures:  # "HLO temporaries (17.26G) exceeds available HBM (15.75G)"
             value, unit = figures[0]
-            row.temp = int(float(value) * 1024 ** ('KMGT'.index(unit) + 1))
+            row.temp = int(float(value) * 1024**('KMGT'.index(unit) + 1))
         return row
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
@@ -522,8 +536,7 @@ def check_fits(report: Report, hbm: int | None) -> None:
     hbm_text = fmt_bytes(hbm) if hbm is not None else "the compiler's limit"
     raise DoesNotFit(f'{report.algo} {report.model} does not fit {report.target} ({hbm_text} a '
                      f'device): {worst.name} needs {need}; largest buffers: {buffers}'
-                     + (f"; also over: {', '.join(others)}" if others else '')
-                     + f'; {advice}.')
+                     + (f"; also over: {', '.join(others)}" if others else '') + f'; {advice}.')
 
 
 # ------------------------------------------------------------------------------------ main

@@ -100,7 +100,6 @@ def _format_value(value) -> str:
 
 class MetricsWriter:
     """Writes per-step metrics to JSON lines and TensorBoard, and logs progress."""
-
     def __init__(self, workdir: str, *, total_steps: int, is_primary: bool = True,
                  tensorboard: bool = True, tracker=None):
         """Opens ``workdir/metrics.jsonl`` for appending (primary process only).
@@ -158,8 +157,8 @@ class MetricsWriter:
     def _open_tensorboard(self, purge_step):
         if self._use_tensorboard:
             import tensorboardX  # pylint: disable=import-outside-toplevel
-            self._tb = tensorboardX.SummaryWriter(
-                os.path.join(self.workdir, TENSORBOARD_DIR), purge_step=purge_step)
+            self._tb = tensorboardX.SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR),
+                                                  purge_step=purge_step)
 
     def truncate_after(self, step: int) -> None:
         """Drops records with ``step`` above ``step`` and restarts the clock there.
@@ -211,9 +210,11 @@ class MetricsWriter:
             record.update(self._update_rates(int(step), tokens))
         self._file.write(json.dumps(record, allow_nan=False) + '\n')
         self._file.flush()
-        scalars = {f'timing/{name}' if name in TIMING_KEYS else name: value
-                   for name, value in record.items()
-                   if name != 'step' and isinstance(value, (int, float))}
+        scalars = {
+            f'timing/{name}' if name in TIMING_KEYS else name: value
+            for name, value in record.items()
+            if name != 'step' and isinstance(value, (int, float))
+        }
         if self._tb is not None:
             for tag, value in scalars.items():
                 self._tb.add_scalar(tag, value, int(step))

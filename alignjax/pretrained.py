@@ -35,7 +35,6 @@ from alignjax.trainers import loop
 
 REPO_ROOT = experiment_lib.REPO_ROOT
 
-
 # The version of the checkpoint layout (2: scanned layers stored stacked); part of the cache key.
 CHECKPOINT_LAYOUT = 2
 
@@ -56,8 +55,7 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
         return spec
     exp = experiment_lib.experiment_path(spec[len('experiment:'):])
     config = experiment_lib.load_config(exp)
-    fields = {k: v for k, v in config.to_dict().items()
-              if k not in ('mesh', 'allow_config_change')}
+    fields = {k: v for k, v in config.to_dict().items() if k not in ('mesh', 'allow_config_change')}
     # Entries written before scanned layers were stored stacked hold the same config.
     fields['layout'] = CHECKPOINT_LAYOUT
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())

@@ -97,8 +97,10 @@ class GoldPreference:
 
     def __call__(self, prompts, texts_a, texts_b, batch_a, batch_b) -> np.ndarray:
         del batch_a, batch_b
-        return np.array([self.task.gold_preference(p, a, b)
-                         for p, a, b in zip(prompts, texts_a, texts_b, strict=True)], np.float32)
+        return np.array([
+            self.task.gold_preference(p, a, b)
+            for p, a, b in zip(prompts, texts_a, texts_b, strict=True)
+        ], np.float32)
 
 
 class ModelPreference:
@@ -113,9 +115,10 @@ class ModelPreference:
 
         def prob(state, a, b):
             cat = lambda x, y: jnp.concatenate([x, y], axis=1)
-            logit = nnx.merge(graphdef, state)(
-                cat(a['prompt'], a['response']), cat(a['prompt_mask'], a['response_mask']),
-                cat(b['prompt'], b['response']), cat(b['prompt_mask'], b['response_mask']))
+            logit = nnx.merge(graphdef, state)(cat(a['prompt'], a['response']),
+                                               cat(a['prompt_mask'], a['response_mask']),
+                                               cat(b['prompt'], b['response']),
+                                               cat(b['prompt_mask'], b['response_mask']))
             return jax.nn.sigmoid(logit)
 
         self._prob = jax.jit(prob)
@@ -144,7 +147,6 @@ def global_metrics(metrics: dict) -> dict:
 def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1):
     """Jitted (policy, reference, critic) pass over sampled responses. With `group` > 1 the rows
     are groups of `group` samples of one prompt (contiguous): each prompt runs once per model."""
-
     def run(policy_state, ref_state, critic_state, batch):
         args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
         out = {
@@ -187,10 +189,8 @@ class Rollout:
       generation: the sampler's sharding (`resharding.GenerationSharding`); None samples in the
         training sharding.
     """
-
-    def __init__(self, *, prompts, records, tok, scorer, reference, config: RolloutConfig,
-                 mesh, seed: int, task=None,
-                 generation: resharding.GenerationSharding | None = None):
+    def __init__(self, *, prompts, records, tok, scorer, reference, config: RolloutConfig, mesh,
+                 seed: int, task=None, generation: resharding.GenerationSharding | None = None):
         self.prompts, self.records, self.tok = prompts, records, tok
         self.scorer, self.config, self.mesh, self.task = scorer, config, mesh, task
         self.generation = generation
@@ -199,12 +199,12 @@ class Rollout:
         self.reference = reference
         self.ref_def, self.ref_state = nnx.split(reference)
         self.key = jax.random.key(seed)
-        self._sampling = sampling.SamplingConfig(
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            top_k=config.top_k, top_p=config.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
-            prompt_bucket=8)
-        self._greedy = dataclasses.replace(self._sampling, greedy=True, temperature=1.0,
-                                           top_k=0, top_p=1.0)
+        self._sampling = sampling.SamplingConfig(max_new_tokens=config.max_new_tokens,
+                                                 temperature=config.temperature, top_k=config.top_k,
+                                                 top_p=config.top_p, eos_id=tok.eos_id,
+                                                 pad_id=tok.pad_id, prompt_bucket=8)
+        self._greedy = dataclasses.replace(self._sampling, greedy=True, temperature=1.0, top_k=0,
+                                           top_p=1.0)
         self._last_end = None  # (time the previous rollout ended, its tokens): update throughput
 
     def to_generation(self, models):
@@ -232,8 +232,9 @@ class Rollout:
             models = self.to_generation(models)
         # The key, replicated on the generation mesh (from host data: on several processes a
         # device_put of a device array to another mesh's devices is refused).
-        key = jax.random.wrap_key_data(jax.device_put(
-            np.asarray(jax.random.key_data(key)), sharding.replicated(self.generation.mesh)))
+        key = jax.random.wrap_key_data(
+            jax.device_put(np.asarray(jax.random.key_data(key)),
+                           sharding.replicated(self.generation.mesh)))
         with jax.set_mesh(self.generation.mesh):
             return self._generate(models, prompt, prompt_mask, key, config, combine,
                                   self.generation.mesh)
@@ -251,9 +252,11 @@ class Rollout:
         key = jax.random.fold_in(jax.random.fold_in(self.key, step), 1)
         out = self._sample(models, batch['prompt'], batch['prompt_mask'], key, self._sampling,
                            combine)
-        return {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
-                'response': out['tokens'], 'response_mask': out['mask'],
-                'response_texts': [self.tok.decode(t) for t in out['tokens']]}
+        return {
+            'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
+            'response': out['tokens'], 'response_mask': out['mask'],
+            'response_texts': [self.tok.decode(t) for t in out['tokens']]
+        }
 
     def _score_and_pass(self, policy, critic, prompt_texts, batch, texts, group=1) -> dict:
         policy_def, policy_state = nnx.split(policy)
@@ -286,8 +289,10 @@ class Rollout:
         sampler = policy if self.generation is None else self.to_generation(policy)
         sample = self._sample(sampler, prompt, prompt_mask, key, self._sampling, placed=True)
         gen_s = time.perf_counter() - start - (self.reshard_s - moved_before)  # sampling only
-        batch = {'prompt': prompt, 'prompt_mask': prompt_mask, 'response': sample['tokens'],
-                 'response_mask': sample['mask']}
+        batch = {
+            'prompt': prompt, 'prompt_mask': prompt_mask, 'response': sample['tokens'],
+            'response_mask': sample['mask']
+        }
         response_texts = [self.tok.decode(t) for t in batch['response']]
         batch.update(self._score_and_pass(policy, critic, texts, batch, response_texts, group=k))
         batch['sample_logp'] = sample['logprobs']  # of the distribution sampled from
@@ -297,8 +302,10 @@ class Rollout:
         if c.greedy_baseline:
             greedy = self._sample(sampler, pb['prompt'], pb['prompt_mask'], key, self._greedy,
                                   placed=True)
-            gb = {'prompt': pb['prompt'], 'prompt_mask': pb['prompt_mask'],
-                  'response': greedy['tokens'], 'response_mask': greedy['mask']}
+            gb = {
+                'prompt': pb['prompt'], 'prompt_mask': pb['prompt_mask'],
+                'response': greedy['tokens'], 'response_mask': greedy['mask']
+            }
             g = self._score_and_pass(policy, None, prompt_texts, gb,
                                      [self.tok.decode(t) for t in greedy['tokens']])
             batch.update({f'greedy_{name}': v for name, v in g.items()})

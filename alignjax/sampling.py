@@ -74,7 +74,6 @@ def first_model_logits(logits: Sequence[jax.Array]) -> jax.Array:
 @functools.lru_cache(maxsize=None)  # one closure per coefficient: a stable jit static
 def geometric_mixture(coefficient: float) -> Callable[[Sequence[jax.Array]], jax.Array]:
     """Logits of the normalised geometric mixture pi^(1-m) * mu^m (Nash-MD's opponent)."""
-
     def combine(logits):
         lp_pi = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
         lp_mu = jax.nn.log_softmax(logits[1].astype(jnp.float32), axis=-1)
@@ -125,7 +124,7 @@ def gumbel_noise(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     fill a mantissa in [1, 2), minus 1, mapped to [tiny, 1), then -log(-log(u)).
     """
     size = math.prod(shape)
-    if size >= 2 ** 32:
+    if size >= 2**32:
         raise ValueError(f'gumbel_noise: {size} values exceed a 32-bit counter')
     counts = jax.lax.iota(jnp.uint32, size).reshape(shape)
     x1, x2 = _threefry2x32(key_data[0], key_data[1], jnp.zeros_like(counts), counts)
@@ -198,8 +197,8 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
         last_logits.append(next_token_logits(m, h[:, -1:]))
     next_position = jnp.sum(prompt_mask, axis=-1)  # position of the first response token
     if noise != 'jax':  # every step's fold_in(key, t) at once, as uint32[n, 2] key data
-        step_keys = jax.random.key_data(jax.vmap(lambda t: jax.random.fold_in(key, t))(
-            jnp.arange(n, dtype=jnp.int32)))
+        step_keys = jax.random.key_data(
+            jax.vmap(lambda t: jax.random.fold_in(key, t))(jnp.arange(n, dtype=jnp.int32)))
     if noise == 'table' and not config.greedy:
         # All steps' noise in one parallel pass: per step, a [B, V] noise pass cost more in the
         # hand-off to the second thread than in arithmetic (tiny batch 1: half of a step).
@@ -220,8 +219,8 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
             sample_lp = process_logits(combined, temperature=config.temperature, top_k=config.top_k,
                                        top_p=config.top_p)
             if noise != 'jax':  # = jax.random.categorical(fold_in(key, t), sample_lp), bit for bit
-                g = (noise_table[t] if noise == 'table'
-                     else gumbel_noise(step_keys[t], sample_lp.shape))
+                g = (noise_table[t] if noise == 'table' else gumbel_noise(
+                    step_keys[t], sample_lp.shape))
                 tok = first_argmax(g + sample_lp)
             else:
                 tok = jax.random.categorical(jax.random.fold_in(key, t), sample_lp)
@@ -235,19 +234,22 @@ def _generate(states, prompt, prompt_mask, key, *, graphdefs, config: SamplingCo
         done = done | (tok == config.eos_id)
         new_caches, new_logits = [], []
         for m, cache in zip(models, caches):
-            h, cache = m.hidden(tok[:, None], positions=(next_position + t)[:, None], kv_mask=kv_mask,
-                                cache=cache, cache_index=p + t)
+            h, cache = m.hidden(tok[:, None], positions=(next_position + t)[:, None],
+                                kv_mask=kv_mask, cache=cache, cache_index=p + t)
             new_caches.append(cache)
             new_logits.append(next_token_logits(m, h))
         return t + 1, done, kv_mask, new_caches, new_logits, tokens, logp, policy_logp
 
-    carry = (jnp.int32(0), jnp.zeros((b,), bool), kv_mask, caches, last_logits,
-             jnp.full((b, n), config.pad_id, jnp.int32), jnp.zeros((b, n), jnp.float32),
-             jnp.zeros((b, n), jnp.float32))
+    carry = (jnp.int32(0), jnp.zeros(
+        (b,), bool), kv_mask, caches, last_logits, jnp.full(
+            (b, n), config.pad_id, jnp.int32), jnp.zeros(
+                (b, n), jnp.float32), jnp.zeros((b, n), jnp.float32))
     _, _, kv_mask, _, _, tokens, logp, policy_logp = jax.lax.while_loop(cond, body, carry)
     mask = kv_mask[:, p:]
-    return {'tokens': tokens, 'logprobs': logp, 'policy_logprobs': policy_logp, 'mask': mask,
-            'lengths': jnp.sum(mask, axis=-1)}
+    return {
+        'tokens': tokens, 'logprobs': logp, 'policy_logprobs': policy_logp, 'mask': mask,
+        'lengths': jnp.sum(mask, axis=-1)
+    }
 
 
 def bucket_prompts(prompt, prompt_mask, bucket: int, pad_id: int):
@@ -281,8 +283,8 @@ def generate(models, prompt, prompt_mask, key, config: SamplingConfig,
         combine = first_model_logits
     graphdefs, states = zip(*(nnx.split(m) for m in models))
     prompt, prompt_mask = bucket_prompts(jnp.asarray(prompt, jnp.int32),
-                                         jnp.asarray(prompt_mask, jnp.int32),
-                                         config.prompt_bucket, config.pad_id)
+                                         jnp.asarray(prompt_mask, jnp.int32), config.prompt_bucket,
+                                         config.pad_id)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)  # a raw uint32 key: the same bits, typed
     noise = noise_mode(key, config, prompt.shape[0], models[0].cfg.vocab_size)

@@ -73,7 +73,8 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.M
             raise ValueError(f'mesh.shape {shape}: {len(devices)} devices do not divide by {known}')
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) > len(devices):
-        raise ValueError(f'mesh.shape {shape} needs {math.prod(shape)} devices, have {len(devices)}')
+        raise ValueError(
+            f'mesh.shape {shape} needs {math.prod(shape)} devices, have {len(devices)}')
     if math.prod(shape) < len(devices):
         if jax.process_count() > 1:
             raise ValueError(f'mesh.shape {shape} uses {math.prod(shape)} of {len(devices)} '
@@ -154,7 +155,6 @@ def _is_var(x) -> bool:
 
 def state_shardings(state, mesh, rules=DEFAULT_RULES):
     """NamedShardings for an (abstract) nnx.State, from each variable's `axes` metadata."""
-
     def one(var):
         axes = var.get_metadata().get('axes')
         shape = var.shape if hasattr(var, 'shape') else var[...].shape
@@ -184,7 +184,8 @@ def shard_state(state, mesh, rules=DEFAULT_RULES):
 
 def spec_tree(module_or_state):
     """PartitionSpecs of every array in a module or state, for assertions and logs."""
-    state = nnx.state(module_or_state) if isinstance(module_or_state, nnx.Module) else module_or_state
+    state = nnx.state(module_or_state) if isinstance(module_or_state,
+                                                     nnx.Module) else module_or_state
     return jax.tree.map(lambda x: x.sharding.spec, state)
 
 
@@ -210,7 +211,6 @@ def shard_batch(batch, mesh):
     (a tensor-parallel generation mesh spanning hosts: every device needs every row) first gathers
     the rows of all processes, so the global array holds each row once, in process order.
     """
-
     def one(x):
         if isinstance(x, jax.Array):  # already global (computed on device): place, no host trip
             return jax.device_put(x, batch_sharding(mesh, x.ndim) if x.ndim else replicated(mesh))

@@ -50,8 +50,7 @@ def stage_config(config, name: str, workdir: str) -> ml_collections.ConfigDict:
     sub.mesh.shape = tuple(config.mesh_shape)
     dirs = {other: os.path.join(workdir, other) for other in config.order}
     for item in stage.overrides:
-        experiment_lib.apply_override(sub, item.format(**dirs),
-                                      f'config.stages.{name}.overrides')
+        experiment_lib.apply_override(sub, item.format(**dirs), f'config.stages.{name}.overrides')
     return sub
 
 
@@ -82,8 +81,9 @@ def _run(config, workdir: str) -> dict:
             sub = stage_config(config, name, workdir)
         except ValueError as e:  # a stage's experiment file, arguments or overrides
             raise validation.ValidationError(f'stage {name}: {e}') from None
-        print(f'[{i + 1}/{len(config.order)}] {name}: {config.stages[name].experiment} '
-              f'({sub.total_steps} steps) -> {stage_dir}', flush=True)
+        print(
+            f'[{i + 1}/{len(config.order)}] {name}: {config.stages[name].experiment} '
+            f'({sub.total_steps} steps) -> {stage_dir}', flush=True)
         start = time.time()
         with jax.set_mesh(common.make_mesh(sub)):
             loop.train(sub, stage_dir, trainers.get_builder(sub.algo))
@@ -117,20 +117,24 @@ def compare(config, workdir: str, timings: dict) -> dict:
         for name in (config.reference, *config.compare):
             policy = reference if name == config.reference else _load_policy(
                 stage_config(config, name, workdir), os.path.join(workdir, name), mesh)
-            figures = evaluation.gold_evaluation(
-                task, policy, reference, tok, num_prompts=c.num_prompts,
-                max_prompt_len=ref_cfg.data.max_prompt_len, max_new_tokens=c.max_new_tokens,
-                temperature=c.temperature, seed=config.seed, with_kl=True, scorer=scorer)
-            rows.append({'algorithm': name, 'signal': config.stages[name].signal,
-                         'gold_reward': figures['gold_reward'],
-                         'proxy_reward': figures['proxy_reward'],
-                         'kl_to_ref': figures['kl_to_ref'],
-                         'gold_win_rate': figures['gold_win_rate'],
-                         'wall_s': timings.get(name, float('nan'))})
+            figures = evaluation.gold_evaluation(task, policy, reference, tok,
+                                                 num_prompts=c.num_prompts,
+                                                 max_prompt_len=ref_cfg.data.max_prompt_len,
+                                                 max_new_tokens=c.max_new_tokens,
+                                                 temperature=c.temperature, seed=config.seed,
+                                                 with_kl=True, scorer=scorer)
+            rows.append({
+                'algorithm': name, 'signal': config.stages[name].signal,
+                'gold_reward': figures['gold_reward'], 'proxy_reward': figures['proxy_reward'],
+                'kl_to_ref': figures['kl_to_ref'], 'gold_win_rate': figures['gold_win_rate'],
+                'wall_s': timings.get(name, float('nan'))
+            })
     total = sum(timings.values())
-    summary = {'rows': rows, 'total_wall_s': total,
-               'beats_reference': {r['algorithm']: r['gold_reward'] > rows[0]['gold_reward']
-                                   for r in rows[1:]}}
+    summary = {
+        'rows': rows, 'total_wall_s': total, 'beats_reference': {
+            r['algorithm']: r['gold_reward'] > rows[0]['gold_reward'] for r in rows[1:]
+        }
+    }
     if jax.process_index() == 0:
         _write(workdir, rows, summary, config)
     return summary
@@ -141,15 +145,15 @@ def table(rows: list[dict]) -> str:
     head = '| ' + ' | '.join(COLUMNS) + ' |\n|' + '---|' * len(COLUMNS) + '\n'
     fmt = lambda k, v: (f'{v:.0f}' if k == 'wall_s' else f'{v:.3f}') if isinstance(v, float) \
         else str(v)
-    return head + ''.join('| ' + ' | '.join(fmt(k, r[k]) for k in COLUMNS) + ' |\n'
-                          for r in rows)
+    return head + ''.join('| ' + ' | '.join(fmt(k, r[k]) for k in COLUMNS) + ' |\n' for r in rows)
 
 
 def _write(workdir: str, rows: list[dict], summary: dict, config) -> None:
     text = table(rows)
-    print('\n' + text + f'\ntotal wall time {summary["total_wall_s"]:.0f} s; every number is on '
-          f'{config.evaluation.num_prompts} held-out prompts (seed {config.seed}); KL and win '
-          f'rate against {config.reference!r}\n', flush=True)
+    print(
+        '\n' + text + f'\ntotal wall time {summary["total_wall_s"]:.0f} s; every number is on '
+        f'{config.evaluation.num_prompts} held-out prompts (seed {config.seed}); KL and win '
+        f'rate against {config.reference!r}\n', flush=True)
     with open(os.path.join(workdir, 'results.md'), 'w') as f:
         f.write(text)
     with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
@@ -171,8 +175,8 @@ def plot(rows: list[dict], path: str) -> None:
         color = f'C{i}'
         ax.scatter(r['kl_to_ref'], r['gold_reward'], color=color, s=60, label=r['algorithm'])
         ax.scatter(r['kl_to_ref'], r['proxy_reward'], facecolors='none', edgecolors=color, s=60)
-        ax.plot([r['kl_to_ref']] * 2, [r['gold_reward'], r['proxy_reward']], color=color,
-                lw=0.8, alpha=0.5)
+        ax.plot([r['kl_to_ref']] * 2, [r['gold_reward'], r['proxy_reward']], color=color, lw=0.8,
+                alpha=0.5)
     ax.set_xlabel('KL(policy || SFT) per sequence (nats)')
     ax.set_ylabel('reward (filled: gold, hollow: proxy RM)')
     ax.set_title('Quickstart: reward against KL, transitive synthetic task')

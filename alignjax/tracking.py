@@ -22,7 +22,6 @@ ID_FILE = 'tracker.json'
 
 class WandbTracker:
     """A W&B run: `log(step, scalars)`, `close()`."""
-
     def __init__(self, workdir: str, config: dict, *, project: str):
         wandb = require('wandb', 'config.tracker=wandb', 'track')
         path = os.path.join(workdir, ID_FILE)

@@ -33,17 +33,23 @@ from alignjax.trainers import common
 ERROR_LOG = 'error.log'
 
 # Record kind each algorithm reads from config.data.train.
-_KINDS = {'sft': 'sft', 'reward_model': 'preference', 'preference_model': 'preference',
-          'dpo': 'preference'}  # every other (online) algorithm reads prompts
+_KINDS = {
+    'sft': 'sft', 'reward_model': 'preference', 'preference_model': 'preference',
+    'dpo': 'preference'
+}  # every other (online) algorithm reads prompts
 
 # Context (positions) a preset is built for. RoPE has no hard limit; beyond this it extrapolates.
 # The tiny and small presets are random-init CPU models: their figure is a stated budget.
-CONTEXT = {'tiny': 256, 'small': 1024, 'llama3_8b': 8192, 'llama3_2_1b': 131_072,
-           'qwen2_5_7b': 32_768, 'mistral_7b': 32_768, 'gemma2_2b': 8192}
+CONTEXT = {
+    'tiny': 256, 'small': 1024, 'llama3_8b': 8192, 'llama3_2_1b': 131_072, 'qwen2_5_7b': 32_768,
+    'mistral_7b': 32_768, 'gemma2_2b': 8192
+}
 
 # Starting points: key -> whether its params must fit this run's policy (Decoder) shapes.
-_STARTS = {'init_from': True, 'reference_from': True, 'backbone_from': True,
-           'reward.reward_from': False, 'nash.preference_from': False}
+_STARTS = {
+    'init_from': True, 'reference_from': True, 'backbone_from': True, 'reward.reward_from': False,
+    'nash.preference_from': False
+}
 
 
 def _lookup(config, dotted: str):
@@ -69,8 +75,10 @@ def check_fields(config) -> None:
                 raise ValidationError(f'config.{key}={v!r}: expected one of {spec.choices}')
             continue
         kind, low, strict = spec.kind, spec.low, spec.strict
-        ok_type = {'int': isinstance(v, int), 'number': isinstance(v, (int, float)),
-                   'str': isinstance(v, str)}[kind] and not isinstance(v, bool)
+        ok_type = {
+            'int': isinstance(v, int), 'number': isinstance(v, (int, float)), 'str': isinstance(
+                v, str)
+        }[kind] and not isinstance(v, bool)
         sign = '' if low is None else ('positive ' if strict else 'non-negative ')
         expected = f'a {sign}{kind}'
         if not ok_type:
@@ -201,8 +209,10 @@ def _checkpoint_state_dir(key: str, path: str) -> str:
         raise ValidationError(f'config.{key}={path!r}: no such directory (expected a workdir '
                               f'with checkpoints/, experiment:PATH[:ARGS] or hf:DIR)')
     ckpts = os.path.join(path, 'checkpoints')
-    steps = sorted(int(s) for s in (os.listdir(ckpts) if os.path.isdir(ckpts) else [])
-                   if s.isdigit() and os.path.isdir(os.path.join(ckpts, s, 'state')))
+    steps = sorted(
+        int(s)
+        for s in (os.listdir(ckpts) if os.path.isdir(ckpts) else [])
+        if s.isdigit() and os.path.isdir(os.path.join(ckpts, s, 'state')))
     if not steps:
         raise ValidationError(f'config.{key}={path!r} is not a checkpoint: expected '
                               f'{os.path.join(path, "checkpoints")}/<step>/state from a finished '
@@ -224,8 +234,7 @@ def _check_param_shapes(config, key: str, path: str, state_dir: str) -> None:
     cfg = common.model_config_from(config.model)
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     expected = nnx.to_pure_dict(nnx.state(model))
-    saved = {_name(p): tuple(m.shape) for p, m in
-             jax.tree_util.tree_flatten_with_path(meta)[0]}
+    saved = {_name(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
     for p, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
         name = _name(p)
         if name not in saved:
@@ -248,12 +257,11 @@ def check_data(config) -> dict:
     d = config.data
     report = {}
     try:
-        _, report[d.train] = inputs.load_records(
-            config, kind, d.train, num_examples=d.num_examples, seed=config.seed,
-            with_counts=True)
+        _, report[d.train] = inputs.load_records(config, kind, d.train, num_examples=d.num_examples,
+                                                 seed=config.seed, with_counts=True)
         if d.get('eval'):
-            _, report[d.eval] = inputs.load_records(
-                config, kind, d.eval, split='eval', seed=config.seed, with_counts=True)
+            _, report[d.eval] = inputs.load_records(config, kind, d.eval, split='eval',
+                                                    seed=config.seed, with_counts=True)
     except DataError as e:
         raise ValidationError(str(e)) from None
     return report
@@ -276,9 +284,10 @@ def validate_run(config, workdir: str) -> dict:
         write_error_log(workdir, message)
         raise ValidationError(message) from None
     for spec, counts in report.items():
-        logging.info('Data %s: %d records, %d prompts too long, %d truncated, %d skipped, '
-                     '%d with a reply cut', spec, counts['records'], counts['too_long'],
-                     counts['truncated'], counts['skipped'], counts['long_replies'])
+        logging.info(
+            'Data %s: %d records, %d prompts too long, %d truncated, %d skipped, '
+            '%d with a reply cut', spec, counts['records'], counts['too_long'], counts['truncated'],
+            counts['skipped'], counts['long_replies'])
     return report
 
 

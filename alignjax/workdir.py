@@ -56,10 +56,9 @@ STRUCTURAL = ('algo', 'model.', 'tokenizer', 'special_tokens.', 'init_from', 'ba
 RECORDED = ('total_steps',)
 # Keys that neither the checkpoint nor the training trajectory depend on.
 FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'async_checkpoint',
-        'mesh.shape',
-        'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy', 'model.attention',
-        'model.scan_unroll',
-        'eval.', 'evaluation.', 'rl.generation_sharding', 'tracker', 'tracker_project')
+        'mesh.shape', 'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy',
+        'model.attention', 'model.scan_unroll', 'eval.', 'evaluation.', 'rl.generation_sharding',
+        'tracker', 'tracker_project')
 
 
 class WorkdirBusy(ValidationError):
@@ -127,9 +126,11 @@ def exit_if_busy(argv) -> None:
     """`alignjax.main`'s first step: a `--workdir` held by a live run ends this process with the
     one line the lock would give (nothing is written: the workdir is the other run's)."""
     argv = list(argv)
-    workdirs = [a.split('=', 1)[1] if '=' in a else argv[i + 1]
-                for i, a in enumerate(argv) if a.startswith('--workdir=') or
-                (a == '--workdir' and i + 1 < len(argv))]
+    workdirs = [
+        a.split('=', 1)[1] if '=' in a else argv[i + 1]
+        for i, a in enumerate(argv)
+        if a.startswith('--workdir=') or (a == '--workdir' and i + 1 < len(argv))
+    ]
     refusal = busy_verdict(workdirs[-1]) if workdirs else ''
     if refusal:
         sys.exit(f'error: {refusal}')
@@ -152,9 +153,11 @@ class WorkdirLock:
         self._fd = None
         self._stop = threading.Event()
         self._thread = None
-        self.holder = {'host': socket.gethostname(), 'pid': os.getpid(), 'start': time.time(),
-                       'command': ' '.join([os.path.basename(sys.executable), *sys.argv]),
-                       'id': int.from_bytes(os.urandom(6), 'little')}
+        self.holder = {
+            'host': socket.gethostname(), 'pid': os.getpid(), 'start': time.time(),
+            'command': ' '.join([os.path.basename(sys.executable),
+                                 *sys.argv]), 'id': int.from_bytes(os.urandom(6), 'little')
+        }
 
     def __enter__(self):
         WorkdirLock._entered += 1
@@ -245,8 +248,9 @@ def config_values(config) -> dict:
 
 def config_changes(old: dict, new: dict) -> dict:
     """{key: (old, new)} over the keys that differ (`None` where a key is absent)."""
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)}
+    return {
+        k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    }
 
 
 def _fmt(key: str, values) -> str:
@@ -262,8 +266,11 @@ def check_resume(config, workdir: str, step: int, *, primary: bool = True) -> di
         return {}
     with open(path) as f:
         old = config_values(json.load(f))
-    changes = {k: v for k, v in config_changes(old, config_values(config)).items()
-               if not _matches(k, FREE)}
+    changes = {
+        k: v
+        for k, v in config_changes(old, config_values(config)).items()
+        if not _matches(k, FREE)
+    }
     if not changes:
         return {}
     structural = {k: v for k, v in changes.items() if _matches(k, STRUCTURAL)}
@@ -280,7 +287,11 @@ def check_resume(config, workdir: str, step: int, *, primary: bool = True) -> di
             f'new run, or --config.{ALLOW_KEY}=True to continue this one with the new values')
     if primary:
         with open(os.path.join(workdir, HISTORY_FILE), 'a') as f:
-            f.write(json.dumps({'step': step, 'time': time.time(),
-                                'changes': {k: list(v) for k, v in changes.items()}}) + '\n')
-    logging.warning('Config changed on resume at step %d: %s', step, '; '.join(_fmt(k, v) for k, v in changes.items()))
+            f.write(
+                json.dumps({
+                    'step': step, 'time': time.time(),
+                    'changes': {k: list(v) for k, v in changes.items()}
+                }) + '\n')
+    logging.warning('Config changed on resume at step %d: %s', step,
+                    '; '.join(_fmt(k, v) for k, v in changes.items()))
     return changes

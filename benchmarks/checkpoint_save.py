@@ -25,8 +25,10 @@ def main() -> None:
     args = parser.parse_args()
     n = args.mib * 2**20 // 4 // 3
     keys = jax.random.split(jax.random.key(0), 3)  # random values: no compression shortcut
-    state = {name: jax.random.normal(k, (n,), jnp.float32)
-             for k, name in zip(keys, ('params', 'mu', 'nu'))}
+    state = {
+        name: jax.random.normal(k, (n,), jnp.float32)
+        for k, name in zip(keys, ('params', 'mu', 'nu'))
+    }
     jax.block_until_ready(state)
     rows = {}
     for mode in ('sync', 'async'):

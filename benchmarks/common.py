@@ -60,6 +60,7 @@ def num_params(size: str) -> int:
 
 # --------------------------------------------------------------------------- model FLOPs / bytes
 
+
 def matmul_params(cfg) -> int:
     """Parameters that enter a matmul for every token: blocks and the output head (not the
     embedding table, which is a lookup)."""
@@ -118,6 +119,7 @@ def decode_bytes_per_step(cfg, batch: int, context: float) -> float:
 
 # --------------------------------------------------------------------------- timing
 
+
 def timed_steps(step, *, steps: int, repeats: int = 2, sync=lambda out: out) -> dict:
     """Warm-up call (compilation) timed apart, then `repeats` rounds of `steps` timed calls.
 
@@ -136,9 +138,11 @@ def timed_steps(step, *, steps: int, repeats: int = 2, sync=lambda out: out) -> 
             times.append(time.perf_counter() - start)
         rounds.append(times)
     medians = [statistics.median(r) for r in rounds]
-    return {'warmup_s': round(warmup, 3), 'round_medians_s': [round(m, 5) for m in medians],
-            'median_s': statistics.median([t for r in rounds for t in r]),
-            'times_s': [[round(t, 5) for t in r] for r in rounds]}
+    return {
+        'warmup_s': round(warmup, 3), 'round_medians_s': [round(m, 5) for m in medians],
+        'median_s': statistics.median([t for r in rounds for t in r]),
+        'times_s': [[round(t, 5) for t in r] for r in rounds]
+    }
 
 
 def add_shared_flags(parser) -> None:
@@ -160,6 +164,7 @@ def load_average() -> list[float]:
 
 
 # --------------------------------------------------------------------------- the hardware limit
+
 
 def hardware_limit(*, size: int = 2048, bandwidth_mib: int = 512, repeats: int = 5) -> dict:
     """The machine's dense float32 matmul peak and memory (read) bandwidth, measured now.
@@ -187,11 +192,12 @@ def hardware_limit(*, size: int = 2048, bandwidth_mib: int = 512, repeats: int =
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    flops = 2.0 * n ** 3
+    flops = 2.0 * n**3
     ja, jb = jnp.asarray(a), jnp.asarray(b)
     dot = jax.jit(jnp.dot)
-    out = {'matmul_size': n,
-           'jax_matmul_flops': flops / med(lambda: dot(ja, jb).block_until_ready())}
+    out = {
+        'matmul_size': n, 'jax_matmul_flops': flops / med(lambda: dot(ja, jb).block_until_ready())
+    }
     if on_gpu:
         a16, b16 = ja.astype(jnp.bfloat16), jb.astype(jnp.bfloat16)
         out['jax_matmul_bf16_flops'] = flops / med(lambda: dot(a16, b16).block_until_ready())
@@ -199,7 +205,7 @@ def hardware_limit(*, size: int = 2048, bandwidth_mib: int = 512, repeats: int =
         out['numpy_matmul_flops'] = flops / med(lambda: np.dot(a, b))
     out['matmul_peak_flops'] = max(v for k, v in out.items() if k.endswith('matmul_flops'))
 
-    count = bandwidth_mib * 2 ** 20 // 4 * (8 if on_gpu else 1)
+    count = bandwidth_mib * 2**20 // 4 * (8 if on_gpu else 1)
     x = np.ones(count, np.float32)
     jx = jnp.asarray(x)
     total = jax.jit(jnp.sum)
@@ -209,8 +215,8 @@ def hardware_limit(*, size: int = 2048, bandwidth_mib: int = 512, repeats: int =
         y = np.empty_like(x)
         out['numpy_sum_bytes_per_s'] = x.nbytes / med(lambda: x.sum())
         out['numpy_copy_bytes_per_s'] = 2 * x.nbytes / med(lambda: np.copyto(y, x))
-    out['read_bandwidth_bytes_per_s'] = max(v for k, v in out.items()
-                                            if k.endswith('sum_bytes_per_s'))
+    out['read_bandwidth_bytes_per_s'] = max(
+        v for k, v in out.items() if k.endswith('sum_bytes_per_s'))
     out['device'] = describe_device()
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
@@ -234,6 +240,7 @@ def describe_device() -> str:
 
 # --------------------------------------------------------------------------- peers
 
+
 def default_python(peer: str) -> str:
     """The interpreter of a peer: its venv made by peers/setup_venvs.sh, else this one (TRL and
     transformers may be installed beside alignjax; Tunix pins its own jax and never is)."""
@@ -251,9 +258,9 @@ def run_peer(script: str, python: str, spec: dict, *, timeout: float = 1800) -> 
     env = dict(os.environ, PYTHONPATH=PEERS, OMP_NUM_THREADS=str(spec.get('threads', 2)))
     env.pop('XLA_FLAGS', None)
     try:
-        proc = subprocess.run([python, os.path.join(PEERS, script), json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              check=False)
+        proc = subprocess.run([python, os.path.join(PEERS, script),
+                               json.dumps(spec)], capture_output=True, text=True, timeout=timeout,
+                              env=env, check=False)
     except subprocess.TimeoutExpired:
         return {'error': f'{script} timed out after {timeout} s'}
     lines = [l for l in proc.stdout.strip().splitlines() if l.startswith('{')]

@@ -47,8 +47,7 @@ def make_config(args) -> ml_collections.ConfigDict:
     c.optim = dict(lr=1e-6, schedule='constant', warmup_steps=0, end_lr_factor=1.0,
                    weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0, microbatches=1)
     c.loss = dict(types=('sigmoid',), weights=(), beta=0.1, label_smoothing=0.0, gamma=0.0,
-                  rpo_alpha=0.0, reference_free=False, length_normalize=False,
-                  precompute_ref=False)
+                  rpo_alpha=0.0, reference_free=False, length_normalize=False, precompute_ref=False)
     return c
 
 
@@ -60,15 +59,16 @@ def make_batches(cfg, args, count: int = 4) -> list[dict]:
     ones = lambda *shape: np.ones(shape, np.int32)
     out = []
     for i in range(count):
-        out.append({'prompt': ids(n, p), 'prompt_mask': ones(n, p), 'chosen': ids(n, r),
-                    'chosen_mask': ones(n, r), 'rejected': ids(n, r), 'rejected_mask': ones(n, r),
-                    'index': np.arange(i * n, (i + 1) * n, dtype=np.int32)})
+        out.append({
+            'prompt': ids(n, p), 'prompt_mask': ones(n, p), 'chosen': ids(n, r),
+            'chosen_mask': ones(n, r), 'rejected': ids(n, r), 'rejected_mask': ones(n, r),
+            'index': np.arange(i * n, (i + 1) * n, dtype=np.int32)
+        })
     return out
 
 
 class Step:
     """One training step of `mode` ('dpo', 'dpo_precomputed' or 'sft'), as `loop.train` runs it."""
-
     def __init__(self, cfg, args, mode: str):
         self.mesh = sharding.make_mesh((1, -1, 1))
         config = make_config(args)
@@ -87,18 +87,19 @@ class Step:
                 loss_fn = dpo.make_loss_fn(config.loss)
             algo = loop.Algorithm(model=policy, loss_fn=loss_fn, batches=None, frozen=frozen)
             run = loop.setup(config, algo, self.mesh)
-        self.graphdef, self.state, self.frozen, self.update = (
-            run.graphdef, run.state, run.frozen_states, run.update)
+        self.graphdef, self.state, self.frozen, self.update = (run.graphdef, run.state,
+                                                               run.frozen_states, run.update)
         self.batches = make_batches(cfg, args)
         if mode == 'sft':
-            self.batches = [{'prompt': b['prompt'], 'prompt_mask': b['prompt_mask'],
-                             'response': np.concatenate([b['chosen'], b['rejected']]),
-                             'response_mask': np.concatenate([b['chosen_mask'],
-                                                              b['rejected_mask']])}
-                            for b in self.batches]
-            self.batches = [dict(b, prompt=np.concatenate([b['prompt']] * 2),
-                                 prompt_mask=np.concatenate([b['prompt_mask']] * 2))
-                            for b in self.batches]
+            self.batches = [{
+                'prompt': b['prompt'], 'prompt_mask': b['prompt_mask'],
+                'response': np.concatenate([b['chosen'], b['rejected']]),
+                'response_mask': np.concatenate([b['chosen_mask'], b['rejected_mask']])
+            } for b in self.batches]
+            self.batches = [
+                dict(b, prompt=np.concatenate([b['prompt']] * 2),
+                     prompt_mask=np.concatenate([b['prompt_mask']] * 2)) for b in self.batches
+            ]
         elif mode == 'dpo_precomputed':
             total = len(self.batches) * args.pairs
             self.ref.precompute([(b, args.pairs) for b in self.batches], total)
@@ -119,8 +120,7 @@ class Step:
 
 def measure(cfg, args, mode: str, hw: dict) -> dict:
     step = Step(cfg, args, mode)
-    t = common.timed_steps(step, steps=args.steps, repeats=args.repeats,
-                           sync=jax.block_until_ready)
+    t = common.timed_steps(step, steps=args.steps, repeats=args.repeats, sync=jax.block_until_ready)
     rows = 2 * args.pairs
     flops = common.sequence_flops(cfg, rows, args.prompt_len, args.response_len, train=True)
     if mode == 'dpo':
@@ -129,8 +129,8 @@ def measure(cfg, args, mode: str, hw: dict) -> dict:
     # twice, as every library's plain forward does).
     executed = 0.0
     if mode != 'sft':
-        grouped = lambda train: common.grouped_sequence_flops(
-            cfg, args.pairs, 2, args.prompt_len, args.response_len, train=train)
+        grouped = lambda train: common.grouped_sequence_flops(cfg, args.pairs, 2, args.prompt_len,
+                                                              args.response_len, train=train)
         executed = grouped(True) + (grouped(False) if mode == 'dpo' else 0.0)
     # Weight and optimizer-state traffic a step cannot avoid: params read by the forward and the
     # backward, gradients written, AdamW reading p, g, m, v and writing p, m, v (10 passes), the
@@ -138,25 +138,26 @@ def measure(cfg, args, mode: str, hw: dict) -> dict:
     pbytes = common.param_bytes(cfg)
     nbytes = pbytes * (10 + (1 if mode == 'dpo' else 0))
     s = t['median_s']
-    out = {'ms_per_step': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
-           'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
-           'tokens_per_s': round(rows * (args.prompt_len + args.response_len) / s, 1),
-           'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
-           'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4),
-           'executed_flops_per_step': executed or flops,
-           'executed_fraction_of_matmul_peak': round((executed or flops) / s
-                                                     / hw['matmul_peak_flops'], 4),
-           'bytes_per_step': nbytes, 'bytes_per_s': round(nbytes / s, 1),
-           'fraction_of_bandwidth': round(nbytes / s / hw['read_bandwidth_bytes_per_s'], 4)}
+    out = {
+        'ms_per_step': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
+        'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
+        'tokens_per_s': round(rows * (args.prompt_len + args.response_len) / s,
+                              1), 'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
+        'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4),
+        'executed_flops_per_step': executed or flops, 'executed_fraction_of_matmul_peak': round(
+            (executed or flops) / s / hw['matmul_peak_flops'],
+            4), 'bytes_per_step': nbytes, 'bytes_per_s': round(nbytes / s, 1),
+        'fraction_of_bandwidth': round(nbytes / s / hw['read_bandwidth_bytes_per_s'], 4)
+    }
     if jax.default_backend() != 'cpu' and hw.get('jax_matmul_bf16_flops'):
         out['fraction_of_bf16_matmul_peak'] = round(flops / s / hw['jax_matmul_bf16_flops'], 4)
     return out
 
 
 def peer_figures(args) -> dict:
-    spec = dict(model=common.workload_spec(args.size), pairs=args.pairs,
-                prompt_len=args.prompt_len, response_len=args.response_len, steps=args.steps,
-                repeats=args.repeats, lr=1e-6, beta=0.1, threads=2, seed=args.seed)
+    spec = dict(model=common.workload_spec(args.size), pairs=args.pairs, prompt_len=args.prompt_len,
+                response_len=args.response_len, steps=args.steps, repeats=args.repeats, lr=1e-6,
+                beta=0.1, threads=2, seed=args.seed)
     out = {}
     for peer in args.peers.split(','):
         if peer == 'trl':
@@ -209,16 +210,19 @@ def main(argv=None) -> dict:
     peers = peer_figures(args) if args.peers and args.mode == 'dpo' else {}
 
     main_mode = modes[0]
-    result = {'workload': args.mode, 'size': args.size, 'params': cfg.num_params(),
-              'pairs': args.pairs, 'prompt_len': args.prompt_len,
-              'response_len': args.response_len, **ours[main_mode],
-              'variants': {k: v for k, v in ours.items() if k != main_mode},
-              'peers': peers, 'hardware': hw, 'jax': jax.__version__,
-              'load_average_before': load_before, 'load_average_after': common.load_average()}
+    result = {
+        'workload': args.mode, 'size': args.size, 'params': cfg.num_params(), 'pairs': args.pairs,
+        'prompt_len': args.prompt_len, 'response_len': args.response_len,
+        **ours[main_mode], 'variants': {k: v for k, v in ours.items() if k != main_mode},
+        'peers': peers, 'hardware': hw, 'jax': jax.__version__, 'load_average_before': load_before,
+        'load_average_after': common.load_average()
+    }
     rows = []
     for name, r in ours.items():
-        rows.append([f'alignjax {name}', r['ms_per_step'], r['warmup_s'], r['tokens_per_s'],
-                     r['fraction_of_matmul_peak'], r['executed_fraction_of_matmul_peak'], None])
+        rows.append([
+            f'alignjax {name}', r['ms_per_step'], r['warmup_s'], r['tokens_per_s'],
+            r['fraction_of_matmul_peak'], r['executed_fraction_of_matmul_peak'], None
+        ])
     ratios = {}
     tokens = 2 * args.pairs * (args.prompt_len + args.response_len)
     for name, r in peers.items():
@@ -228,13 +232,19 @@ def main(argv=None) -> dict:
             ratios[name] = round(ms / same['ms_per_step'], 2)
             # Peers run the plain forward: what they execute is the model-FLOP count.
             frac = round(same['model_flops_per_step'] / r['median_s'] / hw['matmul_peak_flops'], 4)
-            rows.append([name, round(ms, 3), r['warmup_s'], round(tokens / r['median_s'], 1),
-                         frac, frac, ratios[name]])
+            rows.append([
+                name,
+                round(ms, 3), r['warmup_s'],
+                round(tokens / r['median_s'], 1), frac, frac, ratios[name]
+            ])
         else:
             rows.append([name, None, None, None, None, None, r.get('error', '')[:80]])
     result['speedup_vs_peers'] = ratios
-    common.log(common.table(rows, ['', 'ms/step', 'warm-up s', 'tokens/s', 'of peak (model)',
-                                   'of peak (executed)', 'peer/alignjax']))
+    common.log(
+        common.table(rows, [
+            '', 'ms/step', 'warm-up s', 'tokens/s', 'of peak (model)', 'of peak (executed)',
+            'peer/alignjax'
+        ]))
     print(json.dumps(result))
     return result
 

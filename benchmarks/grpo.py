@@ -58,21 +58,22 @@ class WordTokenizer:
 
 class EvenTokenTask:
     """The host reward of every library here: the fraction of even token ids in a response."""
-
     def gold_rewards(self, prompts, responses):
         del prompts
-        return np.array([np.mean([int(w[1:]) % 2 == 0 for w in r.split()] or [0.0])
-                         for r in responses], np.float32)
+        return np.array(
+            [np.mean([int(w[1:]) % 2 == 0 for w in r.split()] or [0.0]) for r in responses],
+            np.float32)
 
 
 class RandomPrompts:
     """`stream[step]`: `prompts` random 32-token prompts (ids >= 4), the same for every step."""
-
     def __init__(self, vocab: int, prompts: int, length: int, seed: int):
         rng = np.random.default_rng(seed)
-        self.batch = {'prompt': rng.integers(4, vocab, (prompts, length)).astype(np.int32),
-                      'prompt_mask': np.ones((prompts, length), np.int32),
-                      'index': np.arange(prompts, dtype=np.int32)}
+        self.batch = {
+            'prompt': rng.integers(4, vocab, (prompts, length)).astype(np.int32),
+            'prompt_mask': np.ones((prompts, length),
+                                   np.int32), 'index': np.arange(prompts, dtype=np.int32)
+        }
         self.records = [{'prompt': WordTokenizer().decode(p)} for p in self.batch['prompt']]
 
     def __getitem__(self, step):
@@ -123,7 +124,6 @@ def build(config, args, mesh):
 
 class Iteration:
     """Rollout + update, as `loop.train` steps them."""
-
     def __init__(self, config, args):
         self.mesh = trainer_common.make_mesh(config)
         with jax.set_mesh(self.mesh):
@@ -182,9 +182,10 @@ def main(argv=None) -> dict:
     parser.add_argument('--new_tokens', type=int, default=64)
     parser.add_argument('--steps', type=int, default=10, help='timed iterations per round')
     parser.add_argument('--repeats', type=int, default=2, help='rounds of --steps iterations')
-    parser.add_argument('--peers', default=None,
-                        help='comma-separated of trl (grpo only), tunix; default: trl,tunix for '
-                             'grpo, tunix for ppo; empty: none')
+    parser.add_argument(
+        '--peers', default=None,
+        help='comma-separated of trl (grpo only), tunix; default: trl,tunix for '
+        'grpo, tunix for ppo; empty: none')
     parser.add_argument('--trl_python', default=common.default_python('trl'))
     parser.add_argument('--tunix_python', default=common.default_python('tunix'))
     common.add_shared_flags(parser)
@@ -206,22 +207,24 @@ def main(argv=None) -> dict:
     rows = args.prompts * args.samples
     flops = flops_per_iteration(cfg, args, config)
     executed = flops_per_iteration(cfg, args, config, executed=True)
-    ours = {'ms_per_step': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
-            'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
-            'rollout_ms': round(1e3 * statistics.median(it.rollout_s[1:]), 3),
-            'update_ms': round(1e3 * statistics.median(it.update_s[1:]), 3),
-            'tokens_per_s': round(rows * (args.prompt_len + args.new_tokens) / s, 1),
-            'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
-            'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4),
-            'executed_flops_per_step': executed,
-            'executed_fraction_of_matmul_peak': round(executed / s / hw['matmul_peak_flops'], 4)}
+    ours = {
+        'ms_per_step': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
+        'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
+        'rollout_ms': round(1e3 * statistics.median(it.rollout_s[1:]),
+                            3), 'update_ms': round(1e3 * statistics.median(it.update_s[1:]), 3),
+        'tokens_per_s': round(rows * (args.prompt_len + args.new_tokens) / s,
+                              1), 'model_flops_per_step': flops, 'flops_per_s': round(flops / s, 1),
+        'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'],
+                                         4), 'executed_flops_per_step': executed,
+        'executed_fraction_of_matmul_peak': round(executed / s / hw['matmul_peak_flops'], 4)
+    }
     common.log(f'alignjax {args.algo}: {ours["ms_per_step"]:.1f} ms/iteration (rollout '
                f'{ours["rollout_ms"]:.1f}, update {ours["update_ms"]:.1f})')
 
-    spec = dict(model=common.workload_spec(args.size), prompts=args.prompts,
-                samples=args.samples, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                steps=args.steps, repeats=args.repeats, lr=1e-6, beta=config.rl.kl_coef,
-                threads=2, seed=args.seed, algo=args.algo, epochs=config.rl.epochs)
+    spec = dict(model=common.workload_spec(args.size), prompts=args.prompts, samples=args.samples,
+                prompt_len=args.prompt_len, new_tokens=args.new_tokens, steps=args.steps,
+                repeats=args.repeats, lr=1e-6, beta=config.rl.kl_coef, threads=2, seed=args.seed,
+                algo=args.algo, epochs=config.rl.epochs)
     if args.peers is None:
         args.peers = 'trl,tunix' if args.algo == 'grpo' else 'tunix'
     peers = {}
@@ -237,27 +240,34 @@ def main(argv=None) -> dict:
         else:
             raise ValueError(f'unknown peer {peer!r}')
 
-    table = [[f'alignjax {args.algo}', ours['ms_per_step'], ours['warmup_s'],
-              ours['tokens_per_s'], ours['fraction_of_matmul_peak'], None]]
+    table = [[
+        f'alignjax {args.algo}', ours['ms_per_step'], ours['warmup_s'], ours['tokens_per_s'],
+        ours['fraction_of_matmul_peak'], None
+    ]]
     ratios = {}
     for name, r in peers.items():
         if r.get('median_s'):
             ms = 1e3 * r['median_s']
             ratios[name] = round(ms / ours['ms_per_step'], 2)
-            table.append([name, round(ms, 3), r['warmup_s'],
-                          round(rows * (args.prompt_len + args.new_tokens) / r['median_s'], 1),
-                          round(flops / r['median_s'] / hw['matmul_peak_flops'], 4),
-                          ratios[name]])
+            table.append([
+                name,
+                round(ms, 3), r['warmup_s'],
+                round(rows * (args.prompt_len + args.new_tokens) / r['median_s'], 1),
+                round(flops / r['median_s'] / hw['matmul_peak_flops'], 4), ratios[name]
+            ])
         else:
             table.append([name, None, None, None, None, r.get('error', '')[:80]])
-    common.log(common.table(table, ['', 'ms/iteration', 'warm-up s', 'tokens/s', 'of peak',
-                                    'peer/alignjax']))
-    result = {'workload': args.algo, 'size': args.size, 'params': cfg.num_params(),
-              'prompts': args.prompts, 'samples': args.samples, 'prompt_len': args.prompt_len,
-              'new_tokens': args.new_tokens, 'epochs': config.rl.epochs,
-              'minibatches': config.rl.minibatches, **ours, 'peers': peers,
-              'speedup_vs_peers': ratios, 'hardware': hw, 'jax': jax.__version__,
-              'load_average_before': load_before, 'load_average_after': common.load_average()}
+    common.log(
+        common.table(table,
+                     ['', 'ms/iteration', 'warm-up s', 'tokens/s', 'of peak', 'peer/alignjax']))
+    result = {
+        'workload': args.algo, 'size': args.size, 'params': cfg.num_params(),
+        'prompts': args.prompts, 'samples': args.samples, 'prompt_len': args.prompt_len,
+        'new_tokens': args.new_tokens, 'epochs': config.rl.epochs,
+        'minibatches': config.rl.minibatches, **ours, 'peers': peers, 'speedup_vs_peers': ratios,
+        'hardware': hw, 'jax': jax.__version__, 'load_average_before': load_before,
+        'load_average_after': common.load_average()
+    }
     print(json.dumps(result))
     return result
 

@@ -34,13 +34,15 @@ import sys
 def llama3_70b():
     """Llama-3-70B's public shape (bfloat16 storage and compute, remat, like llama3_8b)."""
     from alignjax.models import get_model_config  # pylint: disable=g-import-not-at-top
-    return get_model_config('llama3_8b').replace(
-        vocab_size=128_256, embed_dim=8192, num_layers=80, num_heads=64, num_kv_heads=8,
-        head_dim=128, mlp_dim=28_672, rope_theta=500_000.0, tie_embeddings=False)
+    return get_model_config('llama3_8b').replace(vocab_size=128_256, embed_dim=8192, num_layers=80,
+                                                 num_heads=64, num_kv_heads=8, head_dim=128,
+                                                 mlp_dim=28_672, rope_theta=500_000.0,
+                                                 tie_embeddings=False)
 
 
-DEFAULT_EXP_ARGS = {'ppo': 'reward=rm', 'grpo': 'reward=rm', 'rloo': 'reward=rm',
-                    'remax': 'reward=rm'}
+DEFAULT_EXP_ARGS = {
+    'ppo': 'reward=rm', 'grpo': 'reward=rm', 'rloo': 'reward=rm', 'remax': 'reward=rm'
+}
 
 
 def parse(argv):
@@ -54,10 +56,11 @@ def parse(argv):
     p.add_argument('--response_len', type=int, default=512)
     p.add_argument('--group', type=int, default=0, help='samples per prompt (online)')
     p.add_argument('--layers', type=int, default=0, help='override model.num_layers')
-    p.add_argument('--remat', default='', help='override model.remat (True|False); the policy: '
-                   '--set=model.remat_policy=save_dots')
+    p.add_argument(
+        '--remat', default='', help='override model.remat (True|False); the policy: '
+        '--set=model.remat_policy=save_dots')
     p.add_argument('--microbatches', type=int, default=0, help='override optim.microbatches')
-    p.add_argument('--exp_args', default=None, help="experiment ARGS (default: per algo)")
+    p.add_argument('--exp_args', default=None, help='experiment ARGS (default: per algo)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='any config override, e.g. --set=loss.precompute_ref=True')
     p.add_argument('--only', default='', help='comma-separated programs to compile')
@@ -92,9 +95,9 @@ def main(argv=None):
     if args.model == 'llama3_70b':
         config.model.preset = 'llama3_70b'
     only = set(args.only.split(',')) if args.only else None
-    log = lambda r: print(f'compiled {r.name}: {mp.fmt_bytes(r.total)} a device in '
-                          f'{r.compile_s:.1f} s' + (f' (REFUSED: {r.error})' if r.error else ''),
-                          flush=True)
+    log = lambda r: print(
+        f'compiled {r.name}: {mp.fmt_bytes(r.total)} a device in '
+        f'{r.compile_s:.1f} s' + (f' (REFUSED: {r.error})' if r.error else ''), flush=True)
     report = mp.plan(config, args.target, only=only, log=log)
     print(report.table())
     print(report.to_json())

@@ -34,8 +34,9 @@ SLICES = {  # (name, chips, HBM a chip) from small to large
 HBM = {'v5e': 15.75 * GiB, 'v5p': 95.74 * GiB}
 PARAMS = {'llama3_2_1b': 1.24e9, 'gemma2_2b': 2.61e9, 'llama3_8b': 8.03e9, 'llama3_70b': 70.6e9}
 # Bytes a parameter: a trainable bf16 model 18 (storage, f32 gradient, master, Adam), a frozen 2.
-STATE_BYTES = {'sft': 18, 'dpo': 18 + 2, 'ppo': 2 * 18 + 2 + 2, 'grpo': 18 + 2 + 2,
-               'nash_md': 18 + 2 + 2}
+STATE_BYTES = {
+    'sft': 18, 'dpo': 18 + 2, 'ppo': 2 * 18 + 2 + 2, 'grpo': 18 + 2 + 2, 'nash_md': 18 + 2 + 2
+}
 MODELS = ('llama3_2_1b', 'gemma2_2b', 'llama3_8b')
 # In the order they are compiled: the offline algorithms, the 8B online runs on a v5p-64 and
 # the 70B DPO run, then the online algorithms on v5e.
@@ -55,9 +56,12 @@ def first_slice(algo: str, model: str, generation: str) -> int:
 
 def compile_one(algo, model, target, chips, args) -> dict:
     online = algo in ('ppo', 'grpo', 'nash_md')
-    cmd = [sys.executable, os.path.join(HERE, 'memory_plan.py'), f'--algo={algo}',
-           f'--model={model}', f'--target={target}', f'--mesh=1,{chips},1',
-           f'--batch={chips}', f'--prompt_len={args.len}', f'--response_len={args.len}']
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, 'memory_plan.py'), f'--algo={algo}', f'--model={model}',
+        f'--target={target}', f'--mesh=1,{chips},1', f'--batch={chips}', f'--prompt_len={args.len}',
+        f'--response_len={args.len}'
+    ]
     if online:
         cmd.append(f'--group={args.group}')
     start = time.time()
@@ -70,16 +74,19 @@ def compile_one(algo, model, target, chips, args) -> dict:
         tail = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
         reason = next((l for l in reversed(tail) if 'DOES NOT FIT' in l or 'Error' in l),
                       tail[-1] if tail else '')[:300]
-    return {'algo': algo, 'model': model, 'target': target, 'chips': chips, 'fits': not refused,
-            'reason': reason, 'wall_s': round(time.time() - start, 1),
-            'programs': [{k: r.get(k) for k in ('name', 'argument', 'temp', 'total', 'peak',
-                                                 'compile_s', 'error')}
-                         for r in row.get('rows', [])]}
+    return {
+        'algo': algo, 'model': model, 'target': target, 'chips': chips, 'fits': not refused,
+        'reason': reason, 'wall_s': round(time.time() - start, 1), 'programs': [{
+            k: r.get(k) for k in ('name', 'argument', 'temp', 'total', 'peak', 'compile_s', 'error')
+        } for r in row.get('rows', [])]
+    }
 
 
 def table(results) -> str:
-    out = ['| algorithm | model | smallest slice that fits | program | args GiB | temps GiB '
-           '| total GiB | compile s |', '|---|---|---|---|---|---|---|---|']
+    out = [
+        '| algorithm | model | smallest slice that fits | program | args GiB | temps GiB '
+        '| total GiB | compile s |', '|---|---|---|---|---|---|---|---|'
+    ]
     order = {m: i for i, m in enumerate((*MODELS, 'llama3_70b'))}
     algos = {a: i for i, a in enumerate(STATE_BYTES)}
     for r in sorted(results, key=lambda r: (order[r['model']], algos[r['algo']], r['chips'])):
@@ -122,12 +129,16 @@ def main():
                 done.append(r)
                 with open(args.out, 'a') as f:
                     f.write(json.dumps(r) + '\n')
-                print(f"{algo} {model} {target}: {'fits' if r['fits'] else 'refused'} "
-                      f"({r['wall_s']:.0f} s) {r['reason']}", flush=True)
+                print(
+                    f"{algo} {model} {target}: {'fits' if r['fits'] else 'refused'} "
+                    f"({r['wall_s']:.0f} s) {r['reason']}", flush=True)
             if r['fits']:
                 break
-    print(table([r for r in done if any(r['algo'] == a and r['model'] == m and
-                                        r['target'].startswith(g) for a, m, g in entries)]))
+    print(
+        table([
+            r for r in done if any(r['algo'] == a and r['model'] == m and r['target'].startswith(g)
+                                   for a, m, g in entries)
+        ]))
 
 
 if __name__ == '__main__':

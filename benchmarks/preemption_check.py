@@ -38,9 +38,11 @@ def worker(address: str, pid: int) -> None:
         sync_s += time.perf_counter() - start
         if stop:
             break
-    print(json.dumps({'process': pid, 'stopped_at': step, 'signalled_at': SIGNAL_AT,
-                      'sync_point_ms': 1e3 * sync_s / (step + 1),
-                      'gather_ms': 1e3 * gather_s / GATHERS}), flush=True)
+    print(
+        json.dumps({
+            'process': pid, 'stopped_at': step, 'signalled_at': SIGNAL_AT,
+            'sync_point_ms': 1e3 * sync_s / (step + 1), 'gather_ms': 1e3 * gather_s / GATHERS
+        }), flush=True)
 
 
 def main() -> None:
@@ -49,8 +51,11 @@ def main() -> None:
         address = f'localhost:{s.getsockname()[1]}'
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS='--xla_force_host_platform_device_count=2')
-    procs = [subprocess.Popen([sys.executable, __file__, address, str(i)], env=env,
-                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, address, str(i)], env=env, stdout=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
     rows = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     for row in rows:
         print(json.dumps(row))

@@ -25,8 +25,8 @@ import re
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_cpu_enable_xprof_traceme=true').strip()
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_cpu_enable_xprof_traceme=true').strip()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -73,9 +73,11 @@ def summarise(events, names: dict[str, str], steps: int, top: int) -> dict:
     common.log(common.table(rows, ['operation', 'ms/step', 'share']))
     wall = max((v for k, v in host.items() if k.startswith('ThunkExecutor::Execute (wait')),
                default=0)
-    return {'op_ms_per_step': per_step(total), 'execute_wait_ms_per_step': per_step(wall),
-            'ops': {k: per_step(v) for k, v in ops.most_common(top)},
-            'host': {k[:80]: per_step(v) for k, v in host.most_common(top)}}
+    return {
+        'op_ms_per_step': per_step(total), 'execute_wait_ms_per_step': per_step(wall),
+        'ops': {k: per_step(v) for k, v in ops.most_common(top)},
+        'host': {k[:80]: per_step(v) for k, v in host.most_common(top)}
+    }
 
 
 def dpo_step(args):
@@ -93,8 +95,8 @@ def dpo_step(args):
 
 def rl_step(args):
     import grpo  # pylint: disable=g-import-not-at-top
-    a = argparse.Namespace(algo=args.workload, size=args.size, prompts=2, samples=4,
-                           prompt_len=32, new_tokens=64, seed=0, steps=10, repeats=1)
+    a = argparse.Namespace(algo=args.workload, size=args.size, prompts=2, samples=4, prompt_len=32,
+                           new_tokens=64, seed=0, steps=10, repeats=1)
     it = grpo.Iteration(grpo.make_config(a), a)
     with jax.set_mesh(it.mesh):
         host = dict(it.algo.batches(0, it.model, jax.device_get(it.state['algo'])))

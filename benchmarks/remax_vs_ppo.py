@@ -114,7 +114,6 @@ def tree_bytes(tree) -> int:
 
 class Bench:
     """One algorithm's train state and jitted update, stepped the way `loop.train` steps them."""
-
     def __init__(self, name: str, config, mesh):
         self.name, self.config, self.mesh = name, config, mesh
         with jax.set_mesh(mesh):
@@ -129,9 +128,10 @@ class Bench:
     def state_bytes(self) -> dict:
         params = tree_bytes(self.state['params'])
         opt = tree_bytes(self.state['opt_state'])
-        return {'params': params, 'grads': params, 'opt_state': opt,
-                'total': 2 * params + opt,
-                'param_count': int(sum(x.size for x in jax.tree.leaves(self.state['params'])))}
+        return {
+            'params': params, 'grads': params, 'opt_state': opt, 'total': 2 * params + opt,
+            'param_count': int(sum(x.size for x in jax.tree.leaves(self.state['params'])))
+        }
 
     def batch(self, step: int):
         """The sharded update batch of `step` (the rollout), as `loop.train` makes it."""
@@ -145,8 +145,10 @@ class Bench:
             batch = self.batch(step)
             compiled = self.update.lower(self.state, self.frozen_states, batch).compile()
         stats = compiled.memory_analysis()
-        out = {k.removesuffix('_size_in_bytes'): _maybe_int(getattr(stats, k, None))
-               for k in MEMORY_FIELDS}
+        out = {
+            k.removesuffix('_size_in_bytes'): _maybe_int(getattr(stats, k, None))
+            for k in MEMORY_FIELDS
+        }
         parts = [out['argument'], out['output'], out['temp']]
         out['peak'] = None if None in parts else sum(parts) - (out['alias'] or 0)
         return out
@@ -172,8 +174,8 @@ class Bench:
     def times(self) -> dict:
         total = [r + u for r, u in zip(self.rollout_s, self.update_s)]
         out = {}
-        for key, xs in (('iteration', total), ('rollout', self.rollout_s),
-                        ('update', self.update_s)):
+        for key, xs in (('iteration', total), ('rollout', self.rollout_s), ('update',
+                                                                            self.update_s)):
             out[f'{key}_mean_s'] = round(statistics.mean(xs), 4)
             out[f'{key}_median_s'] = round(statistics.median(xs), 4)
         return out
@@ -209,14 +211,17 @@ def main(argv=None) -> dict:
     cfg = common.model_config_from(configs['remax'].model)
     log(f'device: {device}, model {args.model} ({cfg.num_params() / 1e6:.2f}M params), '
         f'{args.batch} prompts x {args.new_tokens} new tokens, PPO {args.ppo_epochs} epochs x '
-        f'{args.ppo_minibatches} minibatches, {args.warmup} warm-up + {args.iters} timed iterations')
+        f'{args.ppo_minibatches} minibatches, {args.warmup} warm-up + {args.iters} timed iterations'
+       )
 
     start = time.perf_counter()
     benches = {name: Bench(name, c, mesh) for name, c in configs.items()}
     log(f'built both in {time.perf_counter() - start:.1f} s')
-    result = {'model': args.model, 'param_count': cfg.num_params(), 'rows': args.batch,
-              'new_tokens': args.new_tokens, 'ppo_epochs': args.ppo_epochs,
-              'ppo_minibatches': args.ppo_minibatches, 'iters': args.iters, 'device': device}
+    result = {
+        'model': args.model, 'param_count': cfg.num_params(), 'rows': args.batch,
+        'new_tokens': args.new_tokens, 'ppo_epochs': args.ppo_epochs,
+        'ppo_minibatches': args.ppo_minibatches, 'iters': args.iters, 'device': device
+    }
 
     for name, b in benches.items():
         start = time.perf_counter()
@@ -226,8 +231,9 @@ def main(argv=None) -> dict:
             f'{state["opt_state"] / 2**20:.2f} MiB, trainable state (params + grads + opt) '
             f'{state["total"] / 2**20:.2f} MiB; update temp {_mib(memory["temp"])}, peak '
             f'{_mib(memory["peak"])} (compiled in {time.perf_counter() - start:.1f} s)')
-        result[name] = {'state': state, 'update_memory': memory,
-                        'updates_per_iteration': b.updates_per_batch}
+        result[name] = {
+            'state': state, 'update_memory': memory, 'updates_per_iteration': b.updates_per_batch
+        }
     result['reference_bytes'] = result['remax']['state']['params']  # same Decoder, frozen
 
     order = list(benches)

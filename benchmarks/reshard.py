@@ -41,8 +41,9 @@ def parse_args():
     p.add_argument('--prompt_len', type=int, default=32)
     p.add_argument('--new_tokens', type=int, default=64)
     p.add_argument('--train_mesh', default='1,-1,1', help='(data, fsdp, tensor) of the update')
-    p.add_argument('--choices', default='train,replicated,tensor',
-                   help="generation shardings to compare ('train', 'replicated', 'tensor', 'D,F,T')")
+    p.add_argument(
+        '--choices', default='train,replicated,tensor',
+        help="generation shardings to compare ('train', 'replicated', 'tensor', 'D,F,T')")
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--devices', type=int, default=8, help='simulated CPU devices (CPU only)')
     p.add_argument('--seed', type=int, default=0)
@@ -52,8 +53,8 @@ def parse_args():
 def main():
     args = parse_args()
     if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                                   f' --xla_force_host_platform_device_count={args.devices}')
+        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                                   + f' --xla_force_host_platform_device_count={args.devices}')
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
@@ -71,9 +72,10 @@ def main():
     prompt_mask = (np.arange(p)[None] >= rng.randint(0, p // 2, (b, 1))).astype(np.int32)
     prompt = prompt * prompt_mask
     config = sampling.SamplingConfig(max_new_tokens=n, eos_id=-1, prompt_bucket=p)
-    print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, preset {args.preset} '
-          f'({param_bytes / 2**20:.1f} MiB of params), train mesh {dict(train_mesh.shape)}, '
-          f'batch {b}, prompt {p}, new tokens {n}, repeats {args.repeats}', flush=True)
+    print(
+        f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, preset {args.preset} '
+        f'({param_bytes / 2**20:.1f} MiB of params), train mesh {dict(train_mesh.shape)}, '
+        f'batch {b}, prompt {p}, new tokens {n}, repeats {args.repeats}', flush=True)
 
     def sample(model, mesh):
         key = jax.device_put(jax.random.key(args.seed), sharding.replicated(mesh))
@@ -108,16 +110,19 @@ def main():
             'sample_tokens_per_s': round(b * n / sample_s, 1),
             'rollout_tokens_per_s': round(b * n / (reshard_s + sample_s), 1),
         }
-        print(f'{choice:>10}: mesh {dict(mesh.shape)}, reshard {reshard_s * 1e3:.2f} ms, '
-              f'sampling {b * n / sample_s:.0f} tok/s, with reshard '
-              f'{b * n / (reshard_s + sample_s):.0f} tok/s, tokens as the first choice: {same}',
-              flush=True)
+        print(
+            f'{choice:>10}: mesh {dict(mesh.shape)}, reshard {reshard_s * 1e3:.2f} ms, '
+            f'sampling {b * n / sample_s:.0f} tok/s, with reshard '
+            f'{b * n / (reshard_s + sample_s):.0f} tok/s, tokens as the first choice: {same}',
+            flush=True)
         if not same:
             raise SystemExit(f'{choice}: sampled other tokens than {args.choices.split(",")[0]}')
-    print(json.dumps({
-        'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
-        'preset': args.preset, 'param_bytes': int(param_bytes), 'batch': b, 'prompt_len': p,
-        'new_tokens': n, 'train_mesh': list(train_mesh.devices.shape), 'choices': results}))
+    print(
+        json.dumps({
+            'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
+            'preset': args.preset, 'param_bytes': int(param_bytes), 'batch': b, 'prompt_len': p,
+            'new_tokens': n, 'train_mesh': list(train_mesh.devices.shape), 'choices': results
+        }))
 
 
 if __name__ == '__main__':

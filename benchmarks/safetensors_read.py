@@ -32,9 +32,12 @@ def main() -> None:
         ckpt = safetensors_io.Checkpoint(directory)
         rows, cols = [(0, 2048), (0, 4096)], [(0, 16384), (0, 512)]
         assert (ckpt.read_block('w', cols) == x[:, :512]).all()
-        print(json.dumps({'mib': x.nbytes / 2**20, 'whole_s': best(lambda: ckpt.read('w')),
-                          'rows_eighth_s': best(lambda: ckpt.read_block('w', rows)),
-                          'columns_eighth_s': best(lambda: ckpt.read_block('w', cols))}))
+        print(
+            json.dumps({
+                'mib': x.nbytes / 2**20, 'whole_s': best(lambda: ckpt.read('w')),
+                'rows_eighth_s': best(lambda: ckpt.read_block('w', rows)),
+                'columns_eighth_s': best(lambda: ckpt.read_block('w', cols))
+            }))
 
 
 if __name__ == '__main__':

@@ -41,12 +41,10 @@ def measure(model, cfg, args, batch: int, hw: dict) -> dict:
     rng = np.random.default_rng(args.seed)
     prompt = jnp.asarray(rng.integers(4, cfg.vocab_size, (batch, p)), jnp.int32)
     mask = jnp.ones((batch, p), jnp.int32)
-    config = sampling.SamplingConfig(max_new_tokens=n, temperature=1.0, eos_id=-1,
-                                     prompt_bucket=p)
+    config = sampling.SamplingConfig(max_new_tokens=n, temperature=1.0, eos_id=-1, prompt_bucket=p)
     keys = iter(jax.random.split(jax.random.key(args.seed), 1 + args.calls * args.repeats))
     call = lambda: sampling.generate(model, prompt, mask, next(keys), config)['tokens']
-    t = common.timed_steps(call, steps=args.calls, repeats=args.repeats,
-                           sync=jax.block_until_ready)
+    t = common.timed_steps(call, steps=args.calls, repeats=args.repeats, sync=jax.block_until_ready)
     s = t['median_s']
     # Decode reads the weights once per step; the prefill is one more pass over them.
     nbytes = sum(common.decode_bytes_per_step(cfg, batch, p + i) for i in range(n))
@@ -55,16 +53,18 @@ def measure(model, cfg, args, batch: int, hw: dict) -> dict:
     flops += sum(common.forward_flops(cfg, batch, p + i + 1) for i in range(n))
     weights = common.decode_bytes_per_step(cfg, 1, 0)
     roofline = hw['read_bandwidth_bytes_per_s'] / weights * batch  # tokens/s, weights only
-    return {'ms_per_call': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
-            'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']],
-            'tokens_per_s': round(batch * n / s, 1),
-            'ms_per_token_step': round(1e3 * s / n, 4),
-            'bytes_per_call': nbytes, 'bytes_per_s': round(nbytes / s, 1),
-            'fraction_of_bandwidth': round(nbytes / s / hw['read_bandwidth_bytes_per_s'], 4),
-            'weight_roofline_tokens_per_s': round(roofline, 1),
-            'fraction_of_weight_roofline': round(batch * n / s / roofline, 4),
-            'model_flops_per_call': flops, 'flops_per_s': round(flops / s, 1),
-            'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4)}
+    return {
+        'ms_per_call': round(1e3 * s, 3), 'warmup_s': t['warmup_s'],
+        'round_medians_ms': [round(1e3 * m, 3) for m in t['round_medians_s']
+                            ], 'tokens_per_s': round(batch * n / s,
+                                                     1), 'ms_per_token_step': round(1e3 * s / n, 4),
+        'bytes_per_call': nbytes, 'bytes_per_s': round(nbytes / s, 1),
+        'fraction_of_bandwidth': round(nbytes / s / hw['read_bandwidth_bytes_per_s'],
+                                       4), 'weight_roofline_tokens_per_s': round(roofline, 1),
+        'fraction_of_weight_roofline': round(batch * n / s / roofline, 4),
+        'model_flops_per_call': flops, 'flops_per_s': round(flops / s, 1),
+        'fraction_of_matmul_peak': round(flops / s / hw['matmul_peak_flops'], 4)
+    }
 
 
 def main(argv=None) -> dict:
@@ -110,27 +110,34 @@ def main(argv=None) -> dict:
 
     rows, speedups = [], {}
     for key, r in ours.items():
-        rows.append([f'alignjax {key}', r['ms_per_call'], r['warmup_s'], r['tokens_per_s'],
-                     r['fraction_of_weight_roofline'], None])
+        rows.append([
+            f'alignjax {key}', r['ms_per_call'], r['warmup_s'], r['tokens_per_s'],
+            r['fraction_of_weight_roofline'], None
+        ])
         for name, pr in peers.items():
             fig = pr.get(key)
             if fig:
                 ratio = round(r['tokens_per_s'] / fig['tokens_per_s'], 2)
                 speedups.setdefault(key, {})[name] = ratio
-                rows.append([f'  {name} {key}', round(1e3 * fig['median_s'], 3), fig['warmup_s'],
-                             fig['tokens_per_s'], None, speedups[key][name]])
+                rows.append([
+                    f'  {name} {key}',
+                    round(1e3 * fig['median_s'], 3), fig['warmup_s'], fig['tokens_per_s'], None,
+                    speedups[key][name]
+                ])
             else:
-                rows.append([f'  {name} {key}', None, None, None, None,
-                             pr.get('error', '')[:80]])
-    common.log(common.table(rows, ['', 'ms/call', 'warm-up s', 'tokens/s', 'of roofline',
-                                   'alignjax/peer']))
+                rows.append([f'  {name} {key}', None, None, None, None, pr.get('error', '')[:80]])
+    common.log(
+        common.table(rows,
+                     ['', 'ms/call', 'warm-up s', 'tokens/s', 'of roofline', 'alignjax/peer']))
     first = ours[f'batch_{args.batches[0]}']
-    result = {'workload': 'sample', 'size': args.size, 'params': cfg.num_params(),
-              'prompt_len': args.prompt_len, 'new_tokens': args.new_tokens,
-              'ms_per_call': first['ms_per_call'], 'tokens_per_s': first['tokens_per_s'],
-              'warmup_s': first['warmup_s'], **ours, 'peers': peers,
-              'speedup_vs_peers': speedups, 'hardware': hw, 'jax': jax.__version__,
-              'load_average_before': load_before, 'load_average_after': common.load_average()}
+    result = {
+        'workload': 'sample', 'size': args.size, 'params': cfg.num_params(),
+        'prompt_len': args.prompt_len, 'new_tokens': args.new_tokens,
+        'ms_per_call': first['ms_per_call'], 'tokens_per_s': first['tokens_per_s'],
+        'warmup_s': first['warmup_s'], **ours, 'peers': peers, 'speedup_vs_peers': speedups,
+        'hardware': hw, 'jax': jax.__version__, 'load_average_before': load_before,
+        'load_average_after': common.load_average()
+    }
     print(json.dumps(result))
     return result
 

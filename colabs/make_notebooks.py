@@ -21,7 +21,7 @@ BADGE = ('[![Open In Colab](https://colab.research.google.com/assets/colab-badge
          '(https://colab.research.google.com/github/alignjax/alignjax/blob/main/colabs/'
          '{name}.ipynb)')
 
-INSTALL = '''\
+INSTALL = """\
 # Install alignjax when it is not importable (a fresh Colab runtime). The repository is cloned,
 # not only pip-installed: the reproductions train the experiment files in experiments/ and call
 # benchmarks/, which live next to the package.
@@ -33,9 +33,9 @@ except ImportError:
     import sys
     sys.path.insert(0, '/content/alignjax')
     import alignjax
-print('alignjax from', alignjax.__file__)'''
+print('alignjax from', alignjax.__file__)"""
 
-SETTINGS = '''\
+SETTINGS = """\
 import json
 import os
 
@@ -43,86 +43,86 @@ import os
 # run the command in docs/results.md) for the full reproduction.
 QUICK = os.environ.get('ALIGNJAX_NOTEBOOK_QUICK', '').lower() in ('1', 'true', 'yes')
 OUTDIR = os.environ.get('ALIGNJAX_REPRO_DIR', '/tmp/alignjax_repro')
-print('quick mode' if QUICK else 'full mode', '->', OUTDIR)'''
+print('quick mode' if QUICK else 'full mode', '->', OUTDIR)"""
 
-SHOW = '''\
+SHOW = """\
 from IPython.display import Image, display
 
 display(Image(result['figure']))
-print(json.dumps(result['figures'], indent=1, default=str)[:4000])'''
+print(json.dumps(result['figures'], indent=1, default=str)[:4000])"""
 
 NOTEBOOKS = {
     'overoptimization': dict(
         title='Reward-model over-optimisation: best-of-n and RL against a proxy',
         claim='Gao et al. 2022, *Scaling Laws for Reward Model Overoptimization*: optimising a '
-              'learned proxy reward raises the proxy steadily with d = sqrt(KL) while the gold '
-              'reward rises, peaks and falls; in RL a larger KL penalty stops the policy '
-              'earlier on that curve.',
+        'learned proxy reward raises the proxy steadily with d = sqrt(KL) while the gold '
+        'reward rises, peaks and falls; in RL a larger KL penalty stops the policy '
+        'earlier on that curve.',
         setup='The synthetic transitive task has a known gold reward; its preference pairs train '
-              'a small Bradley-Terry reward model (the proxy). Best-of-n picks, among n samples '
-              'of the SFT policy, the one the proxy likes best (KL = log n - (n-1)/n); ReMax '
-              'optimises the proxy with a sweep of KL coefficients.',
+        'a small Bradley-Terry reward model (the proxy). Best-of-n picks, among n samples '
+        'of the SFT policy, the one the proxy likes best (KL = log n - (n-1)/n); ReMax '
+        'optimises the proxy with a sweep of KL coefficients.',
         look='Left: gold peaks at a large n while the proxy keeps rising. Middle and right: with '
-             'kl_coef 0.01 and 0.05 the proxy keeps rising while gold falls below its peak; '
-             'with 0.2 the run stays near the peak.'),
+        'kl_coef 0.01 and 0.05 the proxy keeps rising while gold falls below its peak; '
+        'with 0.2 the run stays near the peak.'),
     'ensembles': dict(
         title='Reward-model ensembles against over-optimisation',
         claim='Coste et al. 2023, *Reward Model Ensembles Help Mitigate Overoptimization*: '
-              'worst-case (min over members) and uncertainty-weighted (mean - lambda * spread) '
-              'optimisation of an ensemble over-optimise less than a single reward model.',
+        'worst-case (min over members) and uncertainty-weighted (mean - lambda * spread) '
+        'optimisation of an ensemble over-optimise less than a single reward model.',
         setup='Four reward models trained on the same pairs (each from the SFT backbone with its '
-              'own head initialisation) select best-of-n samples alone and aggregated by mean, '
-              'min and mean - std; ReMax at kl_coef 0.05 optimises the single model and each '
-              'aggregate (full mode only).',
+        'own head initialisation) select best-of-n samples alone and aggregated by mean, '
+        'min and mean - std; ReMax at kl_coef 0.05 optimises the single model and each '
+        'aggregate (full mode only).',
         look='Best-of-n: the aggregated ensembles against the grey single-member curves at large '
-             'n. ReMax: gold reward of the rollouts per iteration for each proxy.'),
+        'n. ReMax: gold reward of the rollouts per iteration for each proxy.'),
     'nash': dict(
         title='Nash learning against Bradley-Terry RLHF on intransitive preferences',
         claim='Munos et al. 2023 (NLHF), Nash mirror prox, INPO, SPO: with intransitive '
-              'preferences the Bradley-Terry RLHF optimum collapses onto one response that '
-              'another beats; Nash-MD, mirror prox and online mirror descent converge in the '
-              'last iterate to the mixed regularised equilibrium (mirror prox fastest); '
-              'unregularised self-play cycles while its average converges.',
+        'preferences the Bradley-Terry RLHF optimum collapses onto one response that '
+        'another beats; Nash-MD, mirror prox and online mirror descent converge in the '
+        'last iterate to the mixed regularised equilibrium (mirror prox fastest); '
+        'unregularised self-play cycles while its average converges.',
         setup='The exact tabular game `alignjax.games.cyclic_example()` (a rock-paper-scissors '
-              'cycle plus two dominated responses); every method runs its exact update from '
-              'the reference with the same step size and regularisation. NumPy only: seconds.',
+        'cycle plus two dominated responses); every method runs its exact update from '
+        'the reference with the same step size and regularisation. NumPy only: seconds.',
         look='Left: KL to the equilibrium falls linearly (log scale) for Nash-MP and INPO; '
-             'Nash-MD stalls at the bias of its constant step; SPO\'s last iterate drifts away '
-             'while its average approaches the Nash equilibrium. Right: exploitability against '
-             'the Bradley-Terry optimum\'s.'),
+        "Nash-MD stalls at the bias of its constant step; SPO's last iterate drifts away "
+        'while its average approaches the Nash equilibrium. Right: exploitability against '
+        "the Bradley-Terry optimum's."),
     'remax_vs_ppo': dict(
         title='ReMax against PPO: memory, time per iteration, reward',
-        claim='Li et al. 2023, *ReMax*: without a critic, ReMax needs about half of PPO\'s '
-              'memory, runs about 1.6-2x faster per iteration and reaches the same reward.',
+        claim="Li et al. 2023, *ReMax*: without a critic, ReMax needs about half of PPO's "
+        'memory, runs about 1.6-2x faster per iteration and reaches the same reward.',
         setup='`benchmarks/remax_vs_ppo.py` measures both on the same model and batch; '
-              '`experiments/remax.py:tiny` and `experiments/ppo.py:tiny` train from the same '
-              'SFT policy on the gold reward of the transitive task.',
+        '`experiments/remax.py:tiny` and `experiments/ppo.py:tiny` train from the same '
+        'SFT policy on the gold reward of the transitive task.',
         look='Trainable state (parameters, gradients, Adam) about 2x for PPO; time per '
-             'iteration split into rollout and update; reward curves side by side.'),
+        'iteration split into rollout and update; reward curves side by side.'),
     'daa_overoptimization': dict(
         title='Over-optimisation in direct alignment: DPO and IPO across beta',
         claim='Rafailov et al. 2024, *Scaling Laws for Reward Model Overoptimization in Direct '
-              'Alignment Algorithms*, and *Understanding Likelihood Over-optimisation in DAAs*: '
-              'gold reward against sqrt(KL) is hump-shaped along DPO / IPO training, and the '
-              'chosen responses\' log-likelihood falls although the preference loss improves.',
-        setup='DPO (sigmoid) and IPO from the tiny SFT policy on the transitive task\'s '
-              'preference pairs, with a held-out evaluation (gold reward, sampled KL, held-out '
-              'chosen/rejected log-probs) every few steps.',
+        'Alignment Algorithms*, and *Understanding Likelihood Over-optimisation in DAAs*: '
+        'gold reward against sqrt(KL) is hump-shaped along DPO / IPO training, and the '
+        "chosen responses' log-likelihood falls although the preference loss improves.",
+        setup="DPO (sigmoid) and IPO from the tiny SFT policy on the transitive task's "
+        'preference pairs, with a held-out evaluation (gold reward, sampled KL, held-out '
+        'chosen/rejected log-probs) every few steps.',
         look='Left: gold reward against sqrt(KL), one curve per run (the full mode shows the '
-             'hump). Right: chosen (and rejected) log-probs falling.'),
+        'hump). Right: chosen (and rejected) log-probs falling.'),
     'ranking_accuracy': dict(
-        title='DPO\'s ranking accuracy against the idealised ranking accuracy',
+        title="DPO's ranking accuracy against the idealised ranking accuracy",
         claim='Chen et al. 2024, *Preference Learning Algorithms Do Not Learn Preference '
-              'Rankings*: the ranking accuracy 1[pi(y_w) > pi(y_l)] of DPO models stays near '
-              'the reference\'s, far below the idealised accuracy of the exact DPO optimum '
-              'pi* ~ mu exp(r / beta), which follows from the reference\'s log-probs and the '
-              'true preference probability.',
+        'Rankings*: the ranking accuracy 1[pi(y_w) > pi(y_l)] of DPO models stays near '
+        "the reference's, far below the idealised accuracy of the exact DPO optimum "
+        "pi* ~ mu exp(r / beta), which follows from the reference's log-probs and the "
+        'true preference probability.',
         setup='Held-out preference pairs of the transitive task; mu the tiny SFT policy; the '
-              'true preference is the task\'s gold Bradley-Terry probability. DPO runs are the '
-              'direct-alignment reproduction\'s (shared through OUTDIR).',
+        "true preference is the task's gold Bradley-Terry probability. DPO runs are the "
+        "direct-alignment reproduction's (shared through OUTDIR).",
         look='Left: the idealised accuracy (black) against what DPO reaches (squares). Middle: '
-             'ranking accuracy during training stays low while the implicit-reward accuracy '
-             'rises. Right: pairs the reference mis-ranks by a wide margin are rarely flipped.'),
+        'ranking accuracy during training stays low while the implicit-reward accuracy '
+        'rises. Right: pairs the reference mis-ranks by a wide margin are rarely flipped.'),
 }
 
 
@@ -145,8 +145,9 @@ def notebook(name: str, spec: dict) -> nbformat.NotebookNode:
     for i, cell in enumerate(cells):
         cell.id = f'{name}-{i}'  # stable ids: regenerating gives the same files
     nb = v4.new_notebook(cells=cells)
-    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3',
-                                 'language': 'python'}
+    nb.metadata['kernelspec'] = {
+        'name': 'python3', 'display_name': 'Python 3', 'language': 'python'
+    }
     nb.metadata['language_info'] = {'name': 'python'}
     nb.metadata['colab'] = {'provenance': []}
     return nb

@@ -18,9 +18,9 @@ from alignjax import experiment_lib
 
 
 def get_config(arg=None):
-    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive',
-                                 loss='sigmoid', beta=0.1, label_smoothing=0.0, rpo_alpha=0.0,
-                                 gamma=0.5, steps=0, lr=1e-4)
+    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', loss='sigmoid',
+                                 beta=0.1, label_smoothing=0.0, rpo_alpha=0.0, gamma=0.5, steps=0,
+                                 lr=1e-4)
     c = experiment_lib.base_config(algo='dpo', model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.optim.lr = a.lr
@@ -52,4 +52,5 @@ def get_hyper(arg=None):
     """
     del arg
     return [{'config.loss.types': (loss,), 'config.loss.beta': beta}
-            for loss in ('sigmoid', 'ipo', 'hinge') for beta in (0.05, 0.1, 0.3)]
+            for loss in ('sigmoid', 'ipo', 'hinge')
+            for beta in (0.05, 0.1, 0.3)]

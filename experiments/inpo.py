@@ -18,16 +18,20 @@ from alignjax import experiment_lib
 
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='intransitive',
-                                 preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4,
-                                 steps=0)
+                                 preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4, steps=0)
     c = experiment_lib.online_base('inpo', a)
     # Sequence-level objectives (REINFORCE on log pi(y)); the KL to the reference is tau, inside
     # each method's objective.
-    c.rl = experiment_lib.rl(a, c.data.max_response_len, aggregation='sequence_sum', kl_coef=0.0,
-                             # Several updates per rollout: the method regresses towards a target
-                             # defined by the anchor pi_t (the sampling policy). With a single
-                             # update from pi = pi_t, INPO's gradient is (eta tau)^2 times online
-                             # IPO's, which Adam cannot tell apart.
-                             epochs=2, minibatches=2)
+    c.rl = experiment_lib.rl(
+        a,
+        c.data.max_response_len,
+        aggregation='sequence_sum',
+        kl_coef=0.0,
+        # Several updates per rollout: the method regresses towards a target
+        # defined by the anchor pi_t (the sampling policy). With a single
+        # update from pi = pi_t, INPO's gradient is (eta tau)^2 times online
+        # IPO's, which Adam cannot tell apart.
+        epochs=2,
+        minibatches=2)
     c.nash = experiment_lib.nash(a)
     return c

@@ -17,8 +17,7 @@ from alignjax import experiment_lib
 
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='intransitive',
-                                 preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4,
-                                 steps=0)
+                                 preference='model', tau=0.05, eta=1.0, k=4, lr=3e-4, steps=0)
     c = experiment_lib.online_base('online_ipo', a)
     # Sequence-level objectives (REINFORCE on log pi(y)); the KL to the reference is tau, inside
     # each method's objective.

@@ -24,8 +24,8 @@ from alignjax import experiment_lib
 
 
 def _stage(experiment, signal, *overrides):
-    return ml_collections.ConfigDict({'experiment': experiment, 'signal': signal,
-                                      'overrides': tuple(overrides)})
+    return ml_collections.ConfigDict(
+        {'experiment': experiment, 'signal': signal, 'overrides': tuple(overrides)})
 
 
 def get_config(arg=None):
@@ -54,7 +54,7 @@ def get_config(arg=None):
     c.reference = 'sft'
     c.reward_model = 'rm'
     c.compare = ('ppo', 'remax', 'grpo', 'dpo', 'nash_md')
-    c.evaluation = ml_collections.ConfigDict(dict(
-        num_prompts=32 if a.smoke else 256, max_new_tokens=12, temperature=1.0))
+    c.evaluation = ml_collections.ConfigDict(
+        dict(num_prompts=32 if a.smoke else 256, max_new_tokens=12, temperature=1.0))
     c.lock()
     return c

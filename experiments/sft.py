@@ -17,8 +17,7 @@ from alignjax import experiment_lib
 
 
 def get_config(arg=None):
-    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', steps=0,
-                                 lr=3e-3)
+    a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', steps=0, lr=3e-3)
     c = experiment_lib.base_config(algo='sft', model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.optim.lr = a.lr

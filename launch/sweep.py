@@ -151,8 +151,8 @@ def collect(sweep_dir: str, runs: list[tuple[str, dict]], statuses: dict) -> tup
     for name, overrides in runs:
         status = statuses.get(name, 'done' if name in summaries else 'missing')
         s = summaries.get(name, {})
-        rows.append([name, *(overrides.get(k, '') for k in keys), status,
-                     *(s.get(k, '') for k in figures)])
+        rows.append(
+            [name, *(overrides.get(k, '') for k in keys), status, *(s.get(k, '') for k in figures)])
     return header, rows
 
 
@@ -175,8 +175,8 @@ def write_tables(sweep_dir: str, header, rows) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
-    writer.writerows([[format_value(v) if isinstance(v, (tuple, list)) else v for v in row]
-                      for row in rows])
+    writer.writerows(
+        [[format_value(v) if isinstance(v, (tuple, list)) else v for v in row] for row in rows])
     with open(os.path.join(sweep_dir, 'sweep.csv'), 'w') as f:
         f.write(buf.getvalue())
     return md
@@ -202,9 +202,9 @@ def run_local(commands: dict[str, list[str]], sweep_dir: str, parallel: int) -> 
             statuses[name] = 'done' if ok else f'failed (exit {proc.returncode})'
             if ok and not os.path.exists(os.path.join(sweep_dir, name, 'summary.json')):
                 statuses[name] = 'stopped'  # preempted: saved, re-run the sweep to resume
-            print(f'[sweep] {"done" if ok else "FAILED"} {name} in {time.time() - start:.0f} s'
-                  + ('' if ok else f'; see {os.path.join(sweep_dir, name, "log.txt")}'),
-                  flush=True)
+            print(
+                f'[sweep] {"done" if ok else "FAILED"} {name} in {time.time() - start:.0f} s' +
+                ('' if ok else f'; see {os.path.join(sweep_dir, name, "log.txt")}'), flush=True)
         time.sleep(0.2)
     return statuses
 

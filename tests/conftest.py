@@ -41,10 +41,23 @@ def pytest_unconfigure(config):
 # and equivalences; these modules are learning runs, subprocess launches, notebooks and
 # reproductions (each trains starting points or whole runs), and so are the tests named below.
 SLOW_MODULES = {
-    'test_benchmarks_smoke', 'test_faults', 'test_hf_tokenizer', 'test_launch_scripts',
-    'test_memory_plan', 'test_multihost', 'test_nash_learning', 'test_nash_trainers',
-    'test_notebooks', 'test_offline_invariances', 'test_offline_learning', 'test_online_learning',
-    'test_quickstart', 'test_repro', 'test_sweep', 'test_train', 'test_workdir',
+    'test_benchmarks_smoke',
+    'test_faults',
+    'test_hf_tokenizer',
+    'test_launch_scripts',
+    'test_memory_plan',
+    'test_multihost',
+    'test_nash_learning',
+    'test_nash_trainers',
+    'test_notebooks',
+    'test_offline_invariances',
+    'test_offline_learning',
+    'test_online_learning',
+    'test_quickstart',
+    'test_repro',
+    'test_sweep',
+    'test_train',
+    'test_workdir',
 }
 SLOW_TESTS = {  # the slowest single tests of otherwise fast modules (10-50 s each on two cores)
     'test_blockwise_grouped_scoring_and_sampling_equal_dense',

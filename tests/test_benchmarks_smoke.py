@@ -19,8 +19,7 @@ def _load(name):
 
 def test_remax_vs_ppo_smoke(capsys):
     bench = _load('remax_vs_ppo')
-    result = bench.main(['--model=tiny', '--batch=8', '--new_tokens=4', '--warmup=1',
-                         '--iters=1'])
+    result = bench.main(['--model=tiny', '--batch=8', '--new_tokens=4', '--warmup=1', '--iters=1'])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
     remax, ppo = result['remax'], result['ppo']
@@ -36,9 +35,10 @@ def test_remax_vs_ppo_smoke(capsys):
 
 def test_sample_workload_smoke(capsys):
     bench = _load('sample')
-    result = bench.main(['--size=tiny', '--batches', '2', '--prompt_len=8', '--new_tokens=4',
-                         '--calls=1', '--repeats=1', '--peers=', '--limit_size=128',
-                         '--limit_mib=8'])
+    result = bench.main([
+        '--size=tiny', '--batches', '2', '--prompt_len=8', '--new_tokens=4', '--calls=1',
+        '--repeats=1', '--peers=', '--limit_size=128', '--limit_mib=8'
+    ])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
     assert result['params'] == 231744  # the tiny workload: 232k parameters
@@ -49,9 +49,10 @@ def test_sample_workload_smoke(capsys):
 
 def test_dpo_workload_smoke(capsys):
     bench = _load('dpo')
-    result = bench.main(['--size=tiny', '--pairs=8', '--prompt_len=8', '--response_len=4',
-                         '--steps=1', '--repeats=1', '--peers=', '--limit_size=128',
-                         '--limit_mib=8'])
+    result = bench.main([
+        '--size=tiny', '--pairs=8', '--prompt_len=8', '--response_len=4', '--steps=1',
+        '--repeats=1', '--peers=', '--limit_size=128', '--limit_mib=8'
+    ])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
     pre = result['variants']['dpo_precomputed']

@@ -27,8 +27,9 @@ def _make_state(seed: int, sharding=None):
     """A trainer-like state: nested params, adamw opt_state (namedtuples), step, rng, algo."""
     params = {
         'embed': jnp.arange(8 * 4, dtype=jnp.float32).reshape(8, 4) + seed,
-        'block': {'w': jnp.full((4, 4), 0.5 * seed, jnp.float32),
-                  'b': jnp.arange(4, dtype=jnp.bfloat16)},
+        'block': {
+            'w': jnp.full((4, 4), 0.5 * seed, jnp.float32), 'b': jnp.arange(4, dtype=jnp.bfloat16)
+        },
     }
     opt_state = optax.adamw(1e-3).init(params)
     grads = jax.tree.map(jnp.ones_like, params)
@@ -50,6 +51,7 @@ def _target_shardings(state, mesh):
     def pick(x):
         spec = P('data') if x.ndim and x.shape[0] == 8 and 8 % mesh.size == 0 else P()
         return NamedSharding(mesh, spec)
+
     return jax.tree.map(pick, state)
 
 
@@ -70,8 +72,8 @@ def test_round_trip_onto_target_shardings(tmp_path):
     ckpt.close()
 
     shardings = _target_shardings(state, mesh)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                            shardings)
     ckpt = Checkpointer(str(tmp_path / 'ckpt'), save_every=1, keep=2)
     restored, meta = ckpt.restore(None, abstract)
     ckpt.close()
@@ -130,7 +132,7 @@ def test_incomplete_directories_are_ignored(tmp_path):
     ckpt.close()
 
 
-_KILLED_WRITER = textwrap.dedent('''
+_KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -153,24 +155,23 @@ _KILLED_WRITER = textwrap.dedent('''
     ckpt.save(4, {'w': jax.device_put(jnp.full((8, 4), 4.0), sharding)}, meta={'pos': 4})
     ckpt.wait()
     print('not killed')
-''')
+""")
 
 
 def test_sigkilled_save_is_not_latest(tmp_path):
     directory = tmp_path / 'ckpt'
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS='--xla_force_host_platform_device_count=8')
-    proc = subprocess.run([sys.executable, '-c', _KILLED_WRITER, str(directory)],
-                          env=env, capture_output=True, text=True, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, '-c', _KILLED_WRITER, str(directory)], env=env, capture_output=True,
+        text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     names = sorted(os.listdir(directory))
     assert '2' in names and '4.orbax-checkpoint-tmp' in names, names
     assert '4' not in names
 
     mesh = _mesh()
-    abstract = {'w': jax.ShapeDtypeStruct((8, 4), jnp.float32,
-                                          sharding=NamedSharding(mesh, P()))}
+    abstract = {'w': jax.ShapeDtypeStruct((8, 4), jnp.float32, sharding=NamedSharding(mesh, P()))}
     ckpt = Checkpointer(str(directory), save_every=1, keep=3)
     assert ckpt.latest_step() == 2
     state, meta = ckpt.restore(None, abstract)  # written on 8 devices, read on this mesh
@@ -183,7 +184,7 @@ def test_sigkilled_save_is_not_latest(tmp_path):
     assert '4.orbax-checkpoint-tmp' not in os.listdir(directory)
 
 
-_TWO_PROCESS_WORKER = textwrap.dedent('''
+_TWO_PROCESS_WORKER = textwrap.dedent("""
     import os, signal, sys, time, traceback
     import jax
     from jax.experimental import multihost_utils
@@ -226,7 +227,7 @@ _TWO_PROCESS_WORKER = textwrap.dedent('''
         sys.stdout.flush()
         os._exit(1)  # skip the distributed shutdown barrier so the test fails fast
     print('ok', sys.argv[1], flush=True)
-''')
+""")
 
 
 def test_two_processes_agree_on_stop_save_and_restore(tmp_path):
@@ -237,9 +238,14 @@ def test_two_processes_agree_on_stop_save_and_restore(tmp_path):
                XLA_FLAGS='--xla_force_host_platform_device_count=2')
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     logs = [open(tmp_path / f'process{i}.log', 'w+') for i in range(2)]
-    procs = [subprocess.Popen(
-        [sys.executable, '-c', _TWO_PROCESS_WORKER, str(i), str(tmp_path / 'ckpt'), str(port)],
-        env=env, cwd=repo, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', _TWO_PROCESS_WORKER,
+             str(i),
+             str(tmp_path / 'ckpt'),
+             str(port)], env=env, cwd=repo, stdout=logs[i], stderr=subprocess.STDOUT)
+        for i in range(2)
+    ]
     deadline = time.monotonic() + 90
     # A failing process leaves its peer blocked in a collective: stop waiting then.
     while (any(p.poll() is None for p in procs) and time.monotonic() < deadline
@@ -289,8 +295,10 @@ def test_other_layer_layout_is_refused_in_one_line(tmp_path, saved_scan):
     the directory, the two layouts and the flag that restores it."""
     from flax import nnx  # pylint: disable=g-import-not-at-top
     from alignjax.models import PRESETS, Decoder  # pylint: disable=g-import-not-at-top
-    state = lambda scan: {'params': nnx.state(Decoder(
-        PRESETS['tiny'].replace(num_layers=2, scan_layers=scan), rngs=nnx.Rngs(0)))}
+    state = lambda scan: {
+        'params': nnx.state(
+            Decoder(PRESETS['tiny'].replace(num_layers=2, scan_layers=scan), rngs=nnx.Rngs(0)))
+    }
     ckpt = Checkpointer(str(tmp_path), save_every=1, keep=1)
     ckpt.save(1, state(saved_scan))
     ckpt.close()

@@ -35,15 +35,18 @@ import experiment_runs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
 KILLS = 10
-ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
-           '--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
+ENV = dict(
+    os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+    '--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
 
 
 def flags(data):
     # JSONL data: no gold evaluation at the end, so a launch is start-up plus training.
-    return [f'--config={ROOT}/experiments/sft.py:tiny,steps={STEPS}', f'--config.data.train=jsonl:{data}',
-            '--config.data.batch_size=8', '--config.ckpt_every=2', '--config.log_every=1',
-            '--config.keep_ckpts=3']
+    return [
+        f'--config={ROOT}/experiments/sft.py:tiny,steps={STEPS}',
+        f'--config.data.train=jsonl:{data}', '--config.data.batch_size=8', '--config.ckpt_every=2',
+        '--config.log_every=1', '--config.keep_ckpts=3'
+    ]
 
 
 def launch(workdir, data, n):
@@ -57,8 +60,8 @@ def finished_steps(run):
     would clean up the temporary directory of the save the run is making."""
     ckpts = os.path.join(run, 'checkpoints')
     names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
-    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(ckpts, n,
-                                                                                     'state')))
+    return sorted(
+        int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(ckpts, n, 'state')))
 
 
 def unfinished_saves(run):
@@ -81,15 +84,17 @@ def final_params(run):
 
 
 def curve(run):
-    return [{k: v for k, v in m.items() if k not in metrics_lib.TIMING_KEYS}
+    return [{k: v
+             for k, v in m.items()
+             if k not in metrics_lib.TIMING_KEYS}
             for m in metrics_lib.read_metrics(str(run))]
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp('data') / 'sft.jsonl'
-    records_lib.write_jsonl(path, pipeline.load_records('synthetic:transitive', 'sft',
-                                                        num_examples=64))
+    records_lib.write_jsonl(path,
+                            pipeline.load_records('synthetic:transitive', 'sft', num_examples=64))
     return str(path)
 
 
@@ -144,8 +149,8 @@ def test_sigkill_at_random_moments_loses_nothing(reference, data, tmp_path):
         kinds.append(kind + (' (in a save)' if hit_save else ''))
         last.append((finished_steps(run) or [0])[-1])
         assert last[-1] >= before, f'kill {len(kinds)} ({kind}) lost checkpoint {before}'
-    resumed = sum('Resumed from' in open(log).read()
-                  for log in glob.glob(str(tmp_path / 'launch-*.log')))
+    resumed = sum(
+        'Resumed from' in open(log).read() for log in glob.glob(str(tmp_path / 'launch-*.log')))
     print(f'{len(kinds)} kills, {in_save} inside a save: {kinds}; last complete checkpoint '
           f'after each: {last}; {resumed} launches resumed before the final one')
     assert len(kinds) >= 10 and in_save >= 3, (kinds, last)
@@ -161,6 +166,7 @@ def test_sigkill_at_random_moments_loses_nothing(reference, data, tmp_path):
 
 # --- the non-finite guard -----------------------------------------------------------------------
 
+
 def tiny_config(**overrides):
     c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'sft.py') + ':tiny,steps=6')
     c.log_every = 1
@@ -173,7 +179,6 @@ def tiny_config(**overrides):
 
 def with_nan_at(step_index):
     """SFT whose batch at `step_index` carries a NaN (a float field summed into the loss)."""
-
     def build(config, mesh):
         algo = sft.build(config, mesh)
         algo.evaluate = algo.summarize = None
@@ -213,8 +218,9 @@ def clean_run(tmp_path_factory):
 
 
 def test_nan_in_a_batch_stops_and_keeps_the_last_good_checkpoint(clean_run, tmp_path):
-    with pytest.raises(FloatingPointError, match=r'Non-finite values at step 3 in loss, grad_norm: '
-                                                 r'loss=nan, grad_norm=nan'):
+    with pytest.raises(
+            FloatingPointError, match=r'Non-finite values at step 3 in loss, grad_norm: '
+            r'loss=nan, grad_norm=nan'):
         loop.train(tiny_config(), str(tmp_path), with_nan_at(3))
     steps, params = params_at(str(tmp_path), 3)
     assert steps == [1, 2, 3]  # step index 3 would have been saved as 4
@@ -222,7 +228,8 @@ def test_nan_in_a_batch_stops_and_keeps_the_last_good_checkpoint(clean_run, tmp_
     jax.tree.map(np.testing.assert_array_equal, clean, params)
     # Re-running without the NaN resumes from that checkpoint onto the clean curve.
     loop.train(tiny_config(), str(tmp_path), with_nan_at(-1))
-    jax.tree.map(np.testing.assert_array_equal, params_at(clean_run, 6)[1],
+    jax.tree.map(np.testing.assert_array_equal,
+                 params_at(clean_run, 6)[1],
                  params_at(str(tmp_path), 6)[1])
     assert curve(tmp_path) == curve(clean_run)
 
@@ -234,20 +241,23 @@ def test_nan_in_a_batch_is_skipped_and_counted(clean_run, tmp_path):
     assert rows[3]['loss'] is None and np.isfinite(rows[4]['loss'])  # metrics.jsonl: nan -> null
     # The skipped update left parameters (and optimizer state) as they were after step 3, which
     # are exactly the clean run's; afterwards the run goes on from there.
-    jax.tree.map(np.testing.assert_array_equal, params_at(clean_run, 3)[1],
+    jax.tree.map(np.testing.assert_array_equal,
+                 params_at(clean_run, 3)[1],
                  params_at(str(tmp_path), 4)[1])
     final = params_at(str(tmp_path), 6)[1]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(final))
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(final), jax.tree.leaves(params_at(clean_run, 6)[1])))
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(params_at(clean_run, 6)[1])))
 
 
 # --- reproducibility ----------------------------------------------------------------------------
 
+
 def test_same_seed_same_metrics_bitwise(clean_run, tmp_path):
     loop.train(tiny_config(), str(tmp_path / 'again'), with_nan_at(-1))
     assert curve(tmp_path / 'again') == curve(clean_run)
-    jax.tree.map(np.testing.assert_array_equal, params_at(clean_run, 6)[1],
+    jax.tree.map(np.testing.assert_array_equal,
+                 params_at(clean_run, 6)[1],
                  params_at(str(tmp_path / 'again'), 6)[1])
     loop.train(tiny_config(seed=1), str(tmp_path / 'seed1'), with_nan_at(-1))
     assert curve(tmp_path / 'seed1')[0]['loss'] != curve(clean_run)[0]['loss']
@@ -255,8 +265,9 @@ def test_same_seed_same_metrics_bitwise(clean_run, tmp_path):
 
 # --- issue 20: two runs on one workdir, and a kill inside the resume's restore -----------------
 
-def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_is_unharmed(reference, data,
-                                                                            tmp_path):
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_is_unharmed(
+        reference, data, tmp_path):
     """Two identical commands launched together: one takes the workdir and ends exactly as a run
     alone; the other is refused in one line naming it. A third, launched once the lock is held,
     is refused before it imports jax (`workdir.exit_if_busy`)."""

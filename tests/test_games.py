@@ -186,7 +186,7 @@ def test_fixed_points(pi_star):
 def test_nash_md_one_step_matches_a_direct_computation():
     eta = 0.3
     pi = np.array([0.1, 0.4, 0.2, 0.2, 0.1])
-    mix = pi ** (1 - eta * TAU) * MU ** (eta * TAU)
+    mix = pi**(1 - eta * TAU) * MU**(eta * TAU)
     mix /= mix.sum()
     want = mix * np.exp(eta * P @ mix)
     got = games.iterate('nash_md', P, MU, tau=TAU, eta=eta, steps=1, pi0=pi)[1]
@@ -199,10 +199,13 @@ def test_mirror_prox_needs_fewer_iterations_than_nash_md(pi_star):
     counts = {}
     for method, steps in (('nash_md', 2500), ('nash_mp', 1000)):  # None: not within `steps`
         for eta in grid:
-            counts[method, eta] = steps_to(
-                pi_star, games.iterate(method, P, MU, tau=TAU, eta=eta, steps=steps))
-    best = {m: min(c for (k, _), c in counts.items() if k == m and c is not None)
-            for m in ('nash_md', 'nash_mp')}
+            counts[method,
+                   eta] = steps_to(pi_star,
+                                   games.iterate(method, P, MU, tau=TAU, eta=eta, steps=steps))
+    best = {
+        m: min(c for (k, _), c in counts.items() if k == m and c is not None)
+        for m in ('nash_md', 'nash_mp')
+    }
     assert counts['nash_mp', 0.3] < counts['nash_md', 0.3] / 2  # measured 856 vs 2095
     assert best['nash_md'] > 2000 and best['nash_mp'] < 25  # measured 2095 and 20
     assert best['nash_mp'] * 50 < best['nash_md']
@@ -243,8 +246,7 @@ def test_multiplicative_weights_last_iterate_cycles_while_the_average_converges(
     assert window.min() > 0.05 and window.max() > 0.2  # measured 0.072 and 0.246
     assert average[-1] < 0.01  # measured 0.0033
     assert average[-1] < average[steps // 2] < average[steps // 10]  # 0.0033 < 0.010 < 0.021
-    np.testing.assert_allclose(games.average_iterates(policies)[-1], NASH_UNREGULARISED,
-                               atol=0.02)
+    np.testing.assert_allclose(games.average_iterates(policies)[-1], NASH_UNREGULARISED, atol=0.02)
 
 
 def test_sppo_and_dno_are_multiplicative_weights():
@@ -259,8 +261,9 @@ def test_sppo_and_dno_are_multiplicative_weights():
 
 
 def test_plot_convergence_writes_a_png(tmp_path):
-    histories = {m: games.iterate(m, P, MU, tau=TAU, eta=0.3, steps=50) for m in ('nash_md',
-                                                                              'nash_mp')}
+    histories = {
+        m: games.iterate(m, P, MU, tau=TAU, eta=0.3, steps=50) for m in ('nash_md', 'nash_mp')
+    }
     path = tmp_path / 'convergence.png'
     games.plot_convergence(histories, P, MU, TAU, str(path))
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

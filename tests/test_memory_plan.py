@@ -87,7 +87,6 @@ def test_check_fits_refuses_a_tiny_budget(sft8):
 
 class _Refused:
     """A program whose compile the TPU compiler refuses, as it words it."""
-
     def lower(self, x):
         lowered = jax.jit(lambda x: jnp.cumsum(x * 2.0, axis=0)).lower(x)
 
@@ -109,8 +108,9 @@ def test_refused_compile_becomes_the_same_one_line_error(sft8):
     assert row.temp == int(17.26 * (1 << 30))
     assert row.largest[0][0] == 1024 * 256 * 4 and 'f32[1024,256]' in row.largest[0][1]
     report = mp.Report('sft', 'tiny', 'v5e:8x8', (1, 64, 1), sft8.config, [row])
-    with pytest.raises(ValueError, match=r'update needs RESOURCE_EXHAUSTED.*HLO temporaries '
-                                         r'\(17.26G\).*f32\[1024,256\].*microbatches'):
+    with pytest.raises(
+            ValueError, match=r'update needs RESOURCE_EXHAUSTED.*HLO temporaries '
+            r'\(17.26G\).*f32\[1024,256\].*microbatches'):
         mp.check_fits(report, None)  # refused: no budget needed to know it does not fit
 
 

@@ -23,6 +23,7 @@ def _strict_lines(workdir):
     """Parses metrics.jsonl rejecting the NaN/Infinity tokens json.loads accepts by default."""
     def reject(token):
         raise ValueError(f'non-standard JSON token {token}')
+
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         return [json.loads(line, parse_constant=reject) for line in f]
 
@@ -44,7 +45,8 @@ def _tensorboard_events(workdir):
 def _tensorboard_scalars(workdir):
     """(tag, step, value) of every scalar written under workdir/tensorboard."""
     return [(value.tag, event.step, value.simple_value)
-            for event in _tensorboard_events(workdir) for value in event.summary.value]
+            for event in _tensorboard_events(workdir)
+            for value in event.summary.value]
 
 
 class FakeClock:
@@ -141,14 +143,18 @@ def test_reserved_and_non_scalar_metrics_raise(tmp_path):
 
 def test_summary_is_written_atomically(tmp_path, monkeypatch):
     writer = MetricsWriter(str(tmp_path), total_steps=5, tensorboard=False)
-    writer.write_summary({'gold_reward': jnp.float32(0.5), 'gold_reward_ref': 0.25,
-                          'per_task': {'x': [1, np.float32(np.nan)]}})
+    writer.write_summary({
+        'gold_reward': jnp.float32(0.5), 'gold_reward_ref': 0.25,
+        'per_task': {'x': [1, np.float32(np.nan)]}
+    })
     path = tmp_path / 'summary.json'
     assert json.loads(path.read_text()) == {
-        'gold_reward': 0.5, 'gold_reward_ref': 0.25, 'per_task': {'x': [1, None]}}
+        'gold_reward': 0.5, 'gold_reward_ref': 0.25, 'per_task': {'x': [1, None]}
+    }
 
     def crash(src, dst):
         raise OSError('killed before rename')
+
     monkeypatch.setattr(metrics_lib.os, 'replace', crash)
     with pytest.raises(OSError):
         writer.write_summary({'gold_reward': 0.9})
@@ -162,13 +168,16 @@ def test_tensorboard_scalars_and_purge_on_resume(tmp_path):
         writer.write(2, {'loss': 0.5, 'bad': float('nan')}, tokens=10)
     scalars = _tensorboard_scalars(str(tmp_path))
     assert ('loss', 1, 0.75) in scalars and ('loss', 2, 0.5) in scalars
-    assert {tag for tag, _, _ in scalars} == {
-        'loss', 'timing/steps_per_s', 'timing/tokens_per_s', 'timing/eta_s'}
+    assert {tag for tag, _, _ in scalars
+           } == {'loss', 'timing/steps_per_s', 'timing/tokens_per_s', 'timing/eta_s'}
     with MetricsWriter(str(tmp_path), total_steps=5) as writer:
         writer.truncate_after(1)
         writer.write(2, {'loss': 0.25})
-    purges = [event.step for event in _tensorboard_events(str(tmp_path))
-              if event.session_log.status == event_pb2.SessionLog.START]
+    purges = [
+        event.step
+        for event in _tensorboard_events(str(tmp_path))
+        if event.session_log.status == event_pb2.SessionLog.START
+    ]
     assert purges == [2]  # TensorBoard hides the pre-resume events from step 2 on
     assert ('loss', 2, 0.25) in _tensorboard_scalars(str(tmp_path))
 
@@ -198,12 +207,12 @@ def test_untimed_write_has_no_rates_and_keeps_the_clock(tmp_path, clock):
     assert 'steps/s' not in writer.progress_line(10, rows[1])
 
 
-IN_PROCESS = r'''
+IN_PROCESS = r"""
 import sys
 sys.path.insert(0, 'tests')
 import experiment_runs
 experiment_runs.run(sys.argv[1], 'sft.py:tiny,steps=4', log_every=2, ckpt_every=2)
-'''
+"""
 
 
 def test_a_run_called_from_python_prints_its_progress(tmp_path):
@@ -211,8 +220,9 @@ def test_a_run_called_from_python_prints_its_progress(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
                JAX_PLATFORMS='cpu')
-    out = subprocess.run([sys.executable, '-c', IN_PROCESS, str(tmp_path / 'run')], cwd=root,
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, '-c', IN_PROCESS, str(tmp_path / 'run')], cwd=root, env=env,
+        capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r'step 2/4 \| .*loss', out.stderr) and 'step 4/4' in out.stderr, \
         out.stderr[-3000:]
@@ -247,23 +257,27 @@ def test_the_tracker_gets_the_scalars_and_the_config(tmp_path, monkeypatch):
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_SILENT', 'true')
     workdir = tmp_path / 'run'
-    experiment_runs.run(workdir, 'sft.py:tiny,steps=4', log_every=2, ckpt_every=2,
-                        tracker='wandb', tracker_project='test')
+    experiment_runs.run(workdir, 'sft.py:tiny,steps=4', log_every=2, ckpt_every=2, tracker='wandb',
+                        tracker_project='test')
     files = glob.glob(str(workdir / 'wandb' / 'offline-run-*' / 'run-*.wandb'))
     assert len(files) == 1
     records = _wandb_records(files[0])
     history = {}
     for r in records:
         if r.WhichOneof('record_type') == 'history':
-            items = {i.key or '/'.join(i.nested_key): json.loads(i.value_json)
-                     for i in r.history.item}
-            history.setdefault(items.pop('_step'), {}).update(
-                {k: v for k, v in items.items() if not k.startswith('_')})
+            items = {
+                i.key or '/'.join(i.nested_key): json.loads(i.value_json) for i in r.history.item
+            }
+            history.setdefault(items.pop('_step'),
+                               {}).update({k: v for k, v in items.items() if not k.startswith('_')})
     rows = read_metrics(str(workdir))
     assert sorted(history) == sorted({r['step'] for r in rows})
     for row in rows:
-        want = {f'timing/{k}' if k in TIMING_KEYS else k: v for k, v in row.items()
-                if k != 'step' and isinstance(v, (int, float))}
+        want = {
+            f'timing/{k}' if k in TIMING_KEYS else k: v
+            for k, v in row.items()
+            if k != 'step' and isinstance(v, (int, float))
+        }
         assert {k: history[row['step']][k] for k in want} == pytest.approx(want), row['step']
     config = [r.run.config for r in records if r.WhichOneof('record_type') == 'run']
     keys = {item.key: json.loads(item.value_json) for c in config for item in c.update}

@@ -74,8 +74,8 @@ def test_geometric_mixture_samples_follow_the_analytic_mixture():
                             combine=sampling.geometric_mixture(M))
     tokens = np.asarray(out['tokens'])[:, 0]
     # The sampler's own log-probs of the drawn tokens are the analytic mixture's.
-    np.testing.assert_allclose(np.asarray(out['logprobs'])[:, 0], np.log(mixture[tokens]),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(out['logprobs'])[:, 0], np.log(mixture[tokens]), atol=1e-4)
     counts = np.bincount(tokens, minlength=CFG.vocab_size)
 
     p_mixture, bins = pooled_chisquare(counts, mixture)

@@ -29,17 +29,23 @@ from alignjax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
-OVERRIDES = {'ckpt_every': 4, 'log_every': 2, 'eval.num_prompts': 8, 'mesh.shape': (1, -1, 1),
-             'model.num_layers': 1}  # one layer: half the compile time, the same question
+OVERRIDES = {
+    'ckpt_every': 4, 'log_every': 2, 'eval.num_prompts': 8, 'mesh.shape': (1, -1, 1),
+    'model.num_layers': 1
+}  # one layer: half the compile time, the same question
 SPEC = f'sft.py:tiny,steps={STEPS}'
-ARGS = [f'--config=experiments/{SPEC}',
-        *(f'--config.{k}={str(v).replace(" ", "")}' for k, v in OVERRIDES.items())]
+ARGS = [
+    f'--config=experiments/{SPEC}',
+    *(f'--config.{k}={str(v).replace(" ", "")}' for k, v in OVERRIDES.items())
+]
 
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    flags = [f for f in env.get('XLA_FLAGS', '').split()
-             if 'xla_force_host_platform_device_count' not in f]
+    flags = [
+        f for f in env.get('XLA_FLAGS', '').split()
+        if 'xla_force_host_platform_device_count' not in f
+    ]
     env['XLA_FLAGS'] = ' '.join([*flags, f'--xla_force_host_platform_device_count={devices}'])
     env['JAX_PLATFORMS'] = 'cpu'
     env['JAX_CPU_COLLECTIVES_IMPLEMENTATION'] = 'gloo'  # cross-process CPU collectives (default
@@ -55,11 +61,15 @@ def _free_port() -> int:
 
 def run_processes(workdir, n: int, timeout: int = 600, expect: int = 0) -> list[str]:
     """Runs the experiment as `n` processes of 8 // n devices; returns their logs."""
-    cmd = [sys.executable, '-m', 'alignjax.main', *ARGS, f'--workdir={workdir}', '--distributed',
-           f'--coordinator_address=localhost:{_free_port()}', f'--num_processes={n}']
-    procs = [subprocess.Popen(cmd + [f'--process_id={i}'], cwd=ROOT,
-                              env=_env(8 // n), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    cmd = [
+        sys.executable, '-m', 'alignjax.main', *ARGS, f'--workdir={workdir}', '--distributed',
+        f'--coordinator_address=localhost:{_free_port()}', f'--num_processes={n}'
+    ]
+    procs = [
+        subprocess.Popen(cmd + [f'--process_id={i}'], cwd=ROOT, env=_env(8 // n),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(n)
+    ]
     logs = []
     try:
         for p in procs:
@@ -74,7 +84,9 @@ def run_processes(workdir, n: int, timeout: int = 600, expect: int = 0) -> list[
 
 
 def curve(workdir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in metrics_lib.TIMING_KEYS}
+    return [{k: v
+             for k, v in r.items()
+             if k not in metrics_lib.TIMING_KEYS}
             for r in metrics_lib.read_metrics(str(workdir))]
 
 
@@ -117,7 +129,9 @@ def assert_same_run(a, b):
 
 def _leaves(tree, prefix=''):
     if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f'{prefix}/{key}').items()}
+        return {
+            k: v for key, sub in tree.items() for k, v in _leaves(sub, f'{prefix}/{key}').items()
+        }
     return {prefix: np.asarray(tree)}
 
 
@@ -161,7 +175,7 @@ def test_a_held_workdir_refuses_every_process(tmp_path):
     assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]
 
 
-WORKER = r'''
+WORKER = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np
 from alignjax import sharding
@@ -179,22 +193,24 @@ for shape in ((1, -1, 1), (2, 2, 2), (1, 1, -1), (-1, 1, 1)):
     assert float(total) == float(np.sum(rows * np.arange(1, 17)[:, None])), (shape, float(total))
     np.testing.assert_array_equal(sharding.to_local(x), local)
 print('worker ok', i)
-'''
+"""
 
 
 def test_process_local_batches_on_any_mesh():
     """Rows of each process land once, in process order, whether the mesh splits the batch
     by process (data, FSDP) or every device needs every row (tensor-parallel across hosts)."""
     address = f'localhost:{_free_port()}'
-    procs = [subprocess.Popen([sys.executable, '-c', WORKER, address, str(i)], cwd=ROOT,
-                              env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', WORKER, address, str(i)], cwd=ROOT, env=_env(4),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)
+    ]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     for i, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0 and f'worker ok {i}' in log, log[-3000:]
 
 
-LOADER = r'''
+LOADER = r"""
 import json, sys
 import jax
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
@@ -224,7 +240,7 @@ for name, layer, path, var in hf._tensors(nnx.state(model), hf.FAMILIES['llama']
         np.testing.assert_array_equal(got, x[index])
         checked += 1
 print('LOADED', json.dumps({'read': read, 'total': total, 'checked': checked}))
-'''
+"""
 
 
 def test_each_process_reads_only_its_shards_of_a_checkpoint(tmp_path):
@@ -236,14 +252,16 @@ def test_each_process_reads_only_its_shards_of_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, head_dim=16,
-                                      tie_word_embeddings=False)
+                                      num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
     model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / 'hf')
     address = f'localhost:{_free_port()}'
-    procs = [subprocess.Popen([sys.executable, '-c', LOADER, address, str(i), str(tmp_path / 'hf')],
-                              cwd=ROOT, env=_env(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', LOADER, address,
+             str(i), str(tmp_path / 'hf')], cwd=ROOT, env=_env(4), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True) for i in range(2)
+    ]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     results = []
     for i, (p, log) in enumerate(zip(procs, logs)):

@@ -17,8 +17,8 @@ from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(ROOT, 'colabs')
-NOTEBOOKS = sorted(os.path.basename(p)[:-len('.ipynb')]
-                   for p in glob.glob(os.path.join(COLABS, '*.ipynb')))
+NOTEBOOKS = sorted(
+    os.path.basename(p)[:-len('.ipynb')] for p in glob.glob(os.path.join(COLABS, '*.ipynb')))
 
 
 def _generator():
@@ -31,8 +31,9 @@ def _generator():
 
 def test_every_reproduction_has_a_committed_notebook_from_the_generator():
     gen = _generator()
-    repro = sorted(os.path.basename(p)[:-3] for p in
-                   glob.glob(os.path.join(ROOT, 'alignjax', 'repro', '*.py')))
+    repro = sorted(
+        os.path.basename(p)[:-3]
+        for p in glob.glob(os.path.join(ROOT, 'alignjax', 'repro', '*.py')))
     repro = [m for m in repro if m not in ('__init__', 'common', 'best_of_n')]
     assert sorted(gen.NOTEBOOKS) == repro == NOTEBOOKS
     for name in NOTEBOOKS:
@@ -64,8 +65,8 @@ def test_notebook_runs_in_reduced_mode(name, repro_dir, tmp_path, monkeypatch):
     monkeypatch.setenv('ALIGNJAX_REPRO_DIR', repro_dir)
     monkeypatch.setenv('MPLBACKEND', 'Agg')
     # This checkout's alignjax, installed or not (the install cell is skipped when it imports).
-    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
-        filter(None, [ROOT, os.environ.get('PYTHONPATH', '')])))
+    monkeypatch.setenv('PYTHONPATH',
+                       os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH', '')])))
     nb = nbformat.read(os.path.join(COLABS, f'{name}.ipynb'), as_version=4)
     NotebookClient(nb, timeout=600, kernel_name='python3',
                    resources={'metadata': {'path': str(tmp_path)}}).execute()

@@ -17,8 +17,8 @@ import experiment_runs
 
 
 def test_quickstart_smoke(tmp_path):
-    config = experiment_lib.load_config(os.path.join(experiment_runs.ROOT, 'experiments',
-                                                     'quickstart.py:smoke'))
+    config = experiment_lib.load_config(
+        os.path.join(experiment_runs.ROOT, 'experiments', 'quickstart.py:smoke'))
     summary = stages.run(config, str(tmp_path))
     names = [r['algorithm'] for r in summary['rows']]
     assert names == ['sft', 'ppo', 'remax', 'grpo', 'dpo', 'nash_md']

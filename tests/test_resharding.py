@@ -69,7 +69,8 @@ def test_reshard_places_every_parameter_on_the_generation_sharding(setup):
     assert any('tensor' in str(s) for s in flat) and not any('fsdp' in str(s) for s in flat)
     rep = resharding.GenerationSharding.from_spec('replicated', train_mesh)
     moved, _ = rep.reshard(policy)
-    assert all(s == jax.sharding.PartitionSpec() or all(a is None for a in s)
+    assert all(s == jax.sharding.PartitionSpec() or all(a is None
+                                                        for a in s)
                for s in jax.tree.leaves(sharding.spec_tree(moved)))
     # Same values, other home: the move is exact.
     for a, b in zip(jax.tree.leaves(nnx.state(policy)), jax.tree.leaves(nnx.state(moved))):

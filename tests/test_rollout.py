@@ -39,9 +39,9 @@ def setup():
 def make_rollout(setup, scorer=None, **kw):
     mesh, _, reference, _, records, stream = setup
     config = rollout_lib.RolloutConfig(samples_per_prompt=K, max_new_tokens=10, **kw)
-    return rollout_lib.Rollout(prompts=stream, records=records, tok=TOK,
-                               scorer=scorer or rollout_lib.GoldScorer(TASK), reference=reference,
-                               config=config, mesh=mesh, seed=5, task=TASK)
+    return rollout_lib.Rollout(prompts=stream, records=records, tok=TOK, scorer=scorer
+                               or rollout_lib.GoldScorer(TASK), reference=reference, config=config,
+                               mesh=mesh, seed=5, task=TASK)
 
 
 def test_rows_are_grouped_and_match_sampler_and_teacher_forcing(setup):
@@ -89,9 +89,9 @@ def test_greedy_baseline_is_the_greedy_decode(setup):
     with jax.set_mesh(mesh):
         b = make_rollout(setup, greedy_baseline=True)(2, policy)
         pb = stream[2]
-        out = sampling.generate(policy, pb['prompt'], pb['prompt_mask'], jax.random.key(0),
-                                sampling.SamplingConfig(max_new_tokens=10, greedy=True,
-                                                        prompt_bucket=8))
+        out = sampling.generate(
+            policy, pb['prompt'], pb['prompt_mask'], jax.random.key(0),
+            sampling.SamplingConfig(max_new_tokens=10, greedy=True, prompt_bucket=8))
     np.testing.assert_array_equal(b['greedy_response'], np.asarray(out['tokens']))
     texts = [records[int(i)]['prompt'] for i in pb['index']]
     decoded = [TOK.decode(t) for t in np.asarray(out['tokens'])]

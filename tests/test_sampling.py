@@ -70,8 +70,9 @@ _processed = jax.jit(sampling.process_logits, static_argnames=('temperature', 't
 
 def processed_logprobs(logits, tokens, mask, config):
     """Log-probs of `tokens` under the processed (temperature / top-k / top-p) distribution."""
-    lp = np.asarray(_processed(jnp.asarray(logits), temperature=config.temperature,
-                               top_k=config.top_k, top_p=config.top_p))
+    lp = np.asarray(
+        _processed(jnp.asarray(logits), temperature=config.temperature, top_k=config.top_k,
+                   top_p=config.top_p))
     return np.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0] * mask
 
 
@@ -142,12 +143,13 @@ def test_process_logits_matches_numpy(name):
     settings reuse the programs compiled here in the teacher-forcing tests below."""
     config = FILTERS[name]
     logits = 2.0 * np.random.RandomState(0).randn(4, N, V).astype(np.float32)
-    got = np.asarray(_processed(jnp.asarray(logits), temperature=config.temperature,
-                                top_k=config.top_k, top_p=config.top_p))
+    got = np.asarray(
+        _processed(jnp.asarray(logits), temperature=config.temperature, top_k=config.top_k,
+                   top_p=config.top_p))
     sizes = []
     for b, t in np.ndindex(4, N):
-        want = ref_process_logits(logits[b, t].astype(np.float64), config.temperature,
-                                  config.top_k, config.top_p)
+        want = ref_process_logits(logits[b, t].astype(np.float64), config.temperature, config.top_k,
+                                  config.top_p)
         kept = np.isfinite(want)
         np.testing.assert_array_equal(got[b, t] > -1e29, kept)
         np.testing.assert_allclose(got[b, t][kept], want[kept], rtol=1e-5, atol=1e-5)
@@ -179,8 +181,8 @@ def test_logprobs_equal_teacher_forced_forward(name, sample, policy, prompts):
     assert np.abs(out['logprobs'] - out['policy_logprobs']).max() > 1e-3
     if config.top_k and config.top_p < 1.0:
         # Both filters bind somewhere: top-k cuts nuclei larger than k, top-p cuts within top k.
-        kept = lambda **kw: (np.asarray(_processed(
-            jnp.asarray(logits), temperature=config.temperature, **kw)) > -1e29).sum(-1)
+        kept = lambda **kw: (np.asarray(
+            _processed(jnp.asarray(logits), temperature=config.temperature, **kw)) > -1e29).sum(-1)
         assert (kept(top_k=0, top_p=config.top_p) > config.top_k).any()
         assert (kept(top_k=config.top_k, top_p=config.top_p) < config.top_k).any()
     if config.top_k:
@@ -190,8 +192,9 @@ def test_logprobs_equal_teacher_forced_forward(name, sample, policy, prompts):
 
 def test_top_k_one_is_greedy(sample, policy, prompts):
     greedy = sample('greedy')
-    top1 = to_numpy(sampling.generate(
-        policy, *prompts, KEY, SamplingConfig(max_new_tokens=N, top_k=1, eos_id=NO_EOS)))
+    top1 = to_numpy(
+        sampling.generate(policy, *prompts, KEY,
+                          SamplingConfig(max_new_tokens=N, top_k=1, eos_id=NO_EOS)))
     np.testing.assert_array_equal(top1['tokens'], greedy['tokens'])
     close(top1['policy_logprobs'], greedy['policy_logprobs'])
     close(top1['logprobs'], 0.0)  # sampled from a point mass
@@ -269,8 +272,8 @@ def test_geometric_mixture_interpolates_between_models(sample, policy, reference
     mu_out = to_numpy(sampling.generate(reference, *prompts, KEY, config))
     assert (pi_out['tokens'] != mu_out['tokens']).any()
     both = [policy, reference]
-    mix = lambda m: to_numpy(sampling.generate(both, *prompts, KEY, config,
-                                               combine=sampling.geometric_mixture(m)))
+    mix = lambda m: to_numpy(
+        sampling.generate(both, *prompts, KEY, config, combine=sampling.geometric_mixture(m)))
     at0, at1, half = mix(0.0), mix(1.0), mix(0.5)
 
     np.testing.assert_array_equal(at0['tokens'], pi_out['tokens'])
@@ -287,13 +290,13 @@ def test_geometric_mixture_interpolates_between_models(sample, policy, reference
     pi_logits, pi_logp = teacher(policy, *prompts, half)
     mu_logits, _ = teacher(reference, *prompts, half)
     mixed = 0.5 * jax.nn.log_softmax(pi_logits) + 0.5 * jax.nn.log_softmax(mu_logits)
-    close(half['logprobs'], processed_logprobs(np.asarray(mixed), half['tokens'], half['mask'],
-                                               config))
+    close(half['logprobs'],
+          processed_logprobs(np.asarray(mixed), half['tokens'], half['mask'], config))
     close(half['policy_logprobs'], pi_logp)
     # The library's own combine is a stable jit static: the same coefficient reuses the program.
     size = sampling._generate._cache_size()
-    again = to_numpy(sampling.generate(both, *prompts, KEY, config,
-                                       combine=sampling.geometric_mixture(0.5)))
+    again = to_numpy(
+        sampling.generate(both, *prompts, KEY, config, combine=sampling.geometric_mixture(0.5)))
     assert sampling._generate._cache_size() == size
     np.testing.assert_array_equal(again['tokens'], half['tokens'])
 
@@ -357,9 +360,9 @@ def test_every_noise_mode_samples_the_same_tokens(name, policy, prompts):
     graphdef, state = nnx.split(policy)
     prompt, mask = sampling.bucket_prompts(jnp.asarray(prompts[0]), jnp.asarray(prompts[1]),
                                            config.prompt_bucket, config.pad_id)
-    run = lambda mode: to_numpy(sampling._generate(
-        [state], prompt, mask, KEY, graphdefs=(graphdef,), config=config,
-        combine=sampling.first_model_logits, noise=mode))
+    run = lambda mode: to_numpy(
+        sampling._generate([state], prompt, mask, KEY, graphdefs=(graphdef,), config=config, combine
+                           =sampling.first_model_logits, noise=mode))
     ref = run('jax')
     for mode in ('step', 'table'):
         out = run(mode)

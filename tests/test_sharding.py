@@ -44,10 +44,10 @@ _TENSOR_AND_FSDP = {  # 'tensor' and 'fsdp' both > 1 and every dimension divides
 EXPECTED_SPECS = {
     (8, 1, 1): {name: (None,) * len(spec) for name, spec in _TENSOR_AND_FSDP.items()},
     (2, 4, 1): {  # tensor has size 1: only the embed dimension is split, over fsdp
-        'embedding': (None, 'fsdp'), 'q_proj': ('fsdp', None, None),
-        'k_proj': ('fsdp', None, None), 'v_proj': ('fsdp', None, None),
-        'o_proj': (None, None, 'fsdp'), 'gate_proj': ('fsdp', None), 'up_proj': ('fsdp', None),
-        'down_proj': (None, 'fsdp'), 'scale': (None,)},
+        'embedding': (None, 'fsdp'), 'q_proj': ('fsdp', None, None), 'k_proj': ('fsdp', None, None),
+        'v_proj': ('fsdp', None, None), 'o_proj': (None, None, 'fsdp'), 'gate_proj': ('fsdp', None),
+        'up_proj': ('fsdp', None), 'down_proj': (None, 'fsdp'), 'scale': (None,)
+    },
     (2, 2, 2): _TENSOR_AND_FSDP,
     (1, 4, 2): _TENSOR_AND_FSDP,  # 64 / 4, 264 / 2, 128 / 2, 4 / 2 and 2 / 2 all divide
 }
@@ -79,10 +79,12 @@ def make_batch():
     prompt = rng.randint(3, CFG.vocab_size, (B, PROMPT)).astype(np.int32)
     prompt_mask = (np.arange(PROMPT)[None] >= rng.randint(0, 6, (B, 1))).astype(np.int32)
     response = rng.randint(3, CFG.vocab_size, (B, RESPONSE)).astype(np.int32)
-    response_mask = (np.arange(RESPONSE)[None] < rng.randint(1, RESPONSE + 1, (B, 1))).astype(
-        np.int32)
-    return {'prompt': prompt * prompt_mask, 'prompt_mask': prompt_mask,
-            'response': response * response_mask, 'response_mask': response_mask}
+    response_mask = (np.arange(RESPONSE)[None] < rng.randint(1, RESPONSE + 1,
+                                                             (B, 1))).astype(np.int32)
+    return {
+        'prompt': prompt * prompt_mask, 'prompt_mask': prompt_mask,
+        'response': response * response_mask, 'response_mask': response_mask
+    }
 
 
 def ctor():
@@ -94,7 +96,6 @@ def ctor():
 
 def step(graphdef, state, batch):
     """Logits, mean response NLL and its gradients: forward, loss and backward in one program."""
-
     def loss_fn(state):
         model = nnx.merge(graphdef, state)
         logp = response_logprobs(model, batch['prompt'], batch['prompt_mask'], batch['response'],
@@ -159,11 +160,11 @@ def test_kv_heads_that_do_not_divide_are_replicated():
     got = {path: s.spec for path, s in _leaves(sharding.state_shardings(abstract, mesh))}
     want = {
         'embedding': ('tensor', 'fsdp'), 'lm_head': ('fsdp', 'tensor'),
-        'q_proj': ('fsdp', 'tensor', None), 'k_proj': ('fsdp', None, None),
-        'v_proj': ('fsdp', None, None), 'o_proj': ('tensor', None, 'fsdp'),
-        'q_bias': ('tensor', None), 'k_bias': (None, None), 'v_bias': (None, None),
-        'gate_proj': ('fsdp', 'tensor'), 'up_proj': ('fsdp', 'tensor'),
-        'down_proj': ('tensor', 'fsdp'), 'scale': (None,)}
+        'q_proj': ('fsdp', 'tensor', None), 'k_proj': ('fsdp', None, None), 'v_proj':
+            ('fsdp', None, None), 'o_proj': ('tensor', None, 'fsdp'), 'q_bias': ('tensor', None),
+        'k_bias': (None, None), 'v_bias': (None, None), 'gate_proj': ('fsdp', 'tensor'), 'up_proj':
+            ('fsdp', 'tensor'), 'down_proj': ('tensor', 'fsdp'), 'scale': (None,)
+    }
     assert set(got) == {p for p, _ in _leaves(abstract)}
     for path, spec in got.items():
         assert spec == P(*_spec(want, path)), path
@@ -179,9 +180,9 @@ def test_head_parameters_and_overridden_rules():
         assert got['backbone/layers/attn/q_proj'] == P(None, 'fsdp', 'tensor', None)
     # A rules table from a config (lists, as a ConfigDict holds them): embed over both fsdp and
     # tensor, mlp replicated. A mesh axis is used once per tensor: vocab takes 'tensor' first.
-    rules = sharding.rules_from_config([
-        ['vocab', 'tensor'], ['embed', ['fsdp', 'tensor']], ['mlp', None], ['heads', 'tensor'],
-        ['kv_heads', 'tensor'], ['head_dim', None], ['norm', None]])
+    rules = sharding.rules_from_config([['vocab', 'tensor'], ['embed', ['fsdp', 'tensor']],
+                                        ['mlp', None], ['heads', 'tensor'], ['kv_heads', 'tensor'],
+                                        ['head_dim', None], ['norm', None]])
     abstract = nnx.state(nnx.eval_shape(lambda: Decoder(CFG, rngs=nnx.Rngs(0))))
     got = {p: s.spec for p, s in _leaves(sharding.state_shardings(abstract, mesh, rules))}
     assert got['embedding'] == P('tensor', 'fsdp')
@@ -196,8 +197,8 @@ def test_sharded_weights_equal_single_device_weights(sharded, single_device):
     for path, value in _leaves(nnx.state(model)):
         # Equal up to float rounding: eager and jitted initialisers may fuse std * normal
         # differently (measured: at most one float32 ulp).
-        np.testing.assert_allclose(np.asarray(value), np.asarray(ref[path]), rtol=1e-6,
-                                   atol=1e-7, err_msg=path)
+        np.testing.assert_allclose(np.asarray(value), np.asarray(ref[path]), rtol=1e-6, atol=1e-7,
+                                   err_msg=path)
 
 
 def test_batch_is_sharded_over_data_and_fsdp(sharded):
@@ -242,8 +243,8 @@ def _hidden_sharding(mesh, rules=None):
         model = sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh)
         graphdef, state = nnx.split(model)
         tokens = jnp.ones((8, 16), jnp.int32)
-        f = jax.jit(lambda s, t: nnx.merge(graphdef, s).hidden(
-            t, positions=jnp.zeros_like(t), kv_mask=jnp.ones_like(t))[0])
+        f = jax.jit(lambda s, t: nnx.merge(graphdef, s).hidden(t, positions=jnp.zeros_like(t),
+                                                               kv_mask=jnp.ones_like(t))[0])
         spec = tuple(f.lower(state, tokens).compile().output_shardings.spec)
         return P(*spec, *([None] * (3 - len(spec))))
 

@@ -21,8 +21,9 @@ def test_product_of_flags_last_varies_fastest():
     runs = sweep.sweep_product(['config.loss.beta=0.05,0.1', 'optim.lr=1e-4,3e-4'])
     assert runs == [{'loss.beta': 0.05, 'optim.lr': 1e-4}, {'loss.beta': 0.05, 'optim.lr': 3e-4},
                     {'loss.beta': 0.1, 'optim.lr': 1e-4}, {'loss.beta': 0.1, 'optim.lr': 3e-4}]
-    assert sweep.sweep_product(['config.loss.types=ipo', 'config.x=true,3']) == [
-        {'loss.types': 'ipo', 'x': True}, {'loss.types': 'ipo', 'x': 3}]
+    assert sweep.sweep_product(['config.loss.types=ipo',
+                                'config.x=true,3']) == [{'loss.types': 'ipo', 'x': True},
+                                                        {'loss.types': 'ipo', 'x': 3}]
     with pytest.raises(ValueError, match='config.KEY=V1,V2'):
         sweep.sweep_product(['config.loss.beta'])
 
@@ -38,13 +39,16 @@ def test_get_hyper_and_run_names(tmp_path):
     assert names == ['000-lr=0.001,total_steps=7', '001-lr=0.003,total_steps=7']
     assert sweep.run_name(2, {'mesh.shape': (1, -1, 1)}) == '002-shape=1+-1+1'
     assert sweep.main_args('e.py:tiny', '/w/0', {'mesh.shape': (1, -1, 1)}, ['--x']) == [
-        '--config=e.py:tiny', '--workdir=/w/0', '--config.mesh.shape=(1,-1,1)', '--x']
+        '--config=e.py:tiny', '--workdir=/w/0', '--config.mesh.shape=(1,-1,1)', '--x'
+    ]
 
 
 def test_dry_run_prints_every_command_and_rejects_unknown_keys(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    args = ['--config=experiments/dpo.py:tiny', '--workdir=/tmp/never', '--sweep',
-            'config.loss.beta=0.05,0.1']
+    args = [
+        '--config=experiments/dpo.py:tiny', '--workdir=/tmp/never', '--sweep',
+        'config.loss.beta=0.05,0.1'
+    ]
     assert sweep.main(args + ['--dry_run']) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and all('-m alignjax.main' in line for line in out)
@@ -62,10 +66,12 @@ def test_dry_run_prints_every_command_and_rejects_unknown_keys(capsys, monkeypat
 
 
 def test_sweep_runs_each_run_in_its_workdir_and_tabulates(tmp_path):
-    cmd = [sys.executable, 'launch/sweep.py', '--config=experiments/sft.py:tiny,steps=2',
-           f'--workdir={tmp_path}', '--sweep', 'config.optim.lr=1e-3,3e-3', '--parallel=2', '--',
-           '--config.eval.num_prompts=4', '--config.log_every=1', '--config.mesh.shape=(1,1,1)',
-           '--config.model.num_layers=1']
+    cmd = [
+        sys.executable, 'launch/sweep.py', '--config=experiments/sft.py:tiny,steps=2',
+        f'--workdir={tmp_path}', '--sweep', 'config.optim.lr=1e-3,3e-3', '--parallel=2', '--',
+        '--config.eval.num_prompts=4', '--config.log_every=1', '--config.mesh.shape=(1,1,1)',
+        '--config.model.num_layers=1'
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     names = ['000-lr=0.001', '001-lr=0.003']

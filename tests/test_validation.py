@@ -65,13 +65,15 @@ def refused(tmp_path, config, message):
 SFT_LINES = [
     ('invalid_json', '{"prompt": "a" "response": "b"}', r'invalid JSON \(Expecting'),
     ('missing_field', '{"prompt": "a"}', "missing key 'response' for a sft record"),
-    ('mistyped_field', '{"prompt": "a", "response": 7}', "key 'response' must be a string, got int"),
+    ('mistyped_field', '{"prompt": "a", "response": 7}',
+     "key 'response' must be a string, got int"),
     ('empty_prompt', '{"prompt": "", "response": "b"}', "key 'prompt' is an empty string"),
     ('empty_response', '{"prompt": "a", "response": ""}', "key 'response' is an empty string"),
     ('not_an_object', '["a", "b"]', 'a record must be a JSON object, got list'),
     ('chat_without_response', '{"messages": [{"role": "user", "content": "q"}]}',
      "the last message must have role 'assistant'"),
-    ('non_utf8', b'{"prompt": "a\xff", "response": "b"}', r'not valid UTF-8 \(byte 0xff at column 14\)'),
+    ('non_utf8', b'{"prompt": "a\xff", "response": "b"}',
+     r'not valid UTF-8 \(byte 0xff at column 14\)'),
     ('prompt_too_long', json.dumps({'prompt': 'x' * 40, 'response': 'b'}),
      r"prompt of 40 tokens exceeds config.data.max_prompt_len=8 \(config.data.truncation='error'"),
 ]
@@ -87,14 +89,15 @@ def test_bad_sft_line_names_file_and_line(tmp_path, bad, message):
 PAIR_LINES = [
     ('chosen_is_rejected', json.dumps({'prompt': 'p', 'chosen': 'aab', 'rejected': 'aab'}),
      "'chosen' and 'rejected' are identical"),
-    ('mistyped_margin', json.dumps({'prompt': 'p', 'chosen': 'a', 'rejected': 'b', 'margin': '1'}),
-     "key 'margin' must be a number, got str"),
+    ('mistyped_margin', json.dumps({'prompt': 'p', 'chosen': 'a', 'rejected': 'b',
+                                    'margin': '1'}), "key 'margin' must be a number, got str"),
     ('missing_rejected', json.dumps({'prompt': 'p', 'chosen': 'a'}),
      "missing key 'rejected' for a preference record"),
 ]
 
 
-@pytest.mark.parametrize('bad, message', [c[1:] for c in PAIR_LINES], ids=[c[0] for c in PAIR_LINES])
+@pytest.mark.parametrize('bad, message', [c[1:] for c in PAIR_LINES],
+                         ids=[c[0] for c in PAIR_LINES])
 def test_bad_preference_line_names_file_and_line(tmp_path, bad, message):
     path = jsonl(tmp_path, bad, good=GOOD_PAIR)
     c = config_of('dpo.py:tiny', **{'data.train': f'jsonl:{path}'})
@@ -105,8 +108,9 @@ def test_empty_dataset_after_skipping_long_prompts(tmp_path):
     long_one = json.dumps({'prompt': 'x' * 20, 'response': 'b'})
     path = write_lines(tmp_path / 'long.jsonl', [long_one] * 3)
     c = config_of('sft.py:tiny', **{'data.train': f'jsonl:{path}', 'data.truncation': 'skip'})
-    refused(tmp_path, c, rf"^jsonl:{re.escape(path)}: no records left after "
-                         r"config.data.truncation='skip' dropped all 3")
+    refused(
+        tmp_path, c, rf"^jsonl:{re.escape(path)}: no records left after "
+        r"config.data.truncation='skip' dropped all 3")
 
 
 def test_empty_and_missing_files(tmp_path):
@@ -125,9 +129,10 @@ def test_long_prompt_policies_count_and_filter(tmp_path):
     for policy, kept in (('left', 5), ('skip', 3)):
         c = config_of('sft.py:tiny', **{'data.train': f'jsonl:{path}', 'data.truncation': policy})
         report = validation.validate(c)[f'jsonl:{path}']
-        assert report == {'records': 5, 'too_long': 2, 'kept': kept,
-                          'truncated': 2 if policy == 'left' else 0,
-                          'skipped': 2 if policy == 'skip' else 0, 'long_replies': 0}
+        assert report == {
+            'records': 5, 'too_long': 2, 'kept': kept, 'truncated': 2 if policy == 'left' else 0,
+            'skipped': 2 if policy == 'skip' else 0, 'long_replies': 0
+        }
         records = inputs.load_records(c, 'sft', c.data.train)
         assert len(records) == kept
         assert all(r['prompt'] == 'abc:' for r in records) == (policy == 'skip')
@@ -135,23 +140,30 @@ def test_long_prompt_policies_count_and_filter(tmp_path):
 
 # --- configs ------------------------------------------------------------------------------------
 
+
 def _retyped(section, key, value):
     """A config section with one value of the wrong type, as an experiment file can write it."""
     return ml_collections.ConfigDict(dict(section.to_dict(), **{key: value}), type_safe=False)
 
 
 CONFIGS = [
-    ('zero_lr', 'sft.py:tiny', {'optim.lr': 0.0}, r'config.optim.lr must be a positive number, got 0.0'),
-    ('negative_lr', 'sft.py:tiny', {'optim.lr': -1e-3}, r'config.optim.lr must be a positive number'),
+    ('zero_lr', 'sft.py:tiny', {'optim.lr': 0.0},
+     r'config.optim.lr must be a positive number, got 0.0'),
+    ('negative_lr', 'sft.py:tiny', {'optim.lr': -1e-3},
+     r'config.optim.lr must be a positive number'),
     ('zero_beta', 'dpo.py:tiny', {'loss.beta': 0.0}, r'config.loss.beta must be a positive number'),
     ('negative_beta', 'dpo.py:tiny', {'loss.beta': -0.1}, r'config.loss.beta must be a positive'),
-    ('zero_batch', 'sft.py:tiny', {'data.batch_size': 0}, r'config.data.batch_size must be a positive int'),
-    ('mesh_not_dividing', 'sft.py:tiny', {'mesh.shape': (3, -1, 1)},
-     r'8 devices do not divide by 3; the sizes must multiply to the device count'),
-    ('mesh_too_big', 'sft.py:tiny', {'mesh.shape': (2, 8, 1)}, r'multiplies to 16 devices; this run has 8'),
-    ('mesh_two_unknowns', 'sft.py:tiny', {'mesh.shape': (-1, -1, 1)}, r'at most one entry may be -1'),
+    ('zero_batch', 'sft.py:tiny', {'data.batch_size': 0},
+     r'config.data.batch_size must be a positive int'),
+    ('mesh_not_dividing', 'sft.py:tiny', {'mesh.shape':
+        (3, -1, 1)}, r'8 devices do not divide by 3; the sizes must multiply to the device count'),
+    ('mesh_too_big', 'sft.py:tiny', {'mesh.shape':
+        (2, 8, 1)}, r'multiplies to 16 devices; this run has 8'),
+    ('mesh_two_unknowns', 'sft.py:tiny', {'mesh.shape':
+        (-1, -1, 1)}, r'at most one entry may be -1'),
     ('batch_vs_data_parallel', 'sft.py:tiny', {'mesh.shape': (2, 4, 1), 'data.batch_size': 12},
-     r'config.data.batch_size=12 is not divisible by the data-parallel size 8 \(mesh data x fsdp = 2 x 4\)'),
+     r'config.data.batch_size=12 is not divisible by the data-parallel size 8 \(mesh data x fsdp = 2 x 4\)'
+    ),
     ('batch_vs_microbatches', 'sft.py:tiny', {'optim.microbatches': 5},
      r'config.optim.microbatches=5 does not divide config.data.batch_size \(32 rows\)'),
     ('rollout_vs_minibatches', 'ppo.py:tiny', {'rl.minibatches': 3},
@@ -184,6 +196,7 @@ def test_wrongly_typed_values_name_the_key(tmp_path):
 
 # --- starting points ----------------------------------------------------------------------------
 
+
 def test_missing_init_from(tmp_path):
     c = config_of('sft.py:tiny', init_from=str(tmp_path / 'nowhere'))
     refused(tmp_path, c, r"config.init_from='.*nowhere': no such directory")
@@ -191,7 +204,7 @@ def test_missing_init_from(tmp_path):
     refused(tmp_path / 'b', c, r"config.reference_from='.*gone': no such directory")
     c = config_of('sft.py:tiny', init_from='experiment:experiments/nope.py:tiny')
     refused(tmp_path / 'c', c, r"config.init_from='experiment:experiments/nope.py:tiny': no "
-                               r'experiment file')
+            r'experiment file')
 
 
 def test_init_from_a_directory_that_is_not_a_checkpoint(tmp_path):
@@ -199,8 +212,9 @@ def test_init_from_a_directory_that_is_not_a_checkpoint(tmp_path):
     plain.mkdir()
     (plain / 'notes.txt').write_text('not a run')
     c = config_of('sft.py:tiny', init_from=str(plain))
-    refused(tmp_path, c, r"config.init_from='.*plain' is not a checkpoint: expected .*/checkpoints/"
-                         r'<step>/state from a finished save')
+    refused(
+        tmp_path, c, r"config.init_from='.*plain' is not a checkpoint: expected .*/checkpoints/"
+        r'<step>/state from a finished save')
     # A save killed before it finished leaves only orbax's temporary directory: not a checkpoint.
     killed = tmp_path / 'killed'
     (killed / 'checkpoints' / '5.orbax-checkpoint-tmp' / 'state').mkdir(parents=True)
@@ -214,25 +228,29 @@ def test_init_from_with_other_shapes(tmp_path):
     with ckpt_lib.Checkpointer(str(tmp_path / 'other' / 'checkpoints'), save_every=1, keep=1) as ck:
         ck.save(1, {'params': params})
     c = config_of('sft.py:tiny', init_from=str(tmp_path / 'other'))
-    refused(tmp_path, c, r"config.init_from='.*other': parameter 'layers/mlp/\w+' has shape "
-                         r'\(2, (64, 96|96, 64)\) in the checkpoint; config.model expects '
-                         r'\(2, (64, 128|128, 64)\)')
+    refused(
+        tmp_path, c, r"config.init_from='.*other': parameter 'layers/mlp/\w+' has shape "
+        r'\(2, (64, 96|96, 64)\) in the checkpoint; config.model expects '
+        r'\(2, (64, 128|128, 64)\)')
 
 
 # --- the command line ---------------------------------------------------------------------------
 
+
 def run_main(workdir, *flags):
     env = dict(os.environ, JAX_PLATFORMS='cpu')
-    cmd = [sys.executable, '-m', 'alignjax.main', f'--workdir={workdir}',
-           f'--config={ROOT}/experiments/sft.py:tiny', *flags]
+    cmd = [
+        sys.executable, '-m', 'alignjax.main', f'--workdir={workdir}',
+        f'--config={ROOT}/experiments/sft.py:tiny', *flags
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize('flag, message', [
     ('--config.optim.lrr=1', "Unknown config key 'optim.lrr' (from --config.optim.lrr=1); did "
-                             "you mean 'optim.lr'?"),
+     "you mean 'optim.lr'?"),
     ('--config.total_steps=abc', "config key 'total_steps' expects int, got 'abc' (from "
-                                 "--config.total_steps=abc)"),
+     "--config.total_steps=abc)"),
 ], ids=['unknown_key', 'wrong_type'])
 def test_bad_flags_are_one_line_and_an_error_log(tmp_path, flag, message):
     result = run_main(tmp_path / 'run', flag)

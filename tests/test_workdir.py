@@ -23,8 +23,9 @@ import experiment_runs
 
 ROOT = experiment_runs.ROOT
 SFT = 'sft.py:tiny,steps=6'
-SMALL = {'data.num_examples': 64, 'data.batch_size': 8, 'ckpt_every': 2, 'keep_ckpts': 10,
-         'log_every': 1}
+SMALL = {
+    'data.num_examples': 64, 'data.batch_size': 8, 'ckpt_every': 2, 'keep_ckpts': 10, 'log_every': 1
+}
 
 
 def run_sft(workdir, **overrides):
@@ -60,8 +61,9 @@ _OTHER = ('import sys; from alignjax import workdir as w\n'
 def test_a_second_run_on_a_live_lock_is_refused_naming_the_holder(tmp_path):
     with workdir_lib.WorkdirLock(str(tmp_path)):
         start = time.time()
-        out = subprocess.run([sys.executable, '-c', _OTHER, str(tmp_path)], capture_output=True,
-                             text=True, cwd=ROOT, timeout=120)
+        out = subprocess.run(
+            [sys.executable, '-c', _OTHER, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+            timeout=120)
         assert out.returncode == 3, out.stderr[-2000:]
         assert f'pid {os.getpid()}' in out.stdout and 'in use by' in out.stdout
         assert len(out.stdout.strip().splitlines()) == 1
@@ -73,8 +75,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     import socket  # pylint: disable=import-outside-toplevel
-    (tmp_path / workdir_lib.LOCK_FILE).write_text(json.dumps(
-        {'host': socket.gethostname(), 'pid': dead.pid, 'start': 0, 'command': 'old run'}))
+    (tmp_path / workdir_lib.LOCK_FILE).write_text(
+        json.dumps(
+            {'host': socket.gethostname(), 'pid': dead.pid, 'start': 0, 'command': 'old run'}))
     with workdir_lib.WorkdirLock(str(tmp_path)) as lock:
         held = json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text())
         assert held['pid'] == os.getpid() == lock.holder['pid']
@@ -94,6 +97,7 @@ def test_another_hosts_lock_is_refused_while_its_heartbeat_is_fresh(tmp_path):
 
 # --- config drift --------------------------------------------------------------------------------
 
+
 def test_resume_with_changed_settings_is_refused_or_recorded(reference, tmp_path):
     workdir = tmp_path / 'run'
     run_sft(workdir, total_steps=4)
@@ -107,13 +111,13 @@ def test_resume_with_changed_settings_is_refused_or_recorded(reference, tmp_path
     run_sft(workdir, total_steps=6, log_every=2)
     with open(workdir / workdir_lib.HISTORY_FILE) as f:
         history = [json.loads(line) for line in f]
-    assert history == [{'step': 4, 'time': history[0]['time'],
-                        'changes': {'total_steps': [4, 6]}}]
+    assert history == [{'step': 4, 'time': history[0]['time'], 'changes': {'total_steps': [4, 6]}}]
     with open(workdir / 'config.json') as f:
         assert json.load(f)['total_steps'] == 6
 
 
 # --- damaged checkpoints -------------------------------------------------------------------------
+
 
 def _largest_file(directory):
     files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
@@ -128,10 +132,12 @@ def test_a_truncated_checkpoint_is_skipped_for_the_one_before(reference, tmp_pat
         f.truncate(os.path.getsize(damaged) // 2)
     os.remove(workdir / 'summary.json')
     run_sft(workdir)  # restores 4 and trains steps 5 and 6 again
-    assert "does not restore" in caplog.text and 'checkpoints/6' in caplog.text
+    assert 'does not restore' in caplog.text and 'checkpoints/6' in caplog.text
     assert os.path.isdir(workdir / ckpt_lib.DAMAGED_DIR / '6')  # kept, out of the way
     jax.tree.map(np.testing.assert_array_equal, params(reference, 6), params(workdir, 6))
-    curve = lambda w: [{k: v for k, v in m.items() if k not in metrics_lib.TIMING_KEYS}
+    curve = lambda w: [{k: v
+                        for k, v in m.items()
+                        if k not in metrics_lib.TIMING_KEYS}
                        for m in metrics_lib.read_metrics(str(w))]
     assert curve(workdir) == curve(reference)
 
@@ -150,8 +156,9 @@ def test_no_restorable_checkpoint_is_one_line_and_changes_nothing(tmp_path):
 
 # --- a full disk ---------------------------------------------------------------------------------
 
+
 def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing(reference, tmp_path,
-                                                                       monkeypatch):
+                                                                      monkeypatch):
     """The space check: with less free space than the last checkpoint takes, the save is refused
     before orbax writes anything (a real 4 MiB tmpfs does the same; see the issue-20 note)."""
     workdir = tmp_path / 'run'
@@ -163,8 +170,9 @@ def test_a_disk_too_full_for_the_next_checkpoint_stops_before_writing(reference,
         return usage._replace(free=2**19) if full else usage
 
     monkeypatch.setattr(ckpt_lib.shutil, 'disk_usage', disk_usage)
-    with pytest.raises(validation.ValidationError,
-                       match=r'saving checkpoint 4 .*needs about .* MiB and 0\.5 MiB are free.*step 2'):
+    with pytest.raises(
+            validation.ValidationError,
+            match=r'saving checkpoint 4 .*needs about .* MiB and 0\.5 MiB are free.*step 2'):
         run_sft(workdir)
     assert not [n for n in os.listdir(workdir / 'checkpoints') if 'tmp' in n]
     assert max(m['step'] for m in metrics_lib.read_metrics(str(workdir))) == 2
@@ -195,9 +203,10 @@ def test_a_full_disk_during_a_save_stops_in_one_line(reference, tmp_path, monkey
 
 # --- one-line errors after validation, and the byte-order mark ----------------------------------
 
+
 def _preference_file(path, n):
-    records_lib.write_jsonl(path, [{'prompt': f'p{i}', 'chosen': 'a', 'rejected': 'b'}
-                                   for i in range(n)])
+    records_lib.write_jsonl(path,
+                            [{'prompt': f'p{i}', 'chosen': 'a', 'rejected': 'b'} for i in range(n)])
     return str(path)
 
 
@@ -207,15 +216,18 @@ def _prompt_file(path, n):
 
 
 @pytest.mark.parametrize('spec,overrides,expected', [
-    ('dpo.py:tiny,steps=2', lambda d: {'data.train': 'jsonl:' + _preference_file(d / 'one.jsonl', 1)},
+    ('dpo.py:tiny,steps=2',
+     lambda d: {'data.train': 'jsonl:' + _preference_file(d / 'one.jsonl', 1)},
      'too few to hold out'),
     ('dpo.py:tiny,steps=2', lambda d: {'reference_from': str(d / 'nowhere')}, 'nowhere'),
     ('sft.py:tiny,steps=2', lambda d: {'init_from': str(d / 'nowhere')}, 'nowhere'),
     ('sft.py:tiny,steps=2', lambda d: {'init_from': str(d)}, 'is not a checkpoint'),
-    ('sft.py:tiny,steps=2', lambda d: {'tokenizer': 'sentencepiece'}, "expected 'byte' or 'hf:DIR'"),
+    ('sft.py:tiny,steps=2', lambda d: {'tokenizer': 'sentencepiece'},
+     "expected 'byte' or 'hf:DIR'"),
     ('sft.py:tiny,steps=2', lambda d: {'tokenizer': 'hf:' + str(d / 'nowhere')}, 'nowhere'),
     ('sft.py:tiny,steps=2', lambda d: {'optim.schedule': 'step'}, 'config.optim.schedule'),
-    ('dpo.py:tiny,steps=2', lambda d: {'loss.types': ('sigmoid', 'hinge_x')}, "unknown ['hinge_x']"),
+    ('dpo.py:tiny,steps=2', lambda d: {'loss.types':
+        ('sigmoid', 'hinge_x')}, "unknown ['hinge_x']"),
     ('dpo.py:tiny,steps=2', lambda d: {'loss.types': ('simpo', 'sigmoid')}, 'combine it with no'),
     ('dpo.py:tiny,steps=2', lambda d: {'loss.weights': (1.0, 2.0)}, 'config.loss.weights has 2'),
     ('dpo.py:tiny,steps=2', lambda d: {'loss.beta': 0.0}, 'beta'),
@@ -233,8 +245,9 @@ def _prompt_file(path, n):
     ('ppo.py:tiny', lambda d: {'data.train': 'jsonl:' + _prompt_file(d / 'p.jsonl', 64)},
      "config.reward.source='gold' needs a synthetic"),
     ('nash_md.py:tiny', lambda d: {'nash.preference': 'oracle'}, 'config.nash.preference'),
-    ('nash_md.py:tiny,preference=gold', lambda d: {'data.train': 'jsonl:' + _prompt_file(
-        d / 'p.jsonl', 64)}, "config.nash.preference='gold' needs a synthetic"),
+    ('nash_md.py:tiny,preference=gold',
+     lambda d: {'data.train': 'jsonl:' + _prompt_file(d / 'p.jsonl', 64)},
+     "config.nash.preference='gold' needs a synthetic"),
     ('nash_md.py:tiny', lambda d: {'nash.tau': 0.0}, 'config.nash.tau'),
     ('nash_md.py:tiny', lambda d: {'nash.mixture': 2.0}, 'config.nash.mixture'),
     ('spo.py:tiny', lambda d: {'rl.samples_per_prompt': 1}, 'samples_per_prompt'),

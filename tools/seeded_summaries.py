@@ -21,7 +21,7 @@ import tempfile
 
 MIN_STEPS = {'nash_mp': 10}  # saves only at the end of its two 5-step phases
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = r'''
+WORKER = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from alignjax import experiment_lib, metrics, trainers
@@ -35,7 +35,7 @@ summary = loop.train(config, sys.argv[3], trainers.get_builder(config.algo))
 timed = lambda k: k in metrics.TIMING_KEYS or k.endswith(('seconds', '_per_s', '_s'))
 rows = [{k: v for k, v in r.items() if not timed(k)} for r in metrics.read_metrics(sys.argv[3])]
 print('RESULT ' + json.dumps({'summary': summary, 'metrics': rows}))
-'''
+"""
 
 
 def run_one(name: str, steps: int, cache: str) -> dict:
@@ -43,8 +43,8 @@ def run_one(name: str, steps: int, cache: str) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         env = dict(os.environ, ALIGNJAX_CACHE=cache, JAX_PLATFORMS='cpu',
                    XLA_FLAGS='--xla_force_host_platform_device_count=1')
-        out = subprocess.run([sys.executable, '-c', WORKER, ROOT, spec, workdir, str(steps)],
-                             env=env, capture_output=True, text=True, check=False)
+        out = subprocess.run([sys.executable, '-c', WORKER, ROOT, spec, workdir,
+                              str(steps)], env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         return {'error': out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}
     line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')][-1]
@@ -58,16 +58,16 @@ def main() -> None:
     parser.add_argument('--only', default='', help='comma-separated experiment names')
     parser.add_argument('--steps', type=int, default=3)
     args = parser.parse_args()
-    names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'experiments',
-                                                                              '*.py')))
-    names = [n for n in names if n != 'quickstart' and (not args.only or n in
-                                                        args.only.split(','))]
+    names = sorted(
+        os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'experiments', '*.py')))
+    names = [n for n in names if n != 'quickstart' and (not args.only or n in args.only.split(','))]
     results = {}
     with tempfile.TemporaryDirectory() as cache:  # starting points trained afresh, shared
         for name in names:
             results[name] = run_one(name, max(args.steps, MIN_STEPS.get(name, 0)), cache)
-            print(name, 'error: ' + results[name]['error'] if 'error' in results[name] else
-                  f"{len(results[name]['metrics'])} rows", flush=True)
+            print(
+                name, 'error: ' + results[name]['error'] if 'error' in results[name] else
+                f"{len(results[name]['metrics'])} rows", flush=True)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(results, f, indent=1, sort_keys=True)

@@ -154,8 +154,7 @@ class Chat:
                    bos=specials.get('bos'), eos=specials.get('eos'),
                    add_bos=bool(getattr(tok, 'add_bos', False)))
 
-    def conversation(self, messages: Messages, *, add_generation_prompt: bool,
-                     tools=None) -> str:
+    def conversation(self, messages: Messages, *, add_generation_prompt: bool, tools=None) -> str:
         if self.template is None:
             return plain(messages, add_generation_prompt=add_generation_prompt)
         try:
@@ -174,8 +173,9 @@ class Chat:
         """``(prompt text, whether BOS goes before it, [reply texts])`` of a record: the prompt
         rendered once, with the generation prompt, and each reply as what the whole conversation
         adds after it, cut before the EOS the template writes."""
-        if isinstance(prompt, str) and all(isinstance(r, str) for r in replies) and (
-                not self.wrap_text or self._rendered(prompt)):
+        if isinstance(prompt, str) and all(
+                isinstance(r, str) for r in replies) and (not self.wrap_text
+                                                          or self._rendered(prompt)):
             return prompt, self.add_bos and not self._rendered(prompt), list(replies)
         turns = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
         head = self.conversation(turns, add_generation_prompt=True, tools=tools)
@@ -183,8 +183,7 @@ class Chat:
         for reply in replies:
             if isinstance(reply, str):
                 reply = [{'role': 'assistant', 'content': reply}]
-            full = self.conversation(turns + list(reply), add_generation_prompt=False,
-                                     tools=tools)
+            full = self.conversation(turns + list(reply), add_generation_prompt=False, tools=tools)
             if not full.startswith(head):
                 raise DataError('the chat template renders the conversation without its prompt '
                                 '(with the generation prompt) as a prefix; it cannot be split '
@@ -211,8 +210,7 @@ class Chat:
                 if m['role'] != 'assistant':
                     continue
                 head = self.conversation(messages[:i], add_generation_prompt=True, tools=tools)
-                upto = self.conversation(messages[:i + 1], add_generation_prompt=False,
-                                         tools=tools)
+                upto = self.conversation(messages[:i + 1], add_generation_prompt=False, tools=tools)
                 if not (upto.startswith(head) and full.startswith(upto)):
                     raise DataError('the chat template does not render the conversation turn by '
                                     'turn; its assistant turns cannot be located (a template '

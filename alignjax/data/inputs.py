@@ -59,15 +59,16 @@ def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_cou
         max_response_len=0 if kind == 'prompt' else c.data.max_response_len,
         chat_template=c.data.chat_template)
     if counts['too_long']:
-        logging.warning('%s: %d of %d prompts longer than config.data.max_prompt_len=%d: '
-                        '%d truncated, %d skipped (config.data.truncation=%r)', spec,
-                        counts['too_long'], counts['records'], c.data.max_prompt_len,
-                        counts['truncated'], counts['skipped'], c.data.truncation)
+        logging.warning(
+            '%s: %d of %d prompts longer than config.data.max_prompt_len=%d: '
+            '%d truncated, %d skipped (config.data.truncation=%r)', spec, counts['too_long'],
+            counts['records'], c.data.max_prompt_len, counts['truncated'], counts['skipped'],
+            c.data.truncation)
     if counts['long_replies']:
-        logging.warning('%s: %d of %d records have a reply longer than '
-                        'config.data.max_response_len=%d tokens (EOS included): cut on the right, '
-                        'without EOS', spec, counts['long_replies'], counts['records'],
-                        c.data.max_response_len)
+        logging.warning(
+            '%s: %d of %d records have a reply longer than '
+            'config.data.max_response_len=%d tokens (EOS included): cut on the right, '
+            'without EOS', spec, counts['long_replies'], counts['records'], c.data.max_response_len)
     if spec.startswith('synthetic:'):
         if len(_SYNTHETIC) >= 8:
             _SYNTHETIC.clear()

@@ -26,7 +26,6 @@ POLICIES = ('left', 'skip', 'error')
 
 class Subset(Sequence):
     """A random-access view of some records of a source (a TFDS source is not copied)."""
-
     def __init__(self, source, indices: Sequence[int]):
         self._source, self._indices = source, list(indices)
 
@@ -46,9 +45,9 @@ def token_counts(record: Mapping[str, Any], kind: str, tok,
             [len(tok.encode(reply)) + 1 for reply in replies.values()])
 
 
-def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy: str,
-                        source: str, locate: Callable[[int], str] | None = None,
-                        max_response_len: int = 0, chat_template: str = 'auto'):
+def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy: str, source: str,
+                        locate: Callable[[int], str] | None = None, max_response_len: int = 0,
+                        chat_template: str = 'auto'):
     """Returns ``(records, counts)`` with ``policy`` applied to prompts over the budget.
 
     Args:
@@ -79,25 +78,28 @@ def apply_prompt_policy(records, kind: str, tok, *, max_prompt_len: int, policy:
         except DataError as e:  # a template that cannot render this record
             where = locate(i) if locate else f'{source}[{i}]'
             raise DataError(f'{where}: {e}') from None
-        if max_response_len and max(replies, default=0) > max_response_len and (
-                n <= max_prompt_len or policy == 'left'):
+        if max_response_len and max(replies,
+                                    default=0) > max_response_len and (n <= max_prompt_len
+                                                                       or policy == 'left'):
             long_replies += 1
         if n > max_prompt_len:
             if policy == 'error':
                 where = locate(i) if locate else f'{source}[{i}]'
                 raise DataError(f'{where}: prompt of {n} tokens exceeds config.data.max_prompt_len'
-                                f'={max_prompt_len} (config.data.truncation=\'error\'; \'left\' '
-                                f'truncates, \'skip\' drops such records)')
+                                f"={max_prompt_len} (config.data.truncation='error'; 'left' "
+                                f"truncates, 'skip' drops such records)")
             long_ones.append(i)
-    counts = {'records': len(records), 'too_long': len(long_ones),
-              'truncated': len(long_ones) if policy == 'left' else 0,
-              'skipped': len(long_ones) if policy == 'skip' else 0, 'long_replies': long_replies}
+    counts = {
+        'records': len(records), 'too_long': len(long_ones),
+        'truncated': len(long_ones) if policy == 'left' else 0,
+        'skipped': len(long_ones) if policy == 'skip' else 0, 'long_replies': long_replies
+    }
     if policy == 'skip' and long_ones:
         dropped = set(long_ones)
         records = Subset(records, [i for i in range(len(records)) if i not in dropped])
     counts['kept'] = len(records)
     if not counts['kept']:
-        raise DataError(f'{source}: no records left after config.data.truncation=\'skip\' dropped '
+        raise DataError(f"{source}: no records left after config.data.truncation='skip' dropped "
                         f'all {counts["skipped"]} (every prompt is longer than '
                         f'config.data.max_prompt_len={max_prompt_len})')
     return records, counts

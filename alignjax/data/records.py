@@ -28,17 +28,15 @@ from typing import Any
 from alignjax.data import shapes
 from alignjax.errors import DataError
 
-KINDS = ("sft", "preference", "prompt")
+KINDS = ('sft', 'preference', 'prompt')
 ROLES = shapes.ROLES
 
-
-BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, as Windows tools write it: skipped
+BOM = b'\xef\xbb\xbf'  # UTF-8 byte-order mark, as Windows tools write it: skipped
 
 
 class Located(list):
     """Records with ``where(i)``: the file position of record ``i`` (``PATH:LINE``, ``FILE: row
     N``), for the messages of later checks."""
-
     def __init__(self, records: Sequence[dict[str, Any]], where: Callable[[int], str]):
         super().__init__(records)
         self.where = where
@@ -46,15 +44,14 @@ class Located(list):
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise DataError(
-            f"unknown record kind {kind!r}; expected one of {KINDS}")
+        raise DataError(f'unknown record kind {kind!r}; expected one of {KINDS}')
 
 
 def check_messages(messages: Any, *, where: str) -> None:
     """Raises DataError unless ``messages`` is a well-formed chat ending with
     a non-empty assistant message."""
-    shapes.check_reply(shapes.messages(messages, where=where, key="messages"),
-                       where=where, key="messages")
+    shapes.check_reply(shapes.messages(messages, where=where, key='messages'), where=where,
+                       key='messages')
 
 
 def validate_record(record: Any, kind: str, where: str) -> dict[str, Any]:
@@ -78,14 +75,12 @@ def validate_record(record: Any, kind: str, where: str) -> dict[str, Any]:
     return shapes.normalise(record, kind, where)
 
 
-def validate_records(records: Sequence[Any], kind: str,
-                     where: str) -> list[dict[str, Any]]:
+def validate_records(records: Sequence[Any], kind: str, where: str) -> list[dict[str, Any]]:
     """Validates a list of records; errors name ``where[index]``."""
     _check_kind(kind)
     if not records:
-        raise DataError(f"{where}: no records")
-    return [validate_record(r, kind, f"{where}[{i}]")
-            for i, r in enumerate(records)]
+        raise DataError(f'{where}: no records')
+    return [validate_record(r, kind, f'{where}[{i}]') for i, r in enumerate(records)]
 
 
 def read_jsonl(path: str | os.PathLike[str], kind: str) -> Located:
@@ -104,40 +99,39 @@ def read_jsonl(path: str | os.PathLike[str], kind: str) -> Located:
     _check_kind(kind)
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open(path, 'rb') as f:
             # Split on '\n' only: str.splitlines would also split on U+2028
             # and friends, which JSON allows raw inside strings.
-            raw_lines = f.read().removeprefix(BOM).split(b"\n")
+            raw_lines = f.read().removeprefix(BOM).split(b'\n')
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise DataError(f'{path}: no such file') from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a JSONL file") from None
+        raise DataError(f'{path}: is a directory, not a JSONL file') from None
     out, lines = [], []
     for lineno, raw in enumerate(raw_lines, start=1):
-        where = f"{path}:{lineno}"
+        where = f'{path}:{lineno}'
         try:  # decoded line by line, so that a bad byte is reported where it is
-            line = raw.decode("utf-8")
+            line = raw.decode('utf-8')
         except UnicodeDecodeError as e:
-            raise DataError(f"{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at "
-                            f"column {e.start + 1})") from None
+            raise DataError(f'{where}: not valid UTF-8 (byte {raw[e.start]:#04x} at '
+                            f'column {e.start + 1})') from None
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            hint = ("; the file looks like one JSON array: use json:PATH"
-                    if lineno == 1 and line.strip() == "[" else "")
-            raise DataError(f"{where}: invalid JSON ({e}){hint}") from None
+            hint = ('; the file looks like one JSON array: use json:PATH'
+                    if lineno == 1 and line.strip() == '[' else '')
+            raise DataError(f'{where}: invalid JSON ({e}){hint}') from None
         out.append(validate_record(obj, kind, where))
         lines.append(lineno)
     if not out:
-        raise DataError(f"{path}: empty file (no records)")
-    return Located(out, lambda i: f"{path}:{lines[i]}")
+        raise DataError(f'{path}: empty file (no records)')
+    return Located(out, lambda i: f'{path}:{lines[i]}')
 
 
-def write_jsonl(path: str | os.PathLike[str],
-                records: Sequence[Mapping[str, Any]]) -> None:
+def write_jsonl(path: str | os.PathLike[str], records: Sequence[Mapping[str, Any]]) -> None:
     """Writes records as one JSON object per line (UTF-8, no ASCII escaping)."""
-    with open(os.fspath(path), "w", encoding="utf-8") as f:
+    with open(os.fspath(path), 'w', encoding='utf-8') as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json.dumps(r, ensure_ascii=False) + '\n')

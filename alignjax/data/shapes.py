@@ -65,9 +65,9 @@ def _content(content: Any, where: str) -> str:
 def messages(value: Any, *, where: str, key: str) -> list[dict[str, Any]]:
     """``value`` checked to be a non-empty conversation, each message normalised."""
     if not is_messages(value):
-        raise DataError(f"{where}: key {key!r} must be a list of messages")
+        raise DataError(f'{where}: key {key!r} must be a list of messages')
     if not value:
-        raise DataError(f"{where}: key {key!r} is an empty list")
+        raise DataError(f'{where}: key {key!r} is an empty list')
     out = []
     for i, m in enumerate(value):
         at = f'{where}: {key}[{i}]'
@@ -96,8 +96,7 @@ def check_reply(conversation: Sequence[Mapping[str, Any]], *, where: str, key: s
         raise DataError(f'{where}: the assistant response in {key!r} is empty')
 
 
-def check_prompt_turns(conversation: Sequence[Mapping[str, Any]], *, where: str,
-                       key: str) -> None:
+def check_prompt_turns(conversation: Sequence[Mapping[str, Any]], *, where: str, key: str) -> None:
     """Raises unless a prompt conversation ends where a reply can start (a user or tool turn)."""
     if conversation[-1]['role'] not in ('user', 'tool'):
         raise DataError(f"{where}: the last message of {key!r} must have role 'user' or 'tool' "
@@ -167,10 +166,9 @@ def _preference(record: Mapping[str, Any], where: str) -> dict[str, Any]:
         prompt, chosen, rejected = _implicit_prompt(record, where)
     elif is_messages(prompt):
         prompt = messages(prompt, where=where, key='prompt')
-        chosen, rejected = (
-            messages(record[k], where=where, key=k) if is_messages(record[k])
-            else [{'role': 'assistant', 'content': _text(record, k, 'preference', where)}]
-            for k in ('chosen', 'rejected'))
+        chosen, rejected = (messages(record[k], where=where, key=k) if is_messages(record[k]) else [
+            {'role': 'assistant', 'content': _text(record, k, 'preference', where)}
+        ] for k in ('chosen', 'rejected'))
     else:
         prompt = _text(record, 'prompt', 'preference', where)
         chosen, rejected = (_text(record, k, 'preference', where) for k in ('chosen', 'rejected'))
@@ -210,8 +208,10 @@ def _sft(record: Mapping[str, Any], where: str) -> dict[str, Any]:
         check_prompt_turns(prompt, where=where, key='prompt')
         conversation = prompt + reply
     else:
-        return {'prompt': _text(record, 'prompt', 'sft', where),
-                'response': _text(record, response_key, 'sft', where)}
+        return {
+            'prompt': _text(record, 'prompt', 'sft', where),
+            'response': _text(record, response_key, 'sft', where)
+        }
     check_reply(conversation, where=where, key='messages')
     out = {'messages': conversation}
     if record.get('tools') is not None:

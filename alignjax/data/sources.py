@@ -29,6 +29,7 @@ def _rows_where(files: Sequence[str], counts: Sequence[int]) -> Callable[[int], 
                 return f'{path}: row {i + 1}'
             i -= n
         raise IndexError(i)
+
     return where
 
 
@@ -127,5 +128,6 @@ def read_saved_dataset(directory: str, kind: str, split: str = 'train') -> Locat
     def read(path):
         with open(path, 'rb') as f:
             return ipc.open_stream(f).read_all()
+
     return _read_tables([os.path.join(folder, n) for n in names], read, 'Arrow stream', kind,
                         folder)

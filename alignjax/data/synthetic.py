@@ -37,37 +37,33 @@ import math
 
 import numpy as np
 
-ALPHABET = "abcdefgh"
+ALPHABET = 'abcdefgh'
 TARGET_LEN = 8
 MISS_PENALTY = 0.5
 OVERFLOW_PENALTY = 1.5
 MIN_REF_LEN, MAX_REF_LEN = 3, 8
-BT_TEMPERATURE = 0.1          # transitive Bradley-Terry temperature
-CYCLE_STRENGTH = 3.0          # intransitive class logit scale
-QUALITY_TEMPERATURE = 0.25    # intransitive weak transitive part
-CLASS_LETTERS = ("ab", "cd", "ef")
+BT_TEMPERATURE = 0.1  # transitive Bradley-Terry temperature
+CYCLE_STRENGTH = 3.0  # intransitive class logit scale
+QUALITY_TEMPERATURE = 0.25  # intransitive weak transitive part
+CLASS_LETTERS = ('ab', 'cd', 'ef')
 INVALID_CLASS = 3
 REFERENCE_CLASS_PROBS = (0.6, 0.3, 0.1)
 
-ALL_PROMPTS = tuple("".join(c) + ":"
-                    for c in itertools.combinations(ALPHABET, 3))
+ALL_PROMPTS = tuple(''.join(c) + ':' for c in itertools.combinations(ALPHABET, 3))
 EVAL_PROMPTS = ALL_PROMPTS[::4]
 TRAIN_PROMPTS = tuple(p for i, p in enumerate(ALL_PROMPTS) if i % 4)
 
 # Antisymmetric class logits: row beats column when positive.
-CLASS_LOGITS = np.array(
-    [[0.0, 1.0, -1.0, 1.0],
-     [-1.0, 0.0, 1.0, 1.0],
-     [1.0, -1.0, 0.0, 1.0],
-     [-1.0, -1.0, -1.0, 0.0]])
+CLASS_LOGITS = np.array([[0.0, 1.0, -1.0, 1.0], [-1.0, 0.0, 1.0, 1.0], [1.0, -1.0, 0.0, 1.0],
+                         [-1.0, -1.0, -1.0, 0.0]])
 
 # Stream ids folded into the seed so that different uses never share draws.
-_STREAMS = {"train": 1, "eval": 2, "sft": 3, "preference": 4, "prompt": 5}
+_STREAMS = {'train': 1, 'eval': 2, 'sft': 3, 'preference': 4, 'prompt': 5}
 
 
 def _rng(seed: int, stream: str, task: str, *index: int) -> np.random.Generator:
     """Generator for (seed, stream, task[, record index])."""
-    task_id = sum(ord(c) * 31 ** i for i, c in enumerate(task)) % 2**31
+    task_id = sum(ord(c) * 31**i for i, c in enumerate(task)) % 2**31
     return np.random.default_rng([int(seed), _STREAMS[stream], task_id, *index])
 
 
@@ -81,7 +77,7 @@ def sigmoid_pair(z: float) -> float:
 
 def prompt_letters(prompt: str) -> str:
     """The letters of a task prompt (the text before the first ':')."""
-    return prompt.split(":", 1)[0]
+    return prompt.split(':', 1)[0]
 
 
 def transitive_reward(prompt: str, response: str) -> float:
@@ -90,8 +86,7 @@ def transitive_reward(prompt: str, response: str) -> float:
     hits = sum(ch in letters for ch in response)
     misses = len(response) - hits
     overflow = max(0, len(response) - TARGET_LEN)
-    return (hits - MISS_PENALTY * misses
-            - OVERFLOW_PENALTY * overflow) / TARGET_LEN
+    return (hits - MISS_PENALTY * misses - OVERFLOW_PENALTY * overflow) / TARGET_LEN
 
 
 def response_class(response: str) -> int:
@@ -110,20 +105,19 @@ class Task:
       name: the task name (``'transitive'`` or ``'intransitive'``).
     """
 
-    name: str = ""
+    name: str = ''
 
     # --- prompts and records -------------------------------------------
-    def prompts(self, n: int, *, seed: int, split: str = "train") -> list[str]:
+    def prompts(self, n: int, *, seed: int, split: str = 'train') -> list[str]:
         """``n`` prompts. Train prompts are drawn i.i.d. from the train pool;
         eval prompts cycle through a seeded permutation of the eval pool, so
         each eval prompt appears equally often and the list is fixed for a
         seed."""
-        if split == "train":
-            idx = _rng(seed, "train", self.name).integers(
-                len(TRAIN_PROMPTS), size=n)
+        if split == 'train':
+            idx = _rng(seed, 'train', self.name).integers(len(TRAIN_PROMPTS), size=n)
             return [TRAIN_PROMPTS[i] for i in idx]
-        if split == "eval":
-            order = _rng(seed, "eval", self.name).permutation(len(EVAL_PROMPTS))
+        if split == 'eval':
+            order = _rng(seed, 'eval', self.name).permutation(len(EVAL_PROMPTS))
             return [EVAL_PROMPTS[order[i % len(order)]] for i in range(n)]
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
 
@@ -132,11 +126,10 @@ class Task:
         character from the prompt letters with probability 0.5, else uniform
         over the alphabet)."""
         length = int(rng.integers(MIN_REF_LEN, MAX_REF_LEN + 1))
-        return self._continue(prompt, "", length, rng)
+        return self._continue(prompt, '', length, rng)
 
     @staticmethod
-    def _continue(prompt: str, prefix: str, length: int,
-                  rng: np.random.Generator) -> str:
+    def _continue(prompt: str, prefix: str, length: int, rng: np.random.Generator) -> str:
         letters = prompt_letters(prompt)
         chars = [prefix]
         for _ in range(length - len(prefix)):
@@ -144,16 +137,16 @@ class Task:
                 chars.append(letters[rng.integers(len(letters))])
             else:
                 chars.append(ALPHABET[rng.integers(len(ALPHABET))])
-        return "".join(chars)
+        return ''.join(chars)
 
     def sft_records(self, n: int, *, seed: int) -> list[dict]:
         """``n`` ``{prompt, response}`` demonstrations of the reference."""
         out = []
         for i in range(n):
-            rng = _rng(seed, "sft", self.name, i)
+            rng = _rng(seed, 'sft', self.name, i)
             p = TRAIN_PROMPTS[rng.integers(len(TRAIN_PROMPTS))]
             response = self.reference_response(p, rng)
-            out.append({"prompt": p, "response": response})
+            out.append({'prompt': p, 'response': response})
         return out
 
     def preference_records(self, n: int, *, seed: int) -> list[dict]:
@@ -161,7 +154,7 @@ class Task:
         responses, labelled by a draw from the gold preference."""
         out = []
         for i in range(n):
-            rng = _rng(seed, "preference", self.name, i)
+            rng = _rng(seed, 'preference', self.name, i)
             p = TRAIN_PROMPTS[rng.integers(len(TRAIN_PROMPTS))]
             y1 = self.reference_response(p, rng)
             y2 = self.reference_response(p, rng)
@@ -169,19 +162,16 @@ class Task:
                 chosen, rejected = y1, y2
             else:
                 chosen, rejected = y2, y1
-            out.append({"prompt": p, "chosen": chosen, "rejected": rejected,
-                        "margin": 0.0})
+            out.append({'prompt': p, 'chosen': chosen, 'rejected': rejected, 'margin': 0.0})
         return out
 
-    def prompt_records(self, n: int, *, seed: int,
-                       split: str = "train") -> list[dict]:
+    def prompt_records(self, n: int, *, seed: int, split: str = 'train') -> list[dict]:
         """``n`` ``{prompt}`` records."""
-        return [{"prompt": p} for p in self.prompts(n, seed=seed, split=split)]
+        return [{'prompt': p} for p in self.prompts(n, seed=seed, split=split)]
 
-    def reference_responses(self, prompts: Sequence[str], *,
-                            seed: int) -> list[str]:
+    def reference_responses(self, prompts: Sequence[str], *, seed: int) -> list[str]:
         """One reference response per prompt, deterministic in ``seed``."""
-        rng = _rng(seed, "prompt", self.name)
+        rng = _rng(seed, 'prompt', self.name)
         return [self.reference_response(p, rng) for p in prompts]
 
     # --- gold functions -----------------------------------------------
@@ -190,11 +180,9 @@ class Task:
         weak quality term q)."""
         return transitive_reward(prompt, response)
 
-    def gold_rewards(self, prompts: Sequence[str],
-                     responses: Sequence[str]) -> np.ndarray:
+    def gold_rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """Vectorised ``gold_reward``: float64[len(prompts)]."""
-        return np.array([self.gold_reward(p, y)
-                         for p, y in zip(prompts, responses, strict=True)],
+        return np.array([self.gold_reward(p, y) for p, y in zip(prompts, responses, strict=True)],
                         dtype=np.float64)
 
     def gold_preference(self, prompt: str, y: str, y_prime: str) -> float:
@@ -204,19 +192,20 @@ class Task:
     def gold_win_rate(self, prompts: Sequence[str], responses: Sequence[str],
                       ref_responses: Sequence[str]) -> float:
         """Mean gold P(response > ref_response) over the prompts."""
-        probs = [self.gold_preference(p, y, r) for p, y, r in
-                 zip(prompts, responses, ref_responses, strict=True)]
+        probs = [
+            self.gold_preference(p, y, r)
+            for p, y, r in zip(prompts, responses, ref_responses, strict=True)
+        ]
         return float(np.mean(probs))
 
 
 class TransitiveTask(Task):
     """Reward-explainable task: preferences are Bradley-Terry on the reward."""
 
-    name = "transitive"
+    name = 'transitive'
 
     def gold_preference(self, prompt: str, y: str, y_prime: str) -> float:
-        diff = (transitive_reward(prompt, y)
-                - transitive_reward(prompt, y_prime))
+        diff = (transitive_reward(prompt, y) - transitive_reward(prompt, y_prime))
         return sigmoid_pair(diff / BT_TEMPERATURE)
 
 
@@ -229,7 +218,7 @@ class IntransitiveTask(Task):
         column with this probability when the q terms are equal).
     """
 
-    name = "intransitive"
+    name = 'intransitive'
     class_logits = CLASS_LOGITS
     class_matrix = 1.0 / (1.0 + np.exp(-CYCLE_STRENGTH * CLASS_LOGITS))
 
@@ -246,12 +235,9 @@ class IntransitiveTask(Task):
 
     def gold_preference(self, prompt: str, y: str, y_prime: str) -> float:
         c, c_prime = response_class(y), response_class(y_prime)
-        quality = (transitive_reward(prompt, y)
-                   - transitive_reward(prompt, y_prime))
-        z = (CYCLE_STRENGTH * CLASS_LOGITS[c, c_prime]
-             + quality / QUALITY_TEMPERATURE)
+        quality = (transitive_reward(prompt, y) - transitive_reward(prompt, y_prime))
+        z = (CYCLE_STRENGTH * CLASS_LOGITS[c, c_prime] + quality / QUALITY_TEMPERATURE)
         return sigmoid_pair(float(z))
-
 
     def best_responses(self, prompt: str) -> list[str]:
         """The highest-quality response of each class 0..3 to ``prompt``.
@@ -262,15 +248,14 @@ class IntransitiveTask(Task):
         rest prompt letters.
         """
         letters = prompt_letters(prompt)
-        rest = "".join(letters[i % len(letters)] for i in range(TARGET_LEN - 1))
+        rest = ''.join(letters[i % len(letters)] for i in range(TARGET_LEN - 1))
         out = []
-        for group in CLASS_LETTERS + ("gh",):
+        for group in CLASS_LETTERS + ('gh',):
             in_prompt = [c for c in group if c in letters]
             out.append((in_prompt[0] if in_prompt else group[0]) + rest)
         return out
 
-    def exploitability(self, prompts: Sequence[str],
-                       responses: Sequence[str]) -> dict[str, float]:
+    def exploitability(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, float]:
         """How much the best response beats a policy's samples.
 
         For each class ``c``, ``win_c`` is the mean gold ``P(y_c > y)`` of
@@ -285,22 +270,22 @@ class IntransitiveTask(Task):
             for c, best in enumerate(self.best_responses(p)):
                 wins[c] += self.gold_preference(p, best, y)
         wins /= len(prompts)
-        out = {"exploitability": float(wins.max() - 0.5),
-               "worst_case_win_rate": float(1.0 - wins.max())}
-        out.update({f"best_response_win_class{c}": float(w)
-                    for c, w in enumerate(wins)})
+        out = {
+            'exploitability': float(wins.max() - 0.5),
+            'worst_case_win_rate': float(1.0 - wins.max())
+        }
+        out.update({f'best_response_win_class{c}': float(w) for c, w in enumerate(wins)})
         return out
 
 
-_TASKS = {"transitive": TransitiveTask, "intransitive": IntransitiveTask}
+_TASKS = {'transitive': TransitiveTask, 'intransitive': IntransitiveTask}
 
 
 def get_task(name: str) -> Task:
     """Returns the synthetic task called ``name``."""
     if name not in _TASKS:
-        raise ValueError(
-            f"unknown synthetic task {name!r}; expected one of "
-            f"{sorted(_TASKS)}")
+        raise ValueError(f'unknown synthetic task {name!r}; expected one of '
+                         f'{sorted(_TASKS)}')
     return _TASKS[name]()
 
 
@@ -310,14 +295,16 @@ def cycle_accuracy(score_cr: np.ndarray, records, gold_p: np.ndarray) -> dict[st
     A reward model orders the three classes linearly, so it must get at least one of the three
     cyclic class pairs wrong; a model that fits the cycle gets all three right.
     """
-    cls = np.array([[response_class(r['chosen']), response_class(r['rejected'])]
-                    for r in records])
+    cls = np.array([[response_class(r['chosen']), response_class(r['rejected'])] for r in records])
     valid = (cls[:, 0] < 3) & (cls[:, 1] < 3) & (cls[:, 0] != cls[:, 1])
-    out = {'cycle_pairs_accuracy': float(np.mean(score_cr[valid] > 0)),
-           'cycle_pairs_gold_label_accuracy': float(np.mean(gold_p[valid] > 0.5))}
+    out = {
+        'cycle_pairs_accuracy': float(np.mean(score_cr[valid] > 0)),
+        'cycle_pairs_gold_label_accuracy': float(np.mean(gold_p[valid] > 0.5))
+    }
     # Per unordered class pair {a, b}: how often the model prefers the gold winner.
     for a, b in ((0, 1), (1, 2), (2, 0)):
-        sel = valid & (((cls[:, 0] == a) & (cls[:, 1] == b)) | ((cls[:, 0] == b) & (cls[:, 1] == a)))
+        sel = valid & (((cls[:, 0] == a) & (cls[:, 1] == b)) | ((cls[:, 0] == b) &
+                                                                (cls[:, 1] == a)))
         if sel.any():
             prefers_a = np.where(cls[sel, 0] == a, score_cr[sel] > 0, score_cr[sel] < 0)
             out[f'prefers_{a}_over_{b}'] = float(np.mean(prefers_a))

@@ -42,8 +42,8 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         """Returns the ids of the UTF-8 bytes of ``text`` (no BOS or EOS)."""
         if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        return [b + _NUM_SPECIAL for b in text.encode("utf-8")]
+            raise TypeError(f'encode expects str, got {type(text).__name__}')
+        return [b + _NUM_SPECIAL for b in text.encode('utf-8')]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of ``ids`` up to (not including) the first EOS.
@@ -59,13 +59,11 @@ class ByteTokenizer:
                 break
             if _NUM_SPECIAL <= i < self.num_real_ids:
                 out.append(i - _NUM_SPECIAL)
-        return out.decode("utf-8", errors="replace")
+        return out.decode('utf-8', errors='replace')
 
     chat_template: str | None = None  # config.data.chat_template=PATH sets one
 
-    def format_chat(
-        self, messages: Sequence[Mapping[str, str]]
-    ) -> tuple[str, str]:
+    def format_chat(self, messages: Sequence[Mapping[str, str]]) -> tuple[str, str]:
         """Renders chat messages as (prompt_text, response_text).
 
         The response is the last message, which must come from the assistant.
@@ -84,7 +82,7 @@ class ByteTokenizer:
           DataError: if the messages are malformed or the last message is not
             the assistant's.
         """
-        records_lib.check_messages(messages, where="format_chat")
+        records_lib.check_messages(messages, where='format_chat')
         chat = chat_lib.Chat.of(self)
         prompt, _, (response,) = chat.split(messages[:-1], [messages[-1:]])
         return prompt, response

@@ -10,14 +10,14 @@ from alignjax import evaluation
 def make(config, task, reference, tok, *, max_new_tokens: int, policy_of=lambda model: model,
          scorer=None):
     """`(model, step) -> figures` of `policy_of(model)` against `reference`."""
-
     def evaluate(model, step):
         del step
         e = config.eval
-        return evaluation.gold_evaluation(
-            task, policy_of(model), reference, tok, num_prompts=e.num_prompts,
-            max_prompt_len=config.data.max_prompt_len, max_new_tokens=max_new_tokens,
-            temperature=e.temperature, seed=config.seed, with_kl=True, scorer=scorer)
+        return evaluation.gold_evaluation(task, policy_of(model), reference, tok,
+                                          num_prompts=e.num_prompts,
+                                          max_prompt_len=config.data.max_prompt_len,
+                                          max_new_tokens=max_new_tokens, temperature=e.temperature,
+                                          seed=config.seed, with_kl=True, scorer=scorer)
 
     return evaluate
 

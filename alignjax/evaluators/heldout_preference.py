@@ -31,7 +31,6 @@ def figures(pc, pr, rc, rr, *, beta: float) -> dict[str, float]:
 def make(config, records, tok, mesh, *, policy_logps, reference_logps, beta: float):
     """`(model, step) -> figures` over `records`; `policy_logps(state, batch)` gives (pc, pr, ...)
     on device, `reference_logps(host batch)` (rc, rr)."""
-
     def evaluate(model, step):
         del step
         state = nnx.state(model)

@@ -18,12 +18,13 @@ def preference_figures(logit_cr: np.ndarray, records, task) -> dict[str, float]:
     swap = np.arange(len(prob)) % 2 == 1
     out = {
         'accuracy': float(np.mean((logit_cr > 0) + 0.5 * (logit_cr == 0))),
-        'ece': float(reward_losses.expected_calibration_error(
-            np.where(swap, 1.0 - prob, prob), np.where(swap, 0.0, 1.0))),
+        'ece': float(
+            reward_losses.expected_calibration_error(np.where(swap, 1.0 - prob, prob),
+                                                     np.where(swap, 0.0, 1.0))),
     }
     if task is not None:
-        p = np.array([task.gold_preference(r['prompt'], r['chosen'], r['rejected'])
-                      for r in records])
+        p = np.array(
+            [task.gold_preference(r['prompt'], r['chosen'], r['rejected']) for r in records])
         out['gold_label_accuracy'] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
         out['bayes_accuracy'] = float(np.mean(np.maximum(p, 1.0 - p)))
         if task.name == 'intransitive':
@@ -34,7 +35,6 @@ def preference_figures(logit_cr: np.ndarray, records, task) -> dict[str, float]:
 def make(config, records, tok, mesh, *, logits, task=None):
     """`(model, step) -> figures` over `records`; `logits(state, batch)` gives [B] logits of
     P(chosen > rejected)."""
-
     def evaluate(model, step):
         del step
         state = nnx.state(model)

@@ -22,8 +22,8 @@ def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=N
         rc_all.append(np.asarray(rc)[:real])
         rr_all.append(np.asarray(rr)[:real])
     rc, rr = np.concatenate(rc_all), np.concatenate(rr_all)  # [N, K]
-    agg = lambda r: np.asarray(reward_losses.aggregate_ensemble(jnp.asarray(r), method=aggregate,
-                                                                lam=lam))
+    agg = lambda r: np.asarray(
+        reward_losses.aggregate_ensemble(jnp.asarray(r), method=aggregate, lam=lam))
     ac, ar = agg(rc), agg(rr)
     correct, count = reward_losses.pairwise_accuracy(jnp.asarray(ac), jnp.asarray(ar))
     # Calibration of P(first > second), with every other pair presented in swapped order.
@@ -38,13 +38,13 @@ def evaluate_pairs(score, records_batches, *, aggregate: str, lam: float, task=N
     }
     if rc.shape[1] > 1:
         for k in range(rc.shape[1]):
-            out[f'accuracy_member{k}'] = float(np.mean((rc[:, k] > rr[:, k]) +
-                                                       0.5 * (rc[:, k] == rr[:, k])))
+            out[f'accuracy_member{k}'] = float(
+                np.mean((rc[:, k] > rr[:, k]) + 0.5 * (rc[:, k] == rr[:, k])))
     if task is not None and records is not None:
         # What the gold labels allow: the gold reward's own accuracy on these labels, and the
         # Bayes rate E[max(p, 1 - p)] of the Bradley-Terry labelling noise.
-        p = np.array([task.gold_preference(r['prompt'], r['chosen'], r['rejected'])
-                      for r in records])
+        p = np.array(
+            [task.gold_preference(r['prompt'], r['chosen'], r['rejected']) for r in records])
         out['gold_label_accuracy'] = float(np.mean((p > 0.5) + 0.5 * (p == 0.5)))
         out['bayes_accuracy'] = float(np.mean(np.maximum(p, 1.0 - p)))
         if task.name == 'intransitive':

@@ -5,5 +5,7 @@ from alignjax.interop.hf import FAMILIES, config_from_hf, hf_config, load_hf, lo
 from alignjax.interop.pretrained import Pretrained, from_pretrained
 from alignjax.interop.tokenizer import HFTokenizer, load_tokenizer
 
-__all__ = ['FAMILIES', 'HFTokenizer', 'Pretrained', 'config_from_hf', 'from_pretrained',
-           'hf_config', 'load_hf', 'load_into', 'load_tokenizer', 'save_hf']
+__all__ = [
+    'FAMILIES', 'HFTokenizer', 'Pretrained', 'config_from_hf', 'from_pretrained', 'hf_config',
+    'load_hf', 'load_into', 'load_tokenizer', 'save_hf'
+]

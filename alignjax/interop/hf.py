@@ -51,19 +51,28 @@ _GEMMA2_LAYER = {
 _TOP = {('embedding',): 'model.embed_tokens.weight', ('final_norm', 'scale'): 'model.norm.weight',
         ('lm_head',): 'lm_head.weight'}
 # Weights HF stores transposed, with the number of leading alignjax axes that are input axes.
-_TRANSPOSED = {'q_proj': 1, 'k_proj': 1, 'v_proj': 1, 'o_proj': 2, 'gate_proj': 1, 'up_proj': 1,
-               'down_proj': 1, 'lm_head': 1}
+_TRANSPOSED = {
+    'q_proj': 1, 'k_proj': 1, 'v_proj': 1, 'o_proj': 2, 'gate_proj': 1, 'up_proj': 1,
+    'down_proj': 1, 'lm_head': 1
+}
 _FLAT = ('q_bias', 'k_bias', 'v_bias')  # HF [H * hd] <-> alignjax [H, hd]
-_ACTIVATIONS = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh',
-                'gelu_new': 'gelu_tanh'}
+_ACTIVATIONS = {
+    'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh'
+}
 # transformers' defaults (PreTrainedConfig subclasses) for fields a config.json may leave out.
-_DEFAULTS = {'rms_norm_eps': 1e-6, 'hidden_act': 'silu', 'rope_theta': 10_000.0,
-             'tie_word_embeddings': False, 'max_position_embeddings': 2048}
-_GEMMA_DEFAULTS = {'tie_word_embeddings': True, 'head_dim': 256, 'hidden_act': 'gelu_pytorch_tanh',
-                   'hidden_activation': 'gelu_pytorch_tanh', 'max_position_embeddings': 8192,
-                   'num_key_value_heads': 4, 'sliding_window': 4096, 'query_pre_attn_scalar': 256}
-_QWEN_DEFAULTS = {'num_key_value_heads': 32, 'sliding_window': 4096, 'max_window_layers': 28,
-                  'max_position_embeddings': 32768}
+_DEFAULTS = {
+    'rms_norm_eps': 1e-6, 'hidden_act': 'silu', 'rope_theta': 10_000.0,
+    'tie_word_embeddings': False, 'max_position_embeddings': 2048
+}
+_GEMMA_DEFAULTS = {
+    'tie_word_embeddings': True, 'head_dim': 256, 'hidden_act': 'gelu_pytorch_tanh',
+    'hidden_activation': 'gelu_pytorch_tanh', 'max_position_embeddings': 8192,
+    'num_key_value_heads': 4, 'sliding_window': 4096, 'query_pre_attn_scalar': 256
+}
+_QWEN_DEFAULTS = {
+    'num_key_value_heads': 32, 'sliding_window': 4096, 'max_window_layers': 28,
+    'max_position_embeddings': 32768
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,27 +96,30 @@ class Family:
 
 FAMILIES = {
     'llama': Family('LlamaForCausalLM', _LLAMA_LAYER, bias_switch=True),
-    'mistral': Family('MistralForCausalLM', _LLAMA_LAYER, sliding='all',
-                      defaults={'sliding_window': 4096, 'num_key_value_heads': 8,
-                                'max_position_embeddings': 131_072}),
+    'mistral': Family(
+        'MistralForCausalLM', _LLAMA_LAYER, sliding='all', defaults={
+            'sliding_window': 4096, 'num_key_value_heads': 8, 'max_position_embeddings': 131_072
+        }),
     'qwen2': Family('Qwen2ForCausalLM', _LLAMA_LAYER, qkv_bias=True, sliding='qwen',
                     defaults=_QWEN_DEFAULTS),
     'qwen3': Family('Qwen3ForCausalLM', _LLAMA_LAYER, qk_norm=True, bias_switch=True,
                     sliding='qwen', defaults={**_QWEN_DEFAULTS, 'head_dim': 128}),
     'gemma': Family('GemmaForCausalLM', _LLAMA_LAYER, gemma=True, bias_switch=True,
                     defaults={**_GEMMA_DEFAULTS, 'num_key_value_heads': 16}),
-    'gemma2': Family('Gemma2ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation', gemma=True,
-                     post_norms=True, bias_switch=True, sliding='types', softcaps=True,
-                     query_pre_attn_scalar=True,
-                     defaults={**_GEMMA_DEFAULTS, 'sliding_window_pattern': 2,
-                               'attn_logit_softcapping': 50.0, 'final_logit_softcapping': 30.0}),
-    'gemma3_text': Family('Gemma3ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation',
-                          gemma=True, post_norms=True, qk_norm=True, bias_switch=True,
-                          sliding='types', softcaps=True, query_pre_attn_scalar=True,
-                          local_rope=True,
-                          defaults={**_GEMMA_DEFAULTS, 'sliding_window_pattern': 6,
-                                    'rope_theta': 1_000_000.0, 'rope_local_base_freq': 10_000.0,
-                                    'max_position_embeddings': 131_072}),
+    'gemma2': Family(
+        'Gemma2ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation', gemma=True,
+        post_norms=True, bias_switch=True, sliding='types', softcaps=True,
+        query_pre_attn_scalar=True, defaults={
+            **_GEMMA_DEFAULTS, 'sliding_window_pattern': 2, 'attn_logit_softcapping': 50.0,
+            'final_logit_softcapping': 30.0
+        }),
+    'gemma3_text': Family(
+        'Gemma3ForCausalLM', _GEMMA2_LAYER, act_key='hidden_activation', gemma=True,
+        post_norms=True, qk_norm=True, bias_switch=True, sliding='types', softcaps=True,
+        query_pre_attn_scalar=True, local_rope=True, defaults={
+            **_GEMMA_DEFAULTS, 'sliding_window_pattern': 6, 'rope_theta': 1_000_000.0,
+            'rope_local_base_freq': 10_000.0, 'max_position_embeddings': 131_072
+        }),
 }
 
 
@@ -130,11 +142,12 @@ def _rope_one(params: dict, max_position: int, source: str):
     if kind == 'linear':
         return theta, {'type': 'linear', 'factor': float(params['factor'])}
     if kind == 'llama3':
-        return theta, {'type': 'llama3', 'factor': float(params['factor']),
-                       'low_freq_factor': float(params['low_freq_factor']),
-                       'high_freq_factor': float(params['high_freq_factor']),
-                       'original_max_position': int(params.get('original_max_position_embeddings',
-                                                                max_position))}
+        return theta, {
+            'type': 'llama3', 'factor': float(params['factor']),
+            'low_freq_factor': float(params['low_freq_factor']),
+            'high_freq_factor': float(params['high_freq_factor']), 'original_max_position': int(
+                params.get('original_max_position_embeddings', max_position))
+        }
     raise ValueError(f'{source}: rope_parameters.rope_type={kind!r} is not supported '
                      '(default, linear, llama3)')
 
@@ -148,11 +161,13 @@ def _local_layers(hf: dict, fam: Family, get, n: int, source: str):
         return int(window), [True] * n
     types = hf.get('layer_types')
     if types is None and fam.sliding == 'qwen':
-        types = ['sliding_attention' if i >= get('max_window_layers') else 'full_attention'
-                 for i in range(n)]
+        types = [
+            'sliding_attention' if i >= get('max_window_layers') else 'full_attention'
+            for i in range(n)
+        ]
     elif types is None:
-        p = hf.get('sliding_window_pattern', hf.get('_sliding_window_pattern',
-                                                    get('sliding_window_pattern')))
+        p = hf.get('sliding_window_pattern',
+                   hf.get('_sliding_window_pattern', get('sliding_window_pattern')))
         types = ['sliding_attention' if (i + 1) % p else 'full_attention' for i in range(n)]
     if len(types) != n or set(types) - {'sliding_attention', 'full_attention'}:
         raise ValueError(f'{source}: layer_types={types} is not supported (expected {n} entries of '
@@ -220,20 +235,19 @@ def config_from_hf(hf_config: dict, *, source: str = 'config.json') -> ModelConf
     softcap = lambda key: None if get(key) is None else float(get(key))
     return ModelConfig(
         vocab_size=hf['vocab_size'], embed_dim=hf['hidden_size'], num_layers=n, num_heads=heads,
-        num_kv_heads=get('num_key_value_heads') or heads,
-        head_dim=get('head_dim') or hf['hidden_size'] // heads, mlp_dim=hf['intermediate_size'],
-        activation=activation, norm_eps=float(get('rms_norm_eps')), norm_offset=fam.gemma,
-        post_norms=fam.post_norms, qk_norm=fam.qk_norm, attention_bias=fam.qkv_bias,
-        rope_theta=theta, rope_scaling=scaling,
+        num_kv_heads=get('num_key_value_heads') or heads, head_dim=get('head_dim')
+        or hf['hidden_size'] // heads, mlp_dim=hf['intermediate_size'], activation=activation,
+        norm_eps=float(get('rms_norm_eps')), norm_offset=fam.gemma, post_norms=fam.post_norms,
+        qk_norm=fam.qk_norm, attention_bias=fam.qkv_bias, rope_theta=theta, rope_scaling=scaling,
         rope_local_theta=local_theta if separate else None,
         rope_local_scaling=local_scaling if separate else None,
         sliding_window=window if any(local) else None, local_layer_period=_period(local, source),
-        query_scale=(float(get('query_pre_attn_scalar')) ** -0.5
+        query_scale=(float(get('query_pre_attn_scalar'))**-0.5
                      if fam.query_pre_attn_scalar else None),
         attn_logit_softcap=softcap('attn_logit_softcapping') if fam.softcaps else None,
         final_logit_softcap=softcap('final_logit_softcapping') if fam.softcaps else None,
-        embed_scale=fam.gemma, tie_embeddings=bool(get('tie_word_embeddings')),
-        param_dtype=dtype if dtype in _PARAM_DTYPES else 'float32',
+        embed_scale=fam.gemma, tie_embeddings=bool(
+            get('tie_word_embeddings')), param_dtype=dtype if dtype in _PARAM_DTYPES else 'float32',
         dtype=dtype if dtype in _PARAM_DTYPES else 'float32')
 
 
@@ -245,12 +259,12 @@ def _semantics(cfg: ModelConfig) -> dict:
     for key in ('param_dtype', 'dtype', 'remat', 'remat_policy', 'scan_layers', 'scan_unroll',
                 'attention', 'local_layer_period', 'rope_local_theta', 'rope_local_scaling'):
         del out[key]
-    out.update(local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,
-               rope_theta=None if all(local) else cfg.rope_theta,
-               rope_scaling=None if all(local) else cfg.rope_scaling,
-               local_rope=cfg.rope(True) if any(local) else None,
-               query_scale=round(cfg.head_dim ** -0.5 if cfg.query_scale is None
-                                 else cfg.query_scale, 10))
+    out.update(
+        local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,
+        rope_theta=None if all(local) else cfg.rope_theta,
+        rope_scaling=None if all(local) else cfg.rope_scaling,
+        local_rope=cfg.rope(True) if any(local) else None,
+        query_scale=round(cfg.head_dim**-0.5 if cfg.query_scale is None else cfg.query_scale, 10))
     return out
 
 
@@ -271,13 +285,15 @@ def hf_config(cfg: ModelConfig, model_type: str) -> dict:
     fam = _family(model_type, 'save_hf')
     local = [cfg.is_local_layer(i) for i in range(cfg.num_layers)]
     types = ['sliding_attention' if x else 'full_attention' for x in local]
-    out = {'architectures': [fam.architecture], 'model_type': model_type,
-           'vocab_size': cfg.vocab_size, 'hidden_size': cfg.embed_dim,
-           'intermediate_size': cfg.mlp_dim, 'num_hidden_layers': cfg.num_layers,
-           'num_attention_heads': cfg.num_heads, 'num_key_value_heads': cfg.num_kv_heads,
-           'head_dim': cfg.head_dim, 'rms_norm_eps': cfg.norm_eps,
-           fam.act_key: 'silu' if cfg.activation == 'silu' else 'gelu_pytorch_tanh',
-           'tie_word_embeddings': cfg.tie_embeddings, 'dtype': cfg.param_dtype}
+    out = {
+        'architectures': [fam.architecture], 'model_type': model_type, 'vocab_size': cfg.vocab_size,
+        'hidden_size': cfg.embed_dim, 'intermediate_size': cfg.mlp_dim,
+        'num_hidden_layers': cfg.num_layers, 'num_attention_heads': cfg.num_heads,
+        'num_key_value_heads': cfg.num_kv_heads, 'head_dim': cfg.head_dim,
+        'rms_norm_eps': cfg.norm_eps,
+        fam.act_key: 'silu' if cfg.activation == 'silu' else 'gelu_pytorch_tanh',
+        'tie_word_embeddings': cfg.tie_embeddings, 'dtype': cfg.param_dtype
+    }
     rope = _rope_out(cfg.rope_theta, cfg.rope_scaling)
     if fam.local_rope:
         rope = {'full_attention': rope, 'sliding_attention': _rope_out(*cfg.rope(True))}
@@ -293,9 +309,10 @@ def hf_config(cfg: ModelConfig, model_type: str) -> dict:
         out.update(sliding_window=cfg.sliding_window or fam.defaults['sliding_window'],
                    layer_types=types)
     if fam.query_pre_attn_scalar:
-        scalar = (cfg.query_scale or cfg.head_dim ** -0.5) ** -2
-        out['query_pre_attn_scalar'] = (round(scalar) if abs(scalar - round(scalar)) < 1e-6
-                                        else scalar)  # transformers types it as int
+        scalar = (cfg.query_scale or cfg.head_dim**-0.5)**-2
+        out['query_pre_attn_scalar'] = (round(scalar) if abs(scalar
+                                                             - round(scalar)) < 1e-6 else scalar
+                                       )  # transformers types it as int
     if fam.softcaps:
         out.update(attn_logit_softcapping=cfg.attn_logit_softcap,
                    final_logit_softcapping=cfg.final_logit_softcap)
@@ -351,8 +368,9 @@ def _tensors(state: nnx.State, fam: Family):
     for path, var in state.flat_state():
         path = tuple(path)
         if path[0] == LAYERS and not isinstance(path[1], int):  # stacked: ('layers', *rest)
-            out += [(_hf_name((LAYERS, i, *path[1:]), fam), i, path, var)
-                    for i in range(var.shape[0])]
+            out += [
+                (_hf_name((LAYERS, i, *path[1:]), fam), i, path, var) for i in range(var.shape[0])
+            ]
         else:
             out.append((_hf_name(path, fam), None, path, var))
     return out
@@ -372,8 +390,8 @@ def _fill(state: nnx.State, shardings: dict, directory: str) -> tuple[int, int]:
     ckpt = safetensors_io.Checkpoint(directory)
     tensors = _tensors(state, fam)
     names = {name for name, *_ in tensors}
-    ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (
-        key == _TOP[('lm_head',)] and _TOP[('lm_head',)] not in names)
+    ignored = lambda key: key.endswith('rotary_emb.inv_freq') or (key == _TOP[
+        ('lm_head',)] and _TOP[('lm_head',)] not in names)
     missing = sorted(names - set(ckpt.entries))
     unexpected = sorted(k for k in set(ckpt.entries) - names if not ignored(k))
     if missing or unexpected:
@@ -396,15 +414,17 @@ def _fill(state: nnx.State, shardings: dict, directory: str) -> tuple[int, int]:
             if key not in blocks:
                 if stacked:
                     layers = range(*index[0].indices(var.shape[0]))
-                    x = np.stack([_block(ckpt, names[i], path[-1], var.shape[1:], index[1:])
-                                  for i in layers])
+                    x = np.stack([
+                        _block(ckpt, names[i], path[-1], var.shape[1:], index[1:]) for i in layers
+                    ])
                 else:
                     x = _block(ckpt, names[0], path[-1], var.shape, index)
                 blocks[key] = x.astype(var.dtype)
             return blocks[key]
+
         var.set_value(jax.make_array_from_callback(var.shape, shardings[path], shard))
     total = sum(ckpt.nbytes(name) for names in by_path.values() for name in names)
-    logging.info('%s: read %.1f of %.1f MiB of tensors (this process\'s shards)', directory,
+    logging.info("%s: read %.1f of %.1f MiB of tensors (this process's shards)", directory,
                  ckpt.bytes_read / 2**20, total / 2**20)
     return ckpt.bytes_read, total
 
@@ -456,12 +476,13 @@ def load_hf(directory: str, mesh, *, rules=None, dtype=None) -> tuple[Decoder, M
     ckpt = safetensors_io.Checkpoint(directory)
     if dtype is None and _TOP[('embedding',)] in ckpt.entries:
         dtype = ckpt.dtype(_TOP[('embedding',)]).name
-    name = cfg.param_dtype if dtype is None else (dtype if isinstance(dtype, str)
-                                                  else np.dtype(dtype).name)
+    name = cfg.param_dtype if dtype is None else (
+        dtype if isinstance(dtype, str) else np.dtype(dtype).name)
     cfg = cfg.replace(param_dtype=name, dtype=name)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
-    shardings = dict(sharding_lib.state_shardings(
-        state, mesh, sharding_lib.rules_from_config(rules)).flat_state())
+    shardings = dict(
+        sharding_lib.state_shardings(state, mesh,
+                                     sharding_lib.rules_from_config(rules)).flat_state())
     _fill(state, {tuple(k): v for k, v in shardings.items()}, directory)
     return nnx.merge(graphdef, state), cfg
 
@@ -523,9 +544,9 @@ def save_hf(model: Decoder, cfg: ModelConfig, directory: str, *, model_type: str
         x, leaf = var.get_value(), path[-1]
         shape = x.shape if layer is None else x.shape[1:]
         get = (lambda x=x: x) if layer is None else (lambda x=x, i=layer: x[i])
-        tensors.append((hf_name, _hf_shape(leaf, shape), x.dtype,
-                        lambda get=get, leaf=leaf: _to_hf(sharding_lib.to_global_host(get()),
-                                                          leaf)))
+        tensors.append(
+            (hf_name, _hf_shape(leaf, shape), x.dtype,
+             lambda get=get, leaf=leaf: _to_hf(sharding_lib.to_global_host(get()), leaf)))
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(directory, exist_ok=True)

@@ -37,8 +37,11 @@ class Pretrained:
         or a list of messages) goes through the chat template with the generation prompt."""
         tok = self.tokenizer
         if chat:
-            texts = [tok.apply_chat_template([{'role': 'user', 'content': p}] if isinstance(p, str)
-                                             else p, add_generation_prompt=True) for p in prompts]
+            texts = [
+                tok.apply_chat_template(
+                    [{'role': 'user', 'content': p}] if isinstance(p, str) else p,
+                    add_generation_prompt=True) for p in prompts
+            ]
             ids = [tok.encode(t) for t in texts]
         else:
             ids = [tok.encode(p, add_special_tokens=True) for p in prompts]
@@ -54,10 +57,10 @@ class Pretrained:
                  seed: int = 0) -> list[str]:
         """Responses to `prompts` (greedy at temperature 0), decoded up to EOS."""
         tokens, mask = self.encode(prompts, chat=chat)
-        config = sampling.SamplingConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature or 1.0, top_k=top_k,
-            top_p=top_p, greedy=temperature == 0.0, eos_id=self.tokenizer.eos_id,
-            pad_id=self.tokenizer.pad_id)
+        config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature
+                                         or 1.0, top_k=top_k, top_p=top_p,
+                                         greedy=temperature == 0.0, eos_id=self.tokenizer.eos_id,
+                                         pad_id=self.tokenizer.pad_id)
         out = sampling.generate(self.model, tokens, mask, jax.random.key(seed), config)
         return [self.tokenizer.decode(t) for t in np.asarray(out['tokens'])]
 
@@ -78,4 +81,3 @@ def from_pretrained(directory: str, *, mesh=None, dtype: str | None = None, rule
     model, cfg = hf.load_hf(directory, mesh, rules=rules, dtype=dtype)
     tok = tokenizer_lib.load_tokenizer(directory, bos=bos, eos=eos, pad=pad)
     return Pretrained(model, cfg, tok)
-

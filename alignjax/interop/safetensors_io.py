@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 import ml_dtypes
 import numpy as np
 
-DTYPES = {'F32': np.dtype(np.float32), 'F16': np.dtype(np.float16),
-          'BF16': np.dtype(ml_dtypes.bfloat16), 'F64': np.dtype(np.float64)}
+DTYPES = {
+    'F32': np.dtype(np.float32), 'F16': np.dtype(np.float16), 'BF16': np.dtype(ml_dtypes.bfloat16),
+    'F64': np.dtype(np.float64)
+}
 CODES = {v: k for k, v in DTYPES.items()}
 
 
@@ -30,7 +32,6 @@ class Checkpoint:
     `read_block(name, ranges)` only those of a block of it (a host's shard), so that every
     process of a pod reads its own part of the checkpoint. `bytes_read` counts what was read.
     """
-
     def __init__(self, directory: str):
         index = os.path.join(directory, 'model.safetensors.index.json')
         if os.path.exists(index):
@@ -98,8 +99,8 @@ class Checkpoint:
                 offset = base + sum((lead[i][j]) * strides[i] for i, j in enumerate(idx))
                 pieces.append(os.pread(f.fileno(), (c1 - c0) * run, offset + c0 * run))
         self.bytes_read += sum(len(p) for p in pieces)
-        out = np.frombuffer(b''.join(pieces), dtype).reshape(
-            *(len(r) for r in lead), c1 - c0, *shape[cut + 1:])
+        out = np.frombuffer(b''.join(pieces), dtype).reshape(*(len(r) for r in lead), c1 - c0,
+                                                             *shape[cut + 1:])
         return out
 
     def _pread(self, path: str, offset: int, size: int) -> bytes:
@@ -129,8 +130,10 @@ def write(path: str | None, tensors: Sequence[tuple[str, tuple, np.dtype, Callab
     header, offset = {'__metadata__': {'format': 'pt'}}, 0
     for name, shape, dtype, _ in tensors:
         size = math.prod(shape) * np.dtype(dtype).itemsize
-        header[name] = {'dtype': CODES[np.dtype(dtype)], 'shape': list(shape),
-                        'data_offsets': [offset, offset + size]}
+        header[name] = {
+            'dtype': CODES[np.dtype(dtype)], 'shape': list(shape),
+            'data_offsets': [offset, offset + size]
+        }
         offset += size
     blob = json.dumps(header, separators=(',', ':')).encode()
     blob += b' ' * (-len(blob) % 8)  # the data section starts 8-byte aligned

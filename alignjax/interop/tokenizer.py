@@ -49,7 +49,6 @@ def _token_text(value) -> str | None:
 
 class _TokenizersBackend:
     """tokenizer.json through the `tokenizers` library."""
-
     def __init__(self, path: str):
         tokenizers = require('tokenizers', f'{path}', 'hf')
         self.tok = tokenizers.Tokenizer.from_file(path)
@@ -71,7 +70,6 @@ class _TokenizersBackend:
 
 class _SentencePieceBackend:
     """A SentencePiece model (tokenizer.model), encoded as SentencePiece itself encodes."""
-
     def __init__(self, path: str):
         sentencepiece = require('sentencepiece', f'{path}', 'hf')
         self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
@@ -98,7 +96,6 @@ class HFTokenizer:
         vocab_size: the number of ids it can produce (the model's vocabulary may be larger).
         chat_template: the Jinja template, or None.
     """
-
     def __init__(self, directory: str, *, bos: str = '', eos: str = '', pad: str = ''):
         self.directory = directory
         if os.path.isfile(os.path.join(directory, 'tokenizer.json')):
@@ -131,8 +128,8 @@ class HFTokenizer:
         # `tokenizer(text)` adds, and add_bos_token / add_eos_token are ignored; a SentencePiece
         # model follows those flags (BOS by default, as Llama and Gemma).
         self._explicit = isinstance(self._backend, _SentencePieceBackend)
-        self.add_bos = (bool(config.get('add_bos_token', True)) if self._explicit
-                        else self._backend.adds_bos(self.bos_id)) and self.bos_id is not None
+        self.add_bos = (bool(config.get('add_bos_token', True)) if self._explicit else
+                        self._backend.adds_bos(self.bos_id)) and self.bos_id is not None
         self.add_eos = self._explicit and bool(config.get('add_eos_token', False))
         self.vocab_size = self._backend.size
         self.chat_template = config.get('chat_template')
@@ -176,8 +173,7 @@ class HFTokenizer:
         return self._backend.decode(out)
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, str]], *,
-                            add_generation_prompt: bool = False, tokenize: bool = False,
-                            **kwargs):
+                            add_generation_prompt: bool = False, tokenize: bool = False, **kwargs):
         """The conversation rendered by the checkpoint's chat template (text, or its ids)."""
         if self.chat_template is None:
             raise ValueError(f'{self.directory}: the tokenizer has no chat template '

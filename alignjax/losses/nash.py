@@ -196,8 +196,9 @@ def inpo_loss(logp_w, logp_l, ref_w, ref_l, anchor_w, anchor_l, *, eta, tau, pro
       (loss_sum, count) with count = sum of weights.
     """
     _check_positive('inpo_loss', eta=eta)
-    (logp_w, logp_l, ref_w, ref_l, anchor_w, anchor_l, p), weight, valid = _rows(
-        weight, logp_w, logp_l, ref_w, ref_l, anchor_w, anchor_l, 1.0 if prob_w is None else prob_w)
+    (logp_w, logp_l, ref_w, ref_l, anchor_w, anchor_l,
+     p), weight, valid = _rows(weight, logp_w, logp_l, ref_w, ref_l, anchor_w, anchor_l,
+                               1.0 if prob_w is None else prob_w)
     a = eta * tau
     h = (logp_w - logp_l) - a * _sg(ref_w - ref_l) - (1.0 - a) * _sg(anchor_w - anchor_l)
     p = _sg(p)
@@ -235,8 +236,8 @@ def dno_loss(logp_a, logp_b, anchor_a, anchor_b, target, *, eta, weight=None):
       (loss_sum, count) with count = sum of weights.
     """
     _check_positive('dno_loss', eta=eta)
-    (logp_a, logp_b, anchor_a, anchor_b, target), weight, valid = _rows(
-        weight, logp_a, logp_b, anchor_a, anchor_b, target)
+    (logp_a, logp_b, anchor_a, anchor_b,
+     target), weight, valid = _rows(weight, logp_a, logp_b, anchor_a, anchor_b, target)
     target = _sg(target)
     z = eta * ((logp_a - logp_b) - _sg(anchor_a - anchor_b))
     per_row = -(target * jax.nn.log_sigmoid(z) + (1.0 - target) * jax.nn.log_sigmoid(-z))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def _concrete(value):
     """The Python float of a coefficient, or None when it is traced (checked by the caller then)."""
     try:
@@ -97,6 +98,7 @@ class Pair(NamedTuple):
 # The DPO family, one pure function a loss: (pair, beta, e = label_smoothing, gamma) -> [B].
 # With m = pair.margin, h = beta * m, r_c = beta * ratio_c, r_r = beta * ratio_r.
 
+
 def sigmoid_loss(t: Pair, beta, e, gamma):
     """DPO (Rafailov et al. 2023, "Direct Preference Optimization"); with e > 0 the conservative
     DPO (cDPO, Mitchell 2023) of a label flipped with probability e:
@@ -142,8 +144,8 @@ def exo_pair_loss(t: Pair, beta, e, gamma):
     del gamma
     h = beta * t.margin
     log_q_w, log_q_l = jax.nn.log_sigmoid(h), jax.nn.log_sigmoid(-h)
-    return (jnp.exp(log_q_w) * (log_q_w - jnp.log1p(-e))
-            + jnp.exp(log_q_l) * (log_q_l - jnp.log(e)))
+    return (jnp.exp(log_q_w) * (log_q_w - jnp.log1p(-e)) + jnp.exp(log_q_l) *
+            (log_q_l - jnp.log(e)))
 
 
 def nca_pair_loss(t: Pair, beta, e, gamma):
@@ -229,8 +231,7 @@ def preference_losses(chosen_logps, rejected_logps, ref_chosen_logps, ref_reject
 
 def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
              loss_types: Sequence[str] | str = ('sigmoid',), loss_weights=None, beta,
-             label_smoothing=0.0, gamma=0.0, rpo_alpha: float = 0.0, chosen_nll=None,
-             mask=None):
+             label_smoothing=0.0, gamma=0.0, rpo_alpha: float = 0.0, chosen_nll=None, mask=None):
     """DPO-family loss: a weighted list of objectives, plus an optional RPO NLL term.
 
     Per example:
@@ -280,8 +281,8 @@ def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
     per_example = 0.0
     for loss_type, weight in zip(loss_types, loss_weights):
         per_example = per_example + weight * preference_losses(
-            chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
-            loss_type=loss_type, beta=beta, label_smoothing=label_smoothing, gamma=gamma)
+            chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, loss_type=loss_type,
+            beta=beta, label_smoothing=label_smoothing, gamma=gamma)
     if use_nll:
         per_example = per_example + rpo_alpha * jnp.asarray(chosen_nll)
 

@@ -75,7 +75,8 @@ def aggregate_ensemble(rewards, *, method: str = 'mean', lam: float = 1.0):
     With K = 1 every method returns the single column; a [B] input is taken as one member.
     """
     if method not in AGGREGATE_METHODS:
-        raise ValueError(f'aggregate_ensemble: unknown method {method!r}; known: {AGGREGATE_METHODS}')
+        raise ValueError(
+            f'aggregate_ensemble: unknown method {method!r}; known: {AGGREGATE_METHODS}')
     rewards = jnp.asarray(rewards)
     if rewards.ndim == 1:
         return rewards

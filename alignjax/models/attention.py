@@ -30,7 +30,7 @@ import jax.numpy as jnp
 NEG_INF = -1e30
 # Windows are clamped to this, so index arithmetic never overflows int32; any window at least
 # this large is global for sequences shorter than it.
-_MAX_WINDOW = 2 ** 30
+_MAX_WINDOW = 2**30
 IMPLS = ('auto', 'xla', 'blockwise', 'cudnn', 'splash')
 
 
@@ -148,8 +148,8 @@ def _forward(q, k, v, q_idx, kv_mask, window, st: _Static):
             m_new = jnp.maximum(m, jnp.max(jnp.where(mask, logits, NEG_INF), axis=-1))
             p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
             alpha = jnp.exp(m - m_new)
-            acc = alpha[..., None] * acc + jnp.einsum(
-                'bkgqs,bksh->bkgqh', p.astype(q.dtype), v_blk, preferred_element_type=jnp.float32)
+            acc = alpha[..., None] * acc + jnp.einsum('bkgqs,bksh->bkgqh', p.astype(q.dtype), v_blk,
+                                                      preferred_element_type=jnp.float32)
             return m_new, alpha * l + jnp.sum(p, axis=-1), acc
 
         # *_like keeps q's sharding on the carry (explicit mesh axes need it equal to the body's).
@@ -211,17 +211,18 @@ def _blockwise_bwd(st: _Static, res, d_out):
             zero = jnp.zeros((), jnp.int32)
             start = (zero, zero, jnp.asarray(kb * st.block_k, jnp.int32), zero)
             add = lambda acc, blk: jax.lax.dynamic_update_slice(
-                acc, jax.lax.dynamic_slice(acc, start, blk.shape) + blk, start)
+                acc,
+                jax.lax.dynamic_slice(acc, start, blk.shape) + blk, start)
             return dq_blk, add(dk, dk_blk), add(dv, dv_blk)
 
         lo, hi = _key_block_range(qi, window, st)
-        dq_blk, dk, dv = jax.lax.fori_loop(
-            lo, hi, step, (jnp.zeros_like(q_blk, jnp.float32), *carry))
+        dq_blk, dk, dv = jax.lax.fori_loop(lo, hi, step,
+                                           (jnp.zeros_like(q_blk, jnp.float32), *carry))
         return (dk, dv), dq_blk
 
     zeros = jnp.zeros_like(k, jnp.float32)
-    xs = tuple(_split_q(x, st) for x in (q, d_out, delta, m, l_safe)) + (
-        q_idx.reshape(-1, st.block_q),)
+    xs = tuple(_split_q(x, st) for x in (q, d_out, delta, m, l_safe)) + (q_idx.reshape(
+        -1, st.block_q),)
     (dk, dv), dq = jax.lax.scan(one_query_block, (zeros, zeros), xs)
     real_key = (jnp.arange(sp) < st.num_keys)[:, None]
     dv = dv + jnp.where(real_key, d_uniform[:, :, None, :] / st.num_keys, 0.0)
@@ -231,27 +232,27 @@ def _blockwise_bwd(st: _Static, res, d_out):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def blockwise_attention(q, k, v, *, q_idx, kv_mask, scale, softcap=None, window=None,
-                        block_q=512, block_k=512):
+def blockwise_attention(q, k, v, *, q_idx, kv_mask, scale, softcap=None, window=None, block_q=512,
+                        block_k=512):
     """Flash attention without T x S arrays in the forward or the backward. Same contract as
     `attention`; blocks are clamped to T and S, and T and S padded up to block multiples (padded
     keys masked out, padded query rows dropped)."""
     b, t, h, hd, s, kv, g = _check(q, k, v, q_idx, kv_mask)
     bq, bk = min(block_q, t), min(block_k, s)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
-    st = _Static(float(scale), None if softcap is None else float(softcap), bq, bk,
-                 window is not None, s)
+    st = _Static(float(scale), None if softcap is None else float(softcap), bq, bk, window
+                 is not None, s)
     dt = q.dtype
     q_idx = jnp.asarray(q_idx, jnp.int32)
     # Padded query rows repeat the last index, so they widen no query block's key range.
     q_idx = jnp.pad(q_idx, (0, tp - t), mode='edge')
     kv_mask = jnp.pad(kv_mask.astype(bool), ((0, 0), (0, sp - s)))
-    window = jnp.int32(0) if window is None else jnp.minimum(
-        jnp.asarray(window, jnp.int32), _MAX_WINDOW)
+    window = jnp.int32(0) if window is None else jnp.minimum(jnp.asarray(window, jnp.int32),
+                                                             _MAX_WINDOW)
     qg = jnp.pad(q.reshape(b, t, kv, g, hd), ((0, 0), (0, tp - t), (0, 0), (0, 0), (0, 0)))
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))
-    kv_major = lambda x: jnp.pad(jnp.swapaxes(x.astype(dt), 1, 2),
-                                 ((0, 0), (0, 0), (0, sp - s), (0, 0)))
+    kv_major = lambda x: jnp.pad(jnp.swapaxes(x.astype(dt), 1, 2), ((0, 0), (0, 0), (0, sp - s),
+                                                                    (0, 0)))
     out = _blockwise(qg, kv_major(k), kv_major(v), q_idx, kv_mask, window, st)
     out = jnp.transpose(out, (0, 3, 1, 2, 4))[:, :t]
     return out.reshape(b, t, h, hd)

@@ -162,7 +162,8 @@ class ModelConfig:
     def num_params(self) -> int:
         """Parameter count of the language model (embedding counted once if tied)."""
         d, h, kv, hd, f = self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim
-        attn = d * hd * (h + 2 * kv) + h * hd * d + (hd * (h + 2 * kv) if self.attention_bias else 0)
+        attn = d * hd * (h + 2 * kv) + h * hd * d + (hd *
+                                                     (h + 2 * kv) if self.attention_bias else 0)
         norms = d * (4 if self.post_norms else 2) + (2 * hd if self.qk_norm else 0)
         block = attn + 3 * d * f + norms
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
@@ -170,35 +171,35 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-        # CPU tests: compiles in seconds, learns the synthetic tasks in a minute.
-        'tiny': ModelConfig(),
-        # Colab-scale: a few million parameters.
-        'small': ModelConfig(embed_dim=256, num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32,
-                                                  mlp_dim=768),
-        'llama3_8b': ModelConfig(
-                vocab_size=128_256, embed_dim=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                head_dim=128, mlp_dim=14_336, norm_eps=1e-5, rope_theta=500_000.0,
-                tie_embeddings=False, param_dtype='bfloat16', dtype='bfloat16', remat=True),
-        'llama3_2_1b': ModelConfig(
-                vocab_size=128_256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-                head_dim=64, mlp_dim=8192, norm_eps=1e-5, rope_theta=500_000.0,
-                rope_scaling={'type': 'llama3', 'factor': 32.0, 'low_freq_factor': 1.0,
-                                            'high_freq_factor': 4.0, 'original_max_position': 8192},
-                param_dtype='bfloat16', dtype='bfloat16', remat=True),
-        'qwen2_5_7b': ModelConfig(
-                vocab_size=152_064, embed_dim=3584, num_layers=28, num_heads=28, num_kv_heads=4,
-                head_dim=128, mlp_dim=18_944, norm_eps=1e-6, rope_theta=1_000_000.0, attention_bias=True,
-                tie_embeddings=False, param_dtype='bfloat16', dtype='bfloat16', remat=True),
-        'mistral_7b': ModelConfig(
-                vocab_size=32_768, embed_dim=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-                head_dim=128, mlp_dim=14_336, norm_eps=1e-5, rope_theta=1_000_000.0,
-                tie_embeddings=False, param_dtype='bfloat16', dtype='bfloat16', remat=True),
-        'gemma2_2b': ModelConfig(
-                vocab_size=256_000, embed_dim=2304, num_layers=26, num_heads=8, num_kv_heads=4,
-                head_dim=256, mlp_dim=9216, activation='gelu_tanh', norm_offset=True, post_norms=True,
-                sliding_window=4096, local_layer_period=2, query_scale=256 ** -0.5,
-                attn_logit_softcap=50.0, final_logit_softcap=30.0, embed_scale=True,
-                param_dtype='bfloat16', dtype='bfloat16', remat=True),
+    # CPU tests: compiles in seconds, learns the synthetic tasks in a minute.
+    'tiny': ModelConfig(),
+    # Colab-scale: a few million parameters.
+    'small': ModelConfig(embed_dim=256, num_layers=4, num_heads=8, num_kv_heads=4, head_dim=32,
+                         mlp_dim=768),
+    'llama3_8b': ModelConfig(vocab_size=128_256, embed_dim=4096, num_layers=32, num_heads=32,
+                             num_kv_heads=8, head_dim=128, mlp_dim=14_336, norm_eps=1e-5,
+                             rope_theta=500_000.0, tie_embeddings=False, param_dtype='bfloat16',
+                             dtype='bfloat16', remat=True),
+    'llama3_2_1b': ModelConfig(
+        vocab_size=128_256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+        head_dim=64, mlp_dim=8192, norm_eps=1e-5, rope_theta=500_000.0, rope_scaling={
+            'type': 'llama3', 'factor': 32.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+            'original_max_position': 8192
+        }, param_dtype='bfloat16', dtype='bfloat16', remat=True),
+    'qwen2_5_7b': ModelConfig(vocab_size=152_064, embed_dim=3584, num_layers=28, num_heads=28,
+                              num_kv_heads=4, head_dim=128, mlp_dim=18_944, norm_eps=1e-6,
+                              rope_theta=1_000_000.0, attention_bias=True, tie_embeddings=False,
+                              param_dtype='bfloat16', dtype='bfloat16', remat=True),
+    'mistral_7b': ModelConfig(vocab_size=32_768, embed_dim=4096, num_layers=32, num_heads=32,
+                              num_kv_heads=8, head_dim=128, mlp_dim=14_336, norm_eps=1e-5,
+                              rope_theta=1_000_000.0, tie_embeddings=False, param_dtype='bfloat16',
+                              dtype='bfloat16', remat=True),
+    'gemma2_2b': ModelConfig(vocab_size=256_000, embed_dim=2304, num_layers=26, num_heads=8,
+                             num_kv_heads=4, head_dim=256, mlp_dim=9216, activation='gelu_tanh',
+                             norm_offset=True, post_norms=True, sliding_window=4096,
+                             local_layer_period=2, query_scale=256**-0.5, attn_logit_softcap=50.0,
+                             final_logit_softcap=30.0, embed_scale=True, param_dtype='bfloat16',
+                             dtype='bfloat16', remat=True),
 }
 
 

@@ -46,7 +46,6 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
 
 class RMSNorm(nnx.Module):
     """y = x / rms(x) * w, or * (1 + w) for Gemma (`offset`), computed in float32."""
-
     def __init__(self, dim: int, *, eps: float, offset: bool, param_dtype, axis_name='norm'):
         self.eps = eps
         self.offset = offset
@@ -63,7 +62,7 @@ class RMSNorm(nnx.Module):
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> jax.Array:
     """Per-pair rotation frequencies, with optional linear or Llama-3 frequency scaling."""
-    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    inv = 1.0 / (theta**(jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     if scaling is None:
         return inv
     scaling = dict(scaling)
@@ -100,19 +99,18 @@ class Attention(nnx.Module):
     left-padded and responses right-padded, so valid tokens are contiguous and index distances
     equal position distances.
     """
-
     def __init__(self, cfg: ModelConfig, *, local: bool, rngs: nnx.Rngs):
         d, h, kv, hd = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         pd = cfg.jnp_param_dtype
         self.cfg = cfg
         self.local = local
-        self.q_proj = param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'), std=d ** -0.5, dtype=pd)
-        self.k_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d ** -0.5,
+        self.q_proj = param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'), std=d**-0.5, dtype=pd)
+        self.k_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d**-0.5,
                             dtype=pd)
-        self.v_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d ** -0.5,
+        self.v_proj = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), std=d**-0.5,
                             dtype=pd)
-        self.o_proj = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'),
-                            std=(h * hd) ** -0.5, dtype=pd)
+        self.o_proj = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'), std=(h * hd)**-0.5,
+                            dtype=pd)
         if cfg.attention_bias:
             self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), std=0.0, dtype=pd)
             self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
@@ -149,8 +147,8 @@ class Attention(nnx.Module):
 
         b, t = x.shape[:2]
         if cache is not None:
-            return self._cached_call(q, k, v, kv_mask=kv_mask, cache=cache,
-                                     cache_index=cache_index, local=local)
+            return self._cached_call(q, k, v, kv_mask=kv_mask, cache=cache, cache_index=cache_index,
+                                     local=local)
         impl = self._kernel(t, t)
         if impl != 'xla':
             out = self._kernel_attention(q, k, v, jnp.arange(t), kv_mask, local, impl)
@@ -185,8 +183,8 @@ class Attention(nnx.Module):
         if window is None or local is False:
             window = None
         elif local is not True:  # traced (layers under a scan): global layers see everything
-            window = jnp.where(local, window, 2 ** 30)
-        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+            window = jnp.where(local, window, 2**30)
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim**-0.5
         out = attention_lib.attention(q, k.astype(q.dtype), v.astype(q.dtype), q_idx=q_idx,
                                       kv_mask=kv_mask, scale=float(scale),
                                       softcap=cfg.attn_logit_softcap, window=window, impl=impl)
@@ -210,7 +208,7 @@ class Attention(nnx.Module):
         per row gives the same softmax) is outside the gradient; a fully masked row stays
         uniform, as softmax leaves it."""
         cfg = self.cfg
-        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim**-0.5
         logits = softcap(logits * scale, cfg.attn_logit_softcap)
         logits = jnp.where(mask[:, None, None], logits, NEG_INF)
         shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
@@ -243,13 +241,12 @@ class Attention(nnx.Module):
             out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
             return out, {'k': keys, 'v': values}
         q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, hd)
-        logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt),
-                            preferred_element_type=jnp.float32)
-        weights, total = self._softmax_parts(logits.reshape(b, kv, g, t, s),
-                                             self._mask(cache_index + jnp.arange(t), s, kv_mask,
-                                                        local))
-        out = jnp.einsum('nqs,nsh->nqh', weights.reshape(b * kv, g * t, s).astype(dt),
-                         values.astype(dt))
+        logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt), preferred_element_type=jnp.float32)
+        weights, total = self._softmax_parts(
+            logits.reshape(b, kv, g, t, s),
+            self._mask(cache_index + jnp.arange(t), s, kv_mask, local))
+        out = jnp.einsum('nqs,nsh->nqh',
+                         weights.reshape(b * kv, g * t, s).astype(dt), values.astype(dt))
         out = (out.reshape(b, kv, g, t, hd).astype(jnp.float32) / total[..., None]).astype(dt)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads, hd)
         out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
@@ -258,30 +255,29 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     """Gated MLP: down(act(gate(x)) * up(x)), SwiGLU or GeGLU."""
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, f, pd = cfg.embed_dim, cfg.mlp_dim, cfg.jnp_param_dtype
         self.cfg = cfg
-        self.gate_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d ** -0.5, dtype=pd)
-        self.up_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d ** -0.5, dtype=pd)
-        self.down_proj = param(rngs, (f, d), ('mlp', 'embed'), std=f ** -0.5, dtype=pd)
+        self.gate_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d**-0.5, dtype=pd)
+        self.up_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d**-0.5, dtype=pd)
+        self.down_proj = param(rngs, (f, d), ('mlp', 'embed'), std=f**-0.5, dtype=pd)
 
     def __call__(self, x):
         dt = self.cfg.jnp_dtype
         x = x.astype(dt)
         gate = constrain(x @ self.gate_proj[...].astype(dt), BTF)
-        act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(gate, approximate=True)
+        act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(
+            gate, approximate=True)
         hidden = constrain(act * (x @ self.up_proj[...].astype(dt)), BTF)
         return constrain(hidden @ self.down_proj[...].astype(dt), BTD)
 
 
 class Block(nnx.Module):
     """Pre-norm decoder block, with Gemma-2/3's optional post-norms."""
-
     def __init__(self, cfg: ModelConfig, *, layer: int, rngs: nnx.Rngs):
         pd = cfg.jnp_param_dtype
-        norm = lambda: RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, offset=cfg.norm_offset,
-                               param_dtype=pd)
+        norm = lambda: RMSNorm(cfg.embed_dim, eps=cfg.norm_eps, offset=cfg.norm_offset, param_dtype=
+                               pd)
         self.attn_norm = norm()
         self.attn = Attention(cfg, local=cfg.is_local_layer(layer), rngs=rngs)
         self.mlp_norm = norm()

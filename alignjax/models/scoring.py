@@ -99,8 +99,7 @@ def _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy: bool):
     h = sharding.constrain(h, (*rows, 'act_embed'))
     w = sharding.constrain(w, ('act_embed', 'act_head_vocab'))
     logits = jnp.einsum('mcd,dv->mcv', h, w, preferred_element_type=jnp.float32)
-    logits = softcap(sharding.constrain(logits, (*rows, 'act_head_vocab')),
-                     cfg.final_logit_softcap)
+    logits = softcap(sharding.constrain(logits, (*rows, 'act_head_vocab')), cfg.final_logit_softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # The target's logit picked on the device that holds its column (a masked sum, whose
     # backward is a select: no gather from a sharded weight and no [M, C, V] scatter).
@@ -183,8 +182,7 @@ def response_logprobs(model, prompt, prompt_mask, response, response_mask, *,
     device's logits would exceed `MAX_LOGITS` elements).
     """
     h = response_hidden(model, prompt, prompt_mask, response, response_mask)
-    return _head_logprobs(model, h, response, response_mask, with_entropy=with_entropy,
-                          chunk=chunk)
+    return _head_logprobs(model, h, response, response_mask, with_entropy=with_entropy, chunk=chunk)
 
 
 def grouped_response_hidden(model, prompt, prompt_mask, responses, response_masks):

@@ -36,8 +36,9 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[di
     b * kv_heads + h holds head h of batch row b; see `Attention._cached_call`)."""
     dtype = dtype or cfg.jnp_dtype
     shape = (batch * cfg.num_kv_heads, length, cfg.head_dim)
-    return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
-            for _ in range(cfg.num_layers)]
+    return [
+        {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)
+    ]
 
 
 def stack_cache(cache: list[dict]) -> dict:
@@ -103,8 +104,9 @@ def stack_layers(state: nnx.State) -> nnx.State:
 
 @functools.lru_cache(maxsize=16)
 def _unrolled_graphdef(cfg: ModelConfig, lm_head: bool):
-    return nnx.graphdef(nnx.eval_shape(lambda: Decoder(cfg.replace(scan_layers=False),
-                                                       rngs=nnx.Rngs(0), lm_head=lm_head)))
+    return nnx.graphdef(
+        nnx.eval_shape(
+            lambda: Decoder(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0), lm_head=lm_head)))
 
 
 def _remat_policy(cfg: ModelConfig):
@@ -119,7 +121,6 @@ def _remat_policy(cfg: ModelConfig):
 
 class Decoder(nnx.Module):
     """Embedding, blocks, final norm; `lm_head=True` adds the output projection (or ties it)."""
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lm_head: bool = True):
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
@@ -134,7 +135,7 @@ class Decoder(nnx.Module):
         self.has_lm_head = lm_head
         if lm_head and not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.embed_dim, cfg.vocab_size), ('embed', 'vocab'),
-                                 std=cfg.embed_dim ** -0.5, dtype=pd)
+                                 std=cfg.embed_dim**-0.5, dtype=pd)
 
     def hidden(self, tokens, *, positions, kv_mask, cache=None, cache_index=None):
         """Final-norm hidden states [B, T, D] and the updated cache (None without one).
@@ -152,7 +153,7 @@ class Decoder(nnx.Module):
         # 256 chips, mesh (16, 16, 1): 1 GiB + 1 GiB).
         x = constrain(x, ('act_head_rows', 'length', 'embed'))
         if cfg.embed_scale:
-            x = x * jnp.asarray(cfg.embed_dim ** 0.5, cfg.jnp_dtype)
+            x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.jnp_dtype)
         x = constrain(x, BTD)
         stacked_cache = isinstance(cache, dict)
         if cfg.scan_layers and not isinstance(cache, list):
@@ -167,13 +168,12 @@ class Decoder(nnx.Module):
         def run_block(graphdef, state, x, layer_cache, i):
             # Slices of the stacked block take their layer's flags; stored blocks hold their own.
             layer = _layer_flags(cfg, i) if cfg.scan_layers else None
-            return nnx.merge(graphdef, state)(x, positions=positions, kv_mask=kv_mask,
-                                              cache=layer_cache, cache_index=cache_index,
-                                              layer=layer)
+            return nnx.merge(graphdef,
+                             state)(x, positions=positions, kv_mask=kv_mask, cache=layer_cache,
+                                    cache_index=cache_index, layer=layer)
 
         if cfg.remat:
-            run_block = jax.checkpoint(run_block, policy=_remat_policy(cfg),
-                                       static_argnums=(0, 4))
+            run_block = jax.checkpoint(run_block, policy=_remat_policy(cfg), static_argnums=(0, 4))
         for i, (graphdef, state) in enumerate(self._each_block()):
             x, layer_cache = run_block(graphdef, state, x, None if cache is None else cache[i], i)
             if cache is not None:
@@ -254,7 +254,6 @@ class Decoder(nnx.Module):
 
 class ValueModel(nnx.Module):
     """Per-token scalar values (the PPO critic): values[B, T]."""
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
         self.value_head = param(rngs, (cfg.embed_dim, 1), ('embed', None), std=0.0,
@@ -269,11 +268,10 @@ class ValueModel(nnx.Module):
 
 class RewardModel(nnx.Module):
     """Scalar rewards read at the last real token: rewards[B, K] for an ensemble of K heads."""
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, num_heads: int = 1):
         self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
         self.reward_head = param(rngs, (cfg.embed_dim, num_heads), ('embed', None),
-                                 std=cfg.embed_dim ** -0.5, dtype=cfg.jnp_param_dtype)
+                                 std=cfg.embed_dim**-0.5, dtype=cfg.jnp_param_dtype)
         self.reward_bias = param(rngs, (num_heads,), (None,), std=0.0, dtype=cfg.jnp_param_dtype)
 
     def __call__(self, tokens, mask):
@@ -285,7 +283,6 @@ class RewardModel(nnx.Module):
 
 class RewardEnsemble(nnx.Module):
     """K reward models initialised from different seeds: rewards[B, K] (one column each)."""
-
     def __init__(self, cfg: ModelConfig, *, seeds: tuple[int, ...]):
         self.members = nnx.List([RewardModel(cfg, rngs=nnx.Rngs(s)) for s in seeds])
 
@@ -301,15 +298,14 @@ class PreferenceModel(nnx.Module):
     P(a > b) = sigmoid(logit) satisfies P(a > b) + P(b > a) = 1 exactly and can represent cycles
     that no scalar reward can.
     """
-
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, hidden_dim: int | None = None):
         d, pd = cfg.embed_dim, cfg.jnp_param_dtype
         f = hidden_dim or 2 * d
         self.backbone = Decoder(cfg, rngs=rngs, lm_head=False)
-        self.pair_first = param(rngs, (d, f), ('embed', None), std=d ** -0.5, dtype=pd)
-        self.pair_second = param(rngs, (d, f), ('embed', None), std=d ** -0.5, dtype=pd)
+        self.pair_first = param(rngs, (d, f), ('embed', None), std=d**-0.5, dtype=pd)
+        self.pair_second = param(rngs, (d, f), ('embed', None), std=d**-0.5, dtype=pd)
         self.pair_bias = param(rngs, (f,), (None,), std=0.0, dtype=pd)
-        self.pair_out = param(rngs, (f,), (None,), std=f ** -0.5, dtype=pd)
+        self.pair_out = param(rngs, (f,), (None,), std=f**-0.5, dtype=pd)
 
     def embed(self, tokens, mask):
         h, _ = self.backbone.hidden(tokens, positions=positions_from_mask(mask), kv_mask=mask)

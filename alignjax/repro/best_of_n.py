@@ -29,9 +29,8 @@ def subset_max_weights(num: int, n: int) -> np.ndarray:
     i = np.arange(num)
     log_w = np.full(num, -np.inf)
     ok = i >= n - 1
-    log_w[ok] = (special.gammaln(i[ok] + 1) - special.gammaln(n) - special.gammaln(i[ok] - n + 2)
-                 - (special.gammaln(num + 1) - special.gammaln(n + 1)
-                    - special.gammaln(num - n + 1)))
+    log_w[ok] = (special.gammaln(i[ok] + 1) - special.gammaln(n) - special.gammaln(i[ok] - n + 2) -
+                 (special.gammaln(num + 1) - special.gammaln(n + 1) - special.gammaln(num - n + 1)))
     return np.exp(log_w)
 
 

@@ -97,8 +97,11 @@ def _train(workdir: str, spec: str, overrides: dict | None) -> dict:
 def resolve_starting_points(config) -> None:
     """Trains (once, on one device) the cached `experiment:` starting points of a config."""
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    specs = [config.get('init_from', ''), config.get('reference_from', ''),
-             config.get('backbone_from', '')]
+    specs = [
+        config.get('init_from', ''),
+        config.get('reference_from', ''),
+        config.get('backbone_from', '')
+    ]
     if 'reward' in config and 'reward_from' in config.reward:
         specs.append(config.reward.reward_from)
     if 'nash' in config:

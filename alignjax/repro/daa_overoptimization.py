@@ -26,8 +26,8 @@ import numpy as np
 from alignjax.repro import common
 
 NAME = 'daa_overoptimization'
-FULL = dict(betas={'sigmoid': (0.01, 0.1, 1.0), 'ipo': (0.01, 0.1, 1.0)}, steps=500,
-            eval_every=25, lr=3e-4, num_prompts=256)
+FULL = dict(betas={'sigmoid': (0.01, 0.1, 1.0), 'ipo': (0.01, 0.1, 1.0)}, steps=500, eval_every=25,
+            lr=3e-4, num_prompts=256)
 QUICK = dict(betas={'sigmoid': (0.1,)}, steps=20, eval_every=10, lr=3e-4, num_prompts=16)
 LOSS_NAMES = {'sigmoid': 'DPO', 'ipo': 'IPO'}
 
@@ -44,31 +44,39 @@ def dpo_run(outdir: str, loss: str, beta: float, s: dict) -> dict:
     implicit_accuracy; and the final summary.
     """
     workdir = run_workdir(outdir, loss, beta, s)
-    overrides = {'eval_every': s['eval_every'], 'eval.num_prompts': s['num_prompts'],
-                 'ckpt_every': s['steps'], 'log_every': s['eval_every']}
+    overrides = {
+        'eval_every': s['eval_every'], 'eval.num_prompts': s['num_prompts'],
+        'ckpt_every': s['steps'], 'log_every': s['eval_every']
+    }
     spec = f'dpo.py:tiny,loss={loss},beta={beta},steps={s["steps"]},lr={s["lr"]}'
     summary = common.run(workdir, spec, overrides)
-    rows = [{k.removeprefix('eval/'): v for k, v in r.items()}
-            for r in common.read_metrics(workdir) if 'eval/gold_reward' in r]
+    rows = [{k.removeprefix('eval/'): v
+             for k, v in r.items()}
+            for r in common.read_metrics(workdir)
+            if 'eval/gold_reward' in r]
     rows.append(summary)
     first = rows[0]
     # The reference's own figures at step 0: KL 0, its log-probs from the implicit reward.
-    ref = {'step': 0, 'kl_to_ref': 0.0, 'gold_reward': first['gold_reward_ref'],
-           'gold_win_rate': 0.5, 'heldout/ranking_accuracy': first['heldout/ranking_accuracy_ref'],
-           'heldout/implicit_accuracy': 0.5,
-           'heldout/logps_chosen': first['heldout/logps_chosen']
-           - first['heldout/rewards_chosen'] / beta,
-           'heldout/logps_rejected': first['heldout/logps_rejected']
-           - first['heldout/rewards_rejected'] / beta}
+    ref = {
+        'step': 0, 'kl_to_ref': 0.0, 'gold_reward': first['gold_reward_ref'], 'gold_win_rate': 0.5,
+        'heldout/ranking_accuracy': first['heldout/ranking_accuracy_ref'],
+        'heldout/implicit_accuracy': 0.5,
+        'heldout/logps_chosen': first['heldout/logps_chosen']
+                                - first['heldout/rewards_chosen'] / beta,
+        'heldout/logps_rejected': first['heldout/logps_rejected']
+                                  - first['heldout/rewards_rejected'] / beta
+    }
     rows.insert(0, ref)
     get = lambda k: np.array([r[k] for r in rows], np.float64)
     kl = np.maximum(get('kl_to_ref'), 0.0)  # a sampled KL near 0 can come out slightly < 0
-    return {'loss': loss, 'beta': beta, 'step': get('step'), 'kl': kl, 'sqrt_kl': np.sqrt(kl),
-            'gold_reward': get('gold_reward'), 'gold_win_rate': get('gold_win_rate'),
-            'logps_chosen': get('heldout/logps_chosen'),
-            'logps_rejected': get('heldout/logps_rejected'),
-            'ranking_accuracy': get('heldout/ranking_accuracy'),
-            'implicit_accuracy': get('heldout/implicit_accuracy'), 'summary': summary}
+    return {
+        'loss': loss, 'beta': beta, 'step': get('step'), 'kl': kl, 'sqrt_kl': np.sqrt(kl),
+        'gold_reward': get('gold_reward'), 'gold_win_rate': get('gold_win_rate'),
+        'logps_chosen': get('heldout/logps_chosen'),
+        'logps_rejected': get('heldout/logps_rejected'),
+        'ranking_accuracy': get('heldout/ranking_accuracy'),
+        'implicit_accuracy': get('heldout/implicit_accuracy'), 'summary': summary
+    }
 
 
 def run(outdir: str, quick: bool = False) -> dict:
@@ -90,9 +98,10 @@ def run(outdir: str, quick: bool = False) -> dict:
                 'logps_chosen_final': float(r['logps_chosen'][-1]),
                 'logps_rejected_final': float(r['logps_rejected'][-1]),
             }
-    result = {'name': NAME, 'quick': quick, 'settings': {k: v for k, v in s.items()},
-              'figures': figures,
-              'curves': [{k: v for k, v in r.items() if k != 'summary'} for r in runs]}
+    result = {
+        'name': NAME, 'quick': quick, 'settings': {k: v for k, v in s.items()}, 'figures': figures,
+        'curves': [{k: v for k, v in r.items() if k != 'summary'} for r in runs]
+    }
     return common.save(outdir, NAME, result, plot)
 
 
@@ -105,8 +114,7 @@ def plot(result: dict, path: str) -> None:
         ax_g.plot(c['sqrt_kl'], c['gold_reward'], label=label, **style)
         ax_lp.plot(c['step'], c['logps_chosen'], label=f'{label}: chosen', **style)
         ax_lp.plot(c['step'], c['logps_rejected'], color=f'C{i}', ls=':', alpha=0.6)
-    ax_g.axhline(result['curves'][0]['gold_reward'][0], color='gray', ls=':',
-                 label='SFT reference')
+    ax_g.axhline(result['curves'][0]['gold_reward'][0], color='gray', ls=':', label='SFT reference')
     ax_g.set(xlabel='sqrt(KL(pi || pi_ref))', ylabel='gold reward',
              title='gold reward along training')
     ax_g.legend(fontsize=7)

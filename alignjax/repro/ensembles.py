@@ -31,12 +31,14 @@ from alignjax.repro import overoptimization
 
 NAME = 'ensembles'
 AGGREGATIONS = ('mean', 'min', 'mean_minus_std')
-LABELS = {'mean': 'ensemble mean', 'min': 'worst case (min)',
-          'mean_minus_std': 'uncertainty-weighted (mean - std)'}
+LABELS = {
+    'mean': 'ensemble mean', 'min': 'worst case (min)',
+    'mean_minus_std': 'uncertainty-weighted (mean - std)'
+}
 FULL = dict(overoptimization.FULL, rm='reward_model.py:tiny,ensemble=4,ensemble_type=models',
             rl_kl=0.05, rl_aggregations=AGGREGATIONS)
-QUICK = dict(overoptimization.QUICK, rm='reward_model.py:tiny,ensemble=2,steps=50',
-             rl_kl=0.05, rl_aggregations=())
+QUICK = dict(overoptimization.QUICK, rm='reward_model.py:tiny,ensemble=2,steps=50', rl_kl=0.05,
+             rl_aggregations=())
 
 
 def run(outdir: str, quick: bool = False) -> dict:
@@ -46,15 +48,19 @@ def run(outdir: str, quick: bool = False) -> dict:
                                             num_prompts=s['bon_prompts'], n_max=s['bon_n'],
                                             aggregations=AGGREGATIONS)
     members, gold, ns = bon['members'], bon['gold'], bon['ns']
-    single = [best_of_n.expected_best_of_n(members[..., k], gold, ns)
-              for k in range(members.shape[-1])]
+    single = [
+        best_of_n.expected_best_of_n(members[..., k], gold, ns) for k in range(members.shape[-1])
+    ]
     curves = {'single member (mean of members)': np.mean(single, axis=0)}
     curves.update({LABELS[a]: bon['curves'][a]['gold'] for a in AGGREGATIONS})
-    figures = {'best_of_n': {name: {'gold_peak': float(np.max(c)),
-                                    'n_at_peak': ns[int(np.argmax(c))],
-                                    f'gold_at_n={ns[-1]}': float(c[-1])}
-                             for name, c in curves.items()},
-               'best_of_n_gold_n1': float(curves[LABELS['mean']][0])}
+    figures = {
+        'best_of_n': {
+            name: {
+                'gold_peak': float(np.max(c)), 'n_at_peak': ns[int(np.argmax(c))],
+                f'gold_at_n={ns[-1]}': float(c[-1])
+            } for name, c in curves.items()
+        }, 'best_of_n_gold_n1': float(curves[LABELS['mean']][0])
+    }
     figures['best_of_n']['single members, gold at n_max'] = [float(c[-1]) for c in single]
     rl = []
     if s['rl_aggregations']:
@@ -62,16 +68,16 @@ def run(outdir: str, quick: bool = False) -> dict:
         r['label'] = 'single reward model'
         rl.append(r)
         for agg in s['rl_aggregations']:
-            r = overoptimization.rl_run(outdir, s['rl_kl'], s, reward_model=s['rm'],
-                                        aggregate=agg)
+            r = overoptimization.rl_run(outdir, s['rl_kl'], s, reward_model=s['rm'], aggregate=agg)
             r['label'] = LABELS[agg]
             rl.append(r)
         for r in rl:
             figures[f'remax, {r["label"]}'] = overoptimization.rl_figures(r)
-    result = {'name': NAME, 'quick': quick, 'settings': s, 'figures': figures,
-              'best_of_n': {'ns': ns, 'sqrt_kl': bon['sqrt_kl'], 'curves': curves,
-                            'single_members': single},
-              'rl': [{k: v for k, v in r.items() if k != 'summary'} for r in rl]}
+    result = {
+        'name': NAME, 'quick': quick, 'settings': s, 'figures': figures, 'best_of_n': {
+            'ns': ns, 'sqrt_kl': bon['sqrt_kl'], 'curves': curves, 'single_members': single
+        }, 'rl': [{k: v for k, v in r.items() if k != 'summary'} for r in rl]
+    }
     return common.save(outdir, NAME, result, plot)
 
 
@@ -85,8 +91,7 @@ def plot(result: dict, path: str) -> None:
         ax_b.plot(bon['sqrt_kl'], c, color='gray', alpha=0.35, lw=1,
                   label='single members' if k == 0 else None)
     for i, (name, c) in enumerate(bon['curves'].items()):
-        ax_b.plot(bon['sqrt_kl'], c, 'o-', ms=3, color='k' if i == 0 else f'C{i - 1}',
-                  label=name)
+        ax_b.plot(bon['sqrt_kl'], c, 'o-', ms=3, color='k' if i == 0 else f'C{i - 1}', label=name)
     ax_b.set(xlabel='sqrt(KL) = sqrt(log n - (n-1)/n)', ylabel='gold reward of the best of n',
              title='best-of-n, selected by each proxy')
     ax_b.legend(fontsize=7)

@@ -71,9 +71,10 @@ def lm_runs(outdir: str) -> dict:
     for label, (spec, _) in LM_RUNS.items():
         workdir = os.path.join(outdir, 'runs', spec.replace('.py:', '_').replace(',', '_'))
         s = common.run(workdir, spec)
-        out[label] = {k: s[k] for k in ('exploitability', 'exploitability_ref',
-                                        'worst_case_win_rate', 'worst_case_win_rate_ref',
-                                        'gold_reward', 'kl_to_ref') if k in s}
+        out[label] = {
+            k: s[k] for k in ('exploitability', 'exploitability_ref', 'worst_case_win_rate',
+                             'worst_case_win_rate_ref', 'gold_reward', 'kl_to_ref') if k in s
+        }
         out[label].update({f'class{c}_fraction': s.get(f'class{c}_fraction') for c in range(4)})
     return out
 
@@ -103,16 +104,21 @@ def run(outdir: str, quick: bool = False, tabular_only: bool = False) -> dict:
     figures['Bradley-Terry RLHF'] = {
         'exploitability_final': games.exploitability(P, bt_policy),
         'kl_to_equilibrium_final': games.kl(target, bt_policy),
-        'final_policy': np.round(bt_policy, 4).tolist(),
-        'reward': np.round(bt_reward, 4).tolist()}
-    figures['reference mu'] = {'exploitability_final': games.exploitability(P, mu),
-                               'final_policy': mu.tolist()}
-    figures['equilibrium pi*_tau'] = {'exploitability_final': games.exploitability(P, target),
-                                      'final_policy': np.round(target, 4).tolist()}
+        'final_policy': np.round(bt_policy, 4).tolist(), 'reward': np.round(bt_reward, 4).tolist()
+    }
+    figures['reference mu'] = {
+        'exploitability_final': games.exploitability(P, mu), 'final_policy': mu.tolist()
+    }
+    figures['equilibrium pi*_tau'] = {
+        'exploitability_final': games.exploitability(P, target),
+        'final_policy': np.round(target, 4).tolist()
+    }
     if not (quick or tabular_only):
         figures['language models (intransitive task)'] = lm_runs(outdir)
-    result = {'name': NAME, 'quick': quick, 'tau': TAU, 'eta': ETA, 'steps': steps,
-              'figures': figures, 'curves': curves}
+    result = {
+        'name': NAME, 'quick': quick, 'tau': TAU, 'eta': ETA, 'steps': steps, 'figures': figures,
+        'curves': curves
+    }
     return common.save(outdir, NAME, result, plot)
 
 

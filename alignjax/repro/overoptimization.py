@@ -55,13 +55,16 @@ def best_of_n_curves(members_fn, *, num_prompts: int, n_max: int, seed: int = 0,
     kl = best_of_n.kl_best_of_n(ns)
     gold = samples['gold']
     members = members.reshape(num_prompts, n_max, -1)
-    out = {'ns': ns, 'kl': kl, 'sqrt_kl': np.sqrt(kl), 'gold': gold, 'members': members,
-           'curves': {}}
+    out = {
+        'ns': ns, 'kl': kl, 'sqrt_kl': np.sqrt(kl), 'gold': gold, 'members': members, 'curves': {}
+    }
     for agg in aggregations:
-        proxy = best_of_n.aggregate(members.reshape(-1, members.shape[-1]), agg).reshape(
-            num_prompts, n_max)
-        out['curves'][agg] = {'gold': best_of_n.expected_best_of_n(proxy, gold, ns),
-                              'proxy': best_of_n.expected_best_of_n(proxy, proxy, ns)}
+        proxy = best_of_n.aggregate(members.reshape(-1, members.shape[-1]),
+                                    agg).reshape(num_prompts, n_max)
+        out['curves'][agg] = {
+            'gold': best_of_n.expected_best_of_n(proxy, gold, ns),
+            'proxy': best_of_n.expected_best_of_n(proxy, proxy, ns)
+        }
     return out
 
 
@@ -74,8 +77,9 @@ def rl_run(outdir: str, kl_coef: float, s: dict, *, reward_model: str = '',
     """
     tag = f'remax_rm_kl{kl_coef:g}_steps{s["rl_steps"]}'
     spec = f'remax.py:tiny,reward=rm,kl={kl_coef},steps={s["rl_steps"]}'
-    overrides = {'log_every': s['log_every'], 'ckpt_every': s['rl_steps'],
-                 **s.get('run_overrides', {})}
+    overrides = {
+        'log_every': s['log_every'], 'ckpt_every': s['rl_steps'], **s.get('run_overrides', {})
+    }
     if reward_model:
         tag += '_' + reward_model.removeprefix('reward_model.py:').replace(',', '_') + \
             f'_{aggregate}'
@@ -88,21 +92,23 @@ def rl_run(outdir: str, kl_coef: float, s: dict, *, reward_model: str = '',
     _, gold = common.series(rows, 'rollout/gold_reward')
     _, kl = common.series(rows, 'rollout/kl_to_ref')
     kl = np.maximum(kl, 0.0)
-    return {'kl_coef': kl_coef, 'aggregate': aggregate, 'reward_model': reward_model, 'step': steps,
-            'proxy': proxy, 'gold': gold, 'kl': kl, 'sqrt_kl': np.sqrt(kl), 'summary': summary}
+    return {
+        'kl_coef': kl_coef, 'aggregate': aggregate, 'reward_model': reward_model, 'step': steps,
+        'proxy': proxy, 'gold': gold, 'kl': kl, 'sqrt_kl': np.sqrt(kl), 'summary': summary
+    }
 
 
 def rl_figures(r: dict) -> dict:
     s = r['summary']
     peak = int(np.argmax(r['gold'])) if len(r['gold']) else 0
-    return {'eval_gold_reward': s['gold_reward'], 'eval_gold_reward_ref': s['gold_reward_ref'],
-            'eval_proxy_reward': s.get('proxy_reward'),
-            'eval_proxy_reward_ref': s.get('proxy_reward_ref'),
-            'eval_kl_to_ref': s.get('kl_to_ref'),
-            'rollout_gold_first': float(r['gold'][0]), 'rollout_gold_peak': float(r['gold'][peak]),
-            'rollout_gold_last': float(r['gold'][-1]), 'rollout_proxy_first': float(r['proxy'][0]),
-            'rollout_proxy_last': float(r['proxy'][-1]),
-            'rollout_sqrt_kl_last': float(r['sqrt_kl'][-1])}
+    return {
+        'eval_gold_reward': s['gold_reward'], 'eval_gold_reward_ref': s['gold_reward_ref'],
+        'eval_proxy_reward': s.get('proxy_reward'),
+        'eval_proxy_reward_ref': s.get('proxy_reward_ref'), 'eval_kl_to_ref': s.get('kl_to_ref'),
+        'rollout_gold_first': float(r['gold'][0]), 'rollout_gold_peak': float(r['gold'][peak]),
+        'rollout_gold_last': float(r['gold'][-1]), 'rollout_proxy_first': float(r['proxy'][0]),
+        'rollout_proxy_last': float(r['proxy'][-1]), 'rollout_sqrt_kl_last': float(r['sqrt_kl'][-1])
+    }
 
 
 def run(outdir: str, quick: bool = False) -> dict:
@@ -112,19 +118,24 @@ def run(outdir: str, quick: bool = False) -> dict:
                            num_prompts=s['bon_prompts'], n_max=s['bon_n'])
     c = bon['curves']['mean']
     peak = int(np.argmax(c['gold']))
-    figures = {'best_of_n': {
-        'gold_n1': float(c['gold'][0]), 'gold_peak': float(c['gold'][peak]),
-        'n_at_gold_peak': bon['ns'][peak], 'gold_at_n_max': float(c['gold'][-1]),
-        'proxy_n1': float(c['proxy'][0]), 'proxy_at_n_max': float(c['proxy'][-1]),
-        'n_max': bon['ns'][-1]}}
+    figures = {
+        'best_of_n': {
+            'gold_n1': float(c['gold'][0]), 'gold_peak': float(c['gold'][peak]),
+            'n_at_gold_peak': bon['ns'][peak], 'gold_at_n_max': float(c['gold'][-1]),
+            'proxy_n1': float(c['proxy'][0]), 'proxy_at_n_max': float(c['proxy'][-1]),
+            'n_max': bon['ns'][-1]
+        }
+    }
     rl = []
     for coef in s['kl_coefs']:
         r = rl_run(outdir, coef, s)
         rl.append(r)
         figures[f'remax kl_coef={coef:g}'] = rl_figures(r)
-    result = {'name': NAME, 'quick': quick, 'settings': s, 'figures': figures,
-              'best_of_n': {k: bon[k] for k in ('ns', 'kl', 'sqrt_kl', 'curves')},
-              'rl': [{k: v for k, v in r.items() if k != 'summary'} for r in rl]}
+    result = {
+        'name': NAME, 'quick': quick, 'settings': s, 'figures': figures,
+        'best_of_n': {k: bon[k] for k in ('ns', 'kl', 'sqrt_kl', 'curves')},
+        'rl': [{k: v for k, v in r.items() if k != 'summary'} for r in rl]
+    }
     return common.save(outdir, NAME, result, plot)
 
 

@@ -52,8 +52,7 @@ def sequence_logps(model, config, records, tok) -> tuple[np.ndarray, np.ndarray]
     graphdef, state = nnx.split(model)
     fn = _pair_logps(graphdef)
     chosen, rejected = [], []
-    for batch, real in inputs.fixed_batches(config, 'preference', records, tok,
-                                                    batch_size=128):
+    for batch, real in inputs.fixed_batches(config, 'preference', records, tok, batch_size=128):
         pc, pr = jax.device_get(fn(state, {k: v for k, v in batch.items() if k != 'index'}))
         chosen.append(np.asarray(pc)[:real])
         rejected.append(np.asarray(pr)[:real])
@@ -77,8 +76,8 @@ def run(outdir: str, quick: bool = False) -> dict:
     s['betas'] = {'sigmoid': s['betas']['sigmoid']}
     task = synthetic.get_task('transitive')
     config, records, tok = held_out_pairs()
-    gold_p = np.array([task.gold_preference(r['prompt'], r['chosen'], r['rejected'])
-                       for r in records])
+    gold_p = np.array(
+        [task.gold_preference(r['prompt'], r['chosen'], r['rejected']) for r in records])
     with jax.set_mesh(common.mesh()):
         reference, _ = common.load_policy(common.starting_point('sft.py:tiny'))
         rc, rr = sequence_logps(reference, config, records, tok)
@@ -104,9 +103,10 @@ def run(outdir: str, quick: bool = False) -> dict:
         if edges is not None:
             for lo, hi in zip(edges[:-1], edges[1:]):
                 sel = wrong & (-ref_diff >= lo) & (-ref_diff <= hi)
-                flips.append({'ref_margin_range': [float(lo), float(hi)],
-                              'num_pairs': int(sel.sum()),
-                              'flipped_fraction': float(np.mean(flipped[sel]))})
+                flips.append({
+                    'ref_margin_range': [float(lo), float(hi)], 'num_pairs': int(sel.sum()),
+                    'flipped_fraction': float(np.mean(flipped[sel]))
+                })
         key = f'DPO beta={beta:g}'
         figures[key] = {
             'idealized_ranking_accuracy': idealized_accuracy(ref_diff, gold_p, beta),
@@ -115,9 +115,11 @@ def run(outdir: str, quick: bool = False) -> dict:
             'implicit_reward_accuracy_final': float(r['implicit_accuracy'][-1]),
             'reference_misranked_flipped_by_margin_tercile': flips,
         }
-        runs.append({'beta': beta, 'step': r['step'], 'ranking_accuracy': r['ranking_accuracy'],
-                     'implicit_accuracy': r['implicit_accuracy'],
-                     'idealized': figures[key]['idealized_ranking_accuracy'], 'flips': flips})
+        runs.append({
+            'beta': beta, 'step': r['step'], 'ranking_accuracy': r['ranking_accuracy'],
+            'implicit_accuracy': r['implicit_accuracy'],
+            'idealized': figures[key]['idealized_ranking_accuracy'], 'flips': flips
+        })
     result = {'name': NAME, 'quick': quick, 'settings': s, 'figures': figures, 'runs': runs}
     return common.save(outdir, NAME, result, plot)
 
@@ -141,16 +143,16 @@ def plot(result: dict, path: str) -> None:
         ax_t.axhline(r['idealized'], color=f'C{i}', ls=':', alpha=0.8)
         if r['flips']:
             x = np.arange(len(r['flips'])) + 0.25 * i
-            ax_f.bar(x, [fl['flipped_fraction'] for fl in r['flips']], width=0.25,
-                     color=f'C{i}', label=f'beta={r["beta"]:g}')
+            ax_f.bar(x, [fl['flipped_fraction'] for fl in r['flips']], width=0.25, color=f'C{i}',
+                     label=f'beta={r["beta"]:g}')
     ax_i.set(xlabel='beta', ylabel='ranking accuracy (held-out pairs)',
              title='idealised vs achieved ranking accuracy')
     ax_i.legend(fontsize=7)
     ax_t.set(xlabel='step', ylabel='accuracy', title='during DPO (dotted: idealised)')
     ax_t.legend(fontsize=6)
-    ax_f.set(xticks=range(3), xticklabels=['narrow', 'middle', 'wide'],
-             xlabel="reference's wrong margin (terciles)", ylabel='fraction flipped to correct',
-             title='reference mis-ranked pairs flipped')
+    ax_f.set(xticks=range(3), xticklabels=['narrow', 'middle',
+                                           'wide'], xlabel="reference's wrong margin (terciles)",
+             ylabel='fraction flipped to correct', title='reference mis-ranked pairs flipped')
     ax_f.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -31,9 +31,9 @@ FULL = dict(bench=['--model', 'small', '--batch', '64', '--iters', '10', '--warm
             steps=100, log_every=5)
 # Quick: the runs take the benchmark's shapes (8 prompts), so compiled programs can be shared
 # through the persistent compilation cache.
-QUICK = dict(bench=['--model', 'tiny', '--batch', '8', '--iters', '1', '--warmup', '1'],
-             steps=2, log_every=1, run_overrides={'data.batch_size': 8, 'eval.num_prompts': 16})
-MIB = 2.0 ** 20
+QUICK = dict(bench=['--model', 'tiny', '--batch', '8', '--iters', '1', '--warmup', '1'], steps=2,
+             log_every=1, run_overrides={'data.batch_size': 8, 'eval.num_prompts': 16})
+MIB = 2.0**20
 
 
 def benchmark(args: list[str]) -> dict:
@@ -41,11 +41,11 @@ def benchmark(args: list[str]) -> dict:
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
     script = common.repo_path('benchmarks', 'remax_vs_ppo.py')
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [pretrained.REPO_ROOT,
-                                                      env.get('PYTHONPATH', '')]))
+    env['PYTHONPATH'] = os.pathsep.join(
+        filter(None, [pretrained.REPO_ROOT, env.get('PYTHONPATH', '')]))
     common.log(f'benchmark: {" ".join(args)}')
-    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                         env=env, check=False)
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env,
+                         check=False)
     if out.returncode:
         raise RuntimeError(f'{script} failed:\n{out.stderr[-3000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -53,43 +53,52 @@ def benchmark(args: list[str]) -> dict:
 
 def reward_curve(outdir: str, algo: str, s: dict) -> dict:
     workdir = os.path.join(outdir, 'runs', f'{algo}_gold_steps{s["steps"]}')
-    summary = common.run(workdir, f'{algo}.py:tiny,steps={s["steps"]}',
-                         {'log_every': s['log_every'], 'ckpt_every': s['steps'],
-                          **s.get('run_overrides', {})})
+    summary = common.run(
+        workdir, f'{algo}.py:tiny,steps={s["steps"]}',
+        {'log_every': s['log_every'], 'ckpt_every': s['steps'], **s.get('run_overrides', {})})
     rows = common.read_metrics(workdir)
     steps, gold = common.series(rows, 'rollout/gold_reward')
     _, kl = common.series(rows, 'rollout/kl_to_ref')
     _, sps = common.series(rows, 'steps_per_s')
-    return {'algo': algo, 'step': steps, 'gold': gold, 'kl': kl,
-            'train_s_per_iteration_median': float(np.median(1.0 / sps[1:])) if len(sps) > 1
-            else None, 'summary': summary}
+    return {
+        'algo': algo, 'step': steps, 'gold': gold, 'kl': kl,
+        'train_s_per_iteration_median': float(np.median(1.0 / sps[1:])) if len(sps) > 1 else None,
+        'summary': summary
+    }
 
 
 def run(outdir: str, quick: bool = False) -> dict:
     s = QUICK if quick else FULL
     bench = benchmark(s['bench'])
     curves = [reward_curve(outdir, algo, s) for algo in ('remax', 'ppo')]
-    figures = {'benchmark_settings': {k: bench[k] for k in ('model', 'param_count', 'rows',
-                                                             'new_tokens', 'ppo_epochs',
-                                                             'ppo_minibatches', 'device')}}
+    figures = {
+        'benchmark_settings': {
+            k: bench[k] for k in ('model', 'param_count', 'rows', 'new_tokens', 'ppo_epochs',
+                                 'ppo_minibatches', 'device')
+        }
+    }
     for algo in ('remax', 'ppo'):
         b = bench[algo]
         figures[algo] = {
             'trainable_state_mib': b['state']['total'] / MIB,
             'update_peak_mib': (b['update_memory']['peak'] or 0) / MIB,
             'iteration_median_s': b['time']['iteration_median_s'],
-            'rollout_median_s': b['time']['rollout_median_s'],
-            'update_median_s': b['time']['update_median_s']}
+            'rollout_median_s': b['time']
+                                ['rollout_median_s'], 'update_median_s': b['time']
+                                                                         ['update_median_s']
+        }
     figures['ppo_over_remax'] = bench['ratios']
     for c in curves:
         sm = c['summary']
         figures[c['algo']].update({
             'gold_reward': sm['gold_reward'], 'gold_reward_ref': sm['gold_reward_ref'],
             'gold_win_rate': sm['gold_win_rate'], 'kl_to_ref': sm.get('kl_to_ref'),
-            'tiny_run_s_per_iteration': c['train_s_per_iteration_median']})
-    result = {'name': NAME, 'quick': quick, 'settings': s, 'figures': figures,
-              'benchmark': bench,
-              'curves': [{k: v for k, v in c.items() if k != 'summary'} for c in curves]}
+            'tiny_run_s_per_iteration': c['train_s_per_iteration_median']
+        })
+    result = {
+        'name': NAME, 'quick': quick, 'settings': s, 'figures': figures, 'benchmark': bench,
+        'curves': [{k: v for k, v in c.items() if k != 'summary'} for c in curves]
+    }
     return common.save(outdir, NAME, result, plot)
 
 
@@ -114,9 +123,10 @@ def plot(result: dict, path: str) -> None:
              title=f'time per iteration (PPO/ReMax {f["ppo_over_remax"]["iteration_s"]}x)')
     ax_t.legend(fontsize=7)
     for c, color in zip(result['curves'], colors):
-        ax_r.plot(c['step'], c['gold'], 'o-', ms=2, color=color,
-                  label=f'{"ReMax" if c["algo"] == "remax" else "PPO"} '
-                        f'(eval {f[c["algo"]]["gold_reward"]:.3f})')
+        ax_r.plot(
+            c['step'], c['gold'], 'o-', ms=2, color=color,
+            label=f'{"ReMax" if c["algo"] == "remax" else "PPO"} '
+            f'(eval {f[c["algo"]]["gold_reward"]:.3f})')
     ax_r.axhline(f['remax']['gold_reward_ref'], color='gray', ls=':', label='SFT start (eval)')
     ax_r.set(xlabel='iteration', ylabel='gold reward of the rollout',
              title='reward curve (tiny model, gold reward)')

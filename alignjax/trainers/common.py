@@ -53,8 +53,8 @@ def make_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     elif o.schedule == 'constant':
         decay = optax.constant_schedule(o.lr)
     else:
-        raise ValueError(f"config.optim.schedule must be cosine, linear or constant, "
-                         f"got {o.schedule!r}")
+        raise ValueError(f'config.optim.schedule must be cosine, linear or constant, '
+                         f'got {o.schedule!r}')
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
@@ -71,8 +71,8 @@ def make_optimizer(o: ml_collections.ConfigDict, total_steps: int):
 def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
     """The policy Decoder of config.model, created already sharded from config.seed."""
     cfg = model_config_from(c.model)
-    return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)),
-                                   mesh, mesh_rules(c))
+    return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)), mesh,
+                                   mesh_rules(c))
 
 
 def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:

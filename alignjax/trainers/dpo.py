@@ -39,8 +39,9 @@ def pair_logps(model, batch):
     pad = lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
     responses = jnp.stack([pad(chosen), pad(rejected)], axis=1)  # [B, 2, R]
     masks = jnp.stack([pad(cm), pad(rm)], axis=1)
-    sums = jnp.sum(scoring.grouped_response_logprobs(
-        model, batch['prompt'], batch['prompt_mask'], responses, masks), axis=-1)
+    sums = jnp.sum(
+        scoring.grouped_response_logprobs(model, batch['prompt'], batch['prompt_mask'], responses,
+                                          masks), axis=-1)
     lengths = jnp.maximum(jnp.sum(masks, axis=-1).astype(jnp.float32), 1.0)
     return sums[:, 0], sums[:, 1], lengths[:, 0], lengths[:, 1]
 
@@ -83,17 +84,17 @@ def make_loss_fn(loss):
         chosen_nll = -pc / lc
         if normalize:
             pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
-        return pref_losses.dpo_loss(
-            pc, pr, rc, rr, loss_types=types, loss_weights=tuple(loss.weights) or None,
-            beta=loss.beta, label_smoothing=loss.label_smoothing, gamma=loss.gamma,
-            rpo_alpha=loss.rpo_alpha, chosen_nll=chosen_nll if loss.rpo_alpha else None)
+        return pref_losses.dpo_loss(pc, pr, rc, rr, loss_types=types,
+                                    loss_weights=tuple(loss.weights) or None, beta=loss.beta,
+                                    label_smoothing=loss.label_smoothing, gamma=loss.gamma,
+                                    rpo_alpha=loss.rpo_alpha,
+                                    chosen_nll=chosen_nll if loss.rpo_alpha else None)
 
     return loss_fn
 
 
 class ReferenceLogps:
     """Reference log-prob sums for batches: computed per batch, or precomputed once and cached."""
-
     def __init__(self, reference, mesh):
         self.graphdef, self.state = nnx.split(reference)
         self.mesh = mesh
@@ -132,8 +133,9 @@ def build(config, mesh) -> loop.Algorithm:
     ref = ReferenceLogps(reference, mesh)
     if config.loss.precompute_ref:
         logging.info('Precomputing reference log-probs over %d records', len(train))
-        ref.precompute(inputs.fixed_batches(config, 'preference', train, tok,
-                                                    batch_size=config.data.batch_size), len(train))
+        ref.precompute(
+            inputs.fixed_batches(config, 'preference', train, tok,
+                                 batch_size=config.data.batch_size), len(train))
 
     loss_fn = make_loss_fn(config.loss)
     if config.loss.precompute_ref:
@@ -151,8 +153,8 @@ def build(config, mesh) -> loop.Algorithm:
         'heldout_preference': lambda: heldout_preference.make(
             config, held_out, tok, mesh, policy_logps=policy_logps, beta=config.loss.beta,
             reference_logps=ref.compute),  # never the cache: not held-out records
-        'gold': lambda: gold.make(config, task, reference, tok,
-                                  max_new_tokens=config.eval.max_new_tokens),
+        'gold': lambda: gold.make(config, task, reference, tok, max_new_tokens=config.eval.
+                                  max_new_tokens),
     }
     if task is None:
         del available['gold']

@@ -95,7 +95,8 @@ class Algorithm:
 
     def all_evaluators(self, eval_every: int) -> list[evaluators_lib.Evaluator]:
         extra = [] if self.evaluate is None else [
-            evaluators_lib.Evaluator('evaluate', self.evaluate, eval_every)]
+            evaluators_lib.Evaluator('evaluate', self.evaluate, eval_every)
+        ]
         return list(self.evaluators) + extra
 
 
@@ -173,7 +174,6 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
     Metrics: the loss and the algorithm's own, `grad_norm` (after accumulation, before clipping),
     `update_norm` (the optimizer's step) and `param_norm` (after it).
     """
-
     def grads_of(params, frozen_states, batch, rng):
         frozen = {k: nnx.merge(frozen_graphdefs[k], s) for k, s in frozen_states.items()}
 
@@ -183,8 +183,7 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
 
         (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         # Accumulated and normalised in float32 whatever the parameters' storage dtype.
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g,
-                             grads)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g, grads)
         return grads, loss_sum, weight, metrics
 
     def optimizer_step(params, opt_state, frozen_states, batch, rng):
@@ -202,8 +201,8 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
                 out = grads_of(params, frozen_states, mb, jax.random.fold_in(rng, i))
                 return jax.tree.map(jnp.add, acc, out), None
 
-            (grads, loss_sum, weight, metrics), _ = jax.lax.scan(
-                body, zeros, (jnp.arange(microbatches), micro))
+            (grads, loss_sum, weight, metrics), _ = jax.lax.scan(body, zeros,
+                                                                 (jnp.arange(microbatches), micro))
         weight = jnp.maximum(weight, 1e-12)
         grads = jax.tree.map(lambda g: g / weight, grads)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -264,8 +263,10 @@ def state_shardings(params, tx, algo_state, mesh):
     opt_abstract = jax.eval_shape(tx.init, params)
     opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, opt_abstract, param_sh,
                                    transform_non_params=lambda _: rep)
-    return {'params': param_sh, 'opt_state': opt_sh, 'step': rep, 'rng': rep,
-            'algo': jax.tree.map(lambda _: rep, algo_state)}
+    return {
+        'params': param_sh, 'opt_state': opt_sh, 'step': rep, 'rng': rep,
+        'algo': jax.tree.map(lambda _: rep, algo_state)
+    }
 
 
 def _count_tokens(batch) -> int:
@@ -292,8 +293,7 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
     for name, m in algo.frozen.items():
         frozen_graphdefs[name], s = nnx.split(m)
         frozen_states[name] = nnx.to_pure_dict(s)
-    tx, schedule = common.make_optimizer(
-        config.optim, config.total_steps * algo.updates_per_batch)
+    tx, schedule = common.make_optimizer(config.optim, config.total_steps * algo.updates_per_batch)
     if needs_master(params):
         logging.info('Low-precision trainable parameters: the optimizer updates a float32 '
                      'master copy (4 bytes a parameter)')
@@ -301,14 +301,15 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
     algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
     shardings = state_shardings(params, tx, algo_state, mesh)
     shardings['nonfinite_skipped'] = sharding.replicated(mesh)  # checkpointed with the state
-    state = jax.device_put({
-        'params': params,
-        'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
-        'step': jnp.int32(0),
-        'rng': jax.random.key_data(jax.random.key(config.seed)),
-        'nonfinite_skipped': jnp.int32(0),
-        'algo': algo_state,
-    }, shardings)
+    state = jax.device_put(
+        {
+            'params': params,
+            'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
+            'step': jnp.int32(0),
+            'rng': jax.random.key_data(jax.random.key(config.seed)),
+            'nonfinite_skipped': jnp.int32(0),
+            'algo': algo_state,
+        }, shardings)
     update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
                          config.optim.microbatches, shardings, mesh, epochs=algo.epochs,
                          minibatches=algo.minibatches,
@@ -386,8 +387,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         run = setup(config, algo, mesh)
         graphdef, state, shardings = run.graphdef, run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update
-        ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every,
-                                     keep=config.keep_ckpts,
+        ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every, keep=config.keep_ckpts,
                                      async_save=config.get('async_checkpoint', False))
         tracker = tracking.make_tracker(config.tracker, workdir, config.to_dict(),
                                         project=config.tracker_project) if primary else None
@@ -420,8 +420,8 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     _check_finite(pending, policy)
                     pending = (step, metrics, finite)
                     # A skipped step's metrics must not move the controllers (an adaptive KL).
-                    if algo.update_algo_state is not None and (
-                            policy == 'stop' or bool(jax.device_get(finite))):
+                    if algo.update_algo_state is not None and (policy == 'stop'
+                                                               or bool(jax.device_get(finite))):
                         state['algo'] = jax.device_put(
                             algo.update_algo_state(algo_state,
                                                    {**jax.device_get(metrics), **host_metrics}),
@@ -433,8 +433,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                         writer.write(done, {**jax.device_get(metrics), **host_metrics},
                                      tokens=tokens)
                         tokens = 0
-                    evaluated = evaluators_lib.figures_due(evals, model, done,
-                                                           config.total_steps)
+                    evaluated = evaluators_lib.figures_due(evals, model, done, config.total_steps)
                     if evaluated:
                         writer.write(done, {f'eval/{k}': v for k, v in evaluated.items()},
                                      timed=False)
@@ -450,8 +449,9 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                         _save(ckpt, done, state, final, writer)
                     if stop:
                         ckpt.wait()
-                        logging.warning('Preempted: saved step %d to %s; re-run the command to '
-                                        'resume.', done, workdir)
+                        logging.warning(
+                            'Preempted: saved step %d to %s; re-run the command to '
+                            'resume.', done, workdir)
                         writer.close()
                         ckpt.close()
                         return {}
@@ -512,9 +512,9 @@ def _check_finite(pending, policy: str = 'stop') -> None:
     bad = ', '.join(k for k, v in values.items() if not np.isfinite(v))
     shown = ', '.join(f'{k}={v}' for k, v in values.items())
     if policy == 'skip':
-        logging.warning('Skipped step %d: non-finite %s (%s); parameters unchanged, %d skipped '
-                        'so far (config.nonfinite=skip)', step, bad, shown,
-                        int(m['nonfinite_skipped']))
+        logging.warning(
+            'Skipped step %d: non-finite %s (%s); parameters unchanged, %d skipped '
+            'so far (config.nonfinite=skip)', step, bad, shown, int(m['nonfinite_skipped']))
         return
     raise FloatingPointError(
         f'Non-finite values at step {step} in {bad}: {shown}. The last checkpoint is intact; '

@@ -43,10 +43,10 @@ from alignjax.trainers import loop
 from alignjax.trainers import policy_gradient
 from alignjax.trainers.preference_model import load_preference_model
 
-
 # The regression methods' losses, one pure function each over a batch of G prompt groups of k
 # samples: (logp, ref, anchor [G, k] sequence log-probs, pref [G, k, k] P(y_i > y_j), win [G, k]
 # win rates, (i, j) the k(k-1)/2 pairs of a group, n = config.nash) -> (loss_sum, count).
+
 
 def inpo_pairs(logp, ref, anchor, pref, win, ij, n):
     del win
@@ -66,8 +66,7 @@ def sppo_samples(logp, ref, anchor, pref, win, ij, n):
     del ref, pref, ij
     log_z = None
     if n.sppo_exact_partition:
-        log_z = jnp.broadcast_to(nash_losses.sppo_log_partition(win, eta=n.eta)[:, None],
-                                 win.shape)
+        log_z = jnp.broadcast_to(nash_losses.sppo_log_partition(win, eta=n.eta)[:, None], win.shape)
     return nash_losses.sppo_loss(logp, anchor, win, eta=n.eta, log_partition=log_z)
 
 
@@ -127,8 +126,9 @@ def group_preferences(oracle, raw: dict, k: int) -> np.ndarray:
     i, j = np.triu_indices(k, 1)
     rows_a = (np.arange(g)[:, None] * k + i[None]).reshape(-1)
     rows_b = (np.arange(g)[:, None] * k + j[None]).reshape(-1)
-    take = lambda rows: {key: raw[key][rows] for key in
-                         ('prompt', 'prompt_mask', 'response', 'response_mask')}
+    take = lambda rows: {
+        key: raw[key][rows] for key in ('prompt', 'prompt_mask', 'response', 'response_mask')
+    }
     texts = raw['response_texts']
     p = oracle([raw['prompt_texts'][r] for r in rows_a], [texts[r] for r in rows_a],
                [texts[r] for r in rows_b], take(rows_a), take(rows_b)).reshape(g, -1)
@@ -153,8 +153,10 @@ def make_pair_loss_fn(config):
         logp = jnp.sum(logp, axis=-1).reshape(g, k)
         ref, anchor = batch['ref_logp'], batch['anchor_logp']
         loss, count = pair_loss(logp, ref, anchor, batch['pref'], batch['win'], (i, j), n)
-        metrics = {'logratio_to_anchor': (jnp.sum(logp - anchor), jnp.float32(g * k)),
-                   'logratio_to_ref': (jnp.sum(logp - ref), jnp.float32(g * k))}
+        metrics = {
+            'logratio_to_anchor': (jnp.sum(logp - anchor), jnp.float32(g * k)),
+            'logratio_to_ref': (jnp.sum(logp - ref), jnp.float32(g * k))
+        }
         return loss, count, metrics
 
     return loss_fn
@@ -167,7 +169,6 @@ def _copy(state):
 
 class Opponents:
     """Nash-MP's anchor pi_t and opponent, refreshed at phase boundaries from the policy."""
-
     def __init__(self, config, mesh):
         self.phase = config.nash.phase_steps
         self.anchor = common.build_policy(config, mesh)
@@ -204,9 +205,9 @@ def build(config, mesh) -> loop.Algorithm:
     rollout = rollout_lib.Rollout(
         prompts=prompts, records=records, tok=tok, scorer=None, reference=reference, mesh=mesh,
         seed=config.seed, task=task, generation=policy_gradient.generation_sharding(config, mesh),
-        config=rollout_lib.RolloutConfig(
-            samples_per_prompt=k, max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
-            top_k=rl.top_k, top_p=rl.top_p))
+        config=rollout_lib.RolloutConfig(samples_per_prompt=k, max_new_tokens=rl.max_new_tokens,
+                                         temperature=rl.temperature, top_k=rl.top_k,
+                                         top_p=rl.top_p))
     opponents = Opponents(config, mesh) if method.opponent == 'anchor' else None
     mixture = sampling.geometric_mixture(float(n.mixture))
 
@@ -225,13 +226,14 @@ def build(config, mesh) -> loop.Algorithm:
             else:
                 opponents.refresh(step, model)
                 opp = rollout.sample_opponents(step, opponents.opponent, raw)
-            pref = oracle(raw['prompt_texts'], raw['response_texts'], opp['response_texts'],
-                          raw, opp)
+            pref = oracle(raw['prompt_texts'], raw['response_texts'], opp['response_texts'], raw,
+                          opp)
             if method.opponent == 'mixture':
                 adv = np.asarray(nash_losses.nash_md_advantages(pref, logp, ref, tau=n.tau))
             else:
-                adv = np.asarray(nash_losses.proximal_advantages(
-                    pref, logp, ref, opponents.anchor_logp(raw), tau=n.tau, eta=n.eta))
+                adv = np.asarray(
+                    nash_losses.proximal_advantages(pref, logp, ref, opponents.anchor_logp(raw),
+                                                    tau=n.tau, eta=n.eta))
             metrics['rollout/win_rate_vs_opponent'] = float(np.mean(pref))
         batch = {key: raw[key] for key in policy_gradient.TRAIN_KEYS}
         batch['advantages'] = np.asarray(adv_lib.sequence_to_tokens(adv, mask))
@@ -242,8 +244,9 @@ def build(config, mesh) -> loop.Algorithm:
         group = lambda x: x.reshape(g, k, *x.shape[1:])
         pref = group_preferences(oracle, raw, k)
         win = np.asarray(nash_losses.group_win_rates(pref))
-        batch = {key: group(raw[key]) for key in
-                 ('prompt', 'prompt_mask', 'response', 'response_mask')}
+        batch = {
+            key: group(raw[key]) for key in ('prompt', 'prompt_mask', 'response', 'response_mask')
+        }
         batch.update(ref_logp=group(raw['ref_logp'].sum(1)),
                      anchor_logp=group(raw['old_logp'].sum(1)), pref=pref, win=win)
         return batch, {'rollout/win_rate_spread': float(np.mean(np.abs(win - 0.5)))}
@@ -255,10 +258,10 @@ def build(config, mesh) -> loop.Algorithm:
         batch['metrics'] = {**raw['metrics'], **rollout_lib.global_metrics(metrics)}
         return batch
 
-    loss_fn = (make_pair_loss_fn(config) if method.pair_loss
-               else policy_gradient.make_loss_fn(config, critic=False))
+    loss_fn = (make_pair_loss_fn(config) if method.pair_loss else policy_gradient.make_loss_fn(
+        config, critic=False))
     return loop.Algorithm(
         model=policy, loss_fn=loss_fn, batches=batches,
-        evaluators=policy_gradient.online_evaluators(config, task, reference, tok),
-        epochs=rl.epochs, minibatches=rl.minibatches,
-        save_every=2 * n.phase_steps if method.phases else 1)
+        evaluators=policy_gradient.online_evaluators(config, task, reference,
+                                                     tok), epochs=rl.epochs,
+        minibatches=rl.minibatches, save_every=2 * n.phase_steps if method.phases else 1)

@@ -93,7 +93,6 @@ ONLINE_ALGOS: dict[str, OnlineAlgo] = {
 
 class ActorCritic(nnx.Module):
     """The policy and its critic, trained together by one optimizer (PPO's trainable model)."""
-
     def __init__(self, policy, critic):
         self.policy = policy
         self.critic = critic
@@ -142,8 +141,8 @@ def make_advantage_fn(config):
 
     def fn(b, kl_coef):
         mask = b['response_mask'].astype(jnp.float32)
-        scores, kl, coef = penalised(b['scores'], b['has_eos'], b['old_logp'], b['ref_logp'],
-                                     mask, kl_coef)
+        scores, kl, coef = penalised(b['scores'], b['has_eos'], b['old_logp'], b['ref_logp'], mask,
+                                     kl_coef)
         metrics = {'rollout/kl_penalty': jnp.mean(jnp.sum(kl, axis=1)) * coef}
         returns = None
         if row.advantages is None:
@@ -188,15 +187,14 @@ def make_loss_fn(config, *, critic: bool | None = None):
         mask = batch['response_mask'].astype(jnp.float32)
         logp, entropy = scoring.rows_response_logprobs(policy, *args, group=group,
                                                        with_entropy=True)
-        total, weight, metrics = pg.policy_loss(
-            logp, batch['old_logp'], batch['advantages'], mask, clip_low=rl.clip,
-            clip_high=rl.clip_high or None, dual_clip=rl.dual_clip or None, mode=rl.aggregation)
+        total, weight, metrics = pg.policy_loss(logp, batch['old_logp'], batch['advantages'], mask,
+                                                clip_low=rl.clip, clip_high=rl.clip_high or None,
+                                                dual_clip=rl.dual_clip or None, mode=rl.aggregation)
         metrics = dict(metrics, policy_loss=(total, weight))
         if critic:
             values = rollout_lib.response_values(model.critic, *args)
-            v_sum, _, v_metrics = pg.value_loss(values, batch['old_values'], batch['returns'],
-                                                mask, clip=rl.value_clip or None,
-                                                mode=rl.aggregation)
+            v_sum, _, v_metrics = pg.value_loss(values, batch['old_values'], batch['returns'], mask,
+                                                clip=rl.value_clip or None, mode=rl.aggregation)
             total = total + rl.vf_coef * v_sum
             metrics.update(v_metrics, value_loss=(v_sum, weight))
         if rl.kl_in == 'loss':
@@ -220,8 +218,8 @@ def build_critic(config, mesh, reward_model):
         member = rm.members[0] if hasattr(rm, 'members') else rm
     else:
         cfg = common.model_config_from(config.model)
-    critic = sharding.create_sharded(lambda: ValueModel(cfg, rngs=nnx.Rngs(config.seed + 17)),
-                                     mesh, common.mesh_rules(config))
+    critic = sharding.create_sharded(lambda: ValueModel(cfg, rngs=nnx.Rngs(config.seed + 17)), mesh,
+                                     common.mesh_rules(config))
     if src == 'reward_model':
         copy = lambda t: jax.tree.map(jnp.copy, t)  # own buffers: the train state is donated
         nnx.update(critic.backbone, copy(nnx.state(member.backbone)))
@@ -245,8 +243,7 @@ def online_setup(config, mesh):
     tok = inputs.make_tokenizer(config)
     task = inputs.synthetic_task(config)
     records = inputs.load_records(config, 'prompt', config.data.train,
-                                          num_examples=config.data.num_examples,
-                                          seed=config.seed)
+                                  num_examples=config.data.num_examples, seed=config.seed)
     prompts = inputs.make_stream(config, 'prompt', records, tok)
     policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
@@ -267,9 +264,10 @@ def online_evaluators(config, task, reference, tok, *, policy_of=lambda model: m
     """The evaluators of an online trainer: the gold evaluation of `policy_of(model)` against the
     reference on the task's eval prompts (with a learned `scorer`, its proxy reward too); none
     on real data."""
-    available = {} if task is None else {'gold': lambda: gold.make(
-        config, task, reference, tok, max_new_tokens=config.rl.max_new_tokens,
-        policy_of=policy_of, scorer=scorer)}
+    available = {} if task is None else {
+        'gold': lambda: gold.make(config, task, reference, tok, max_new_tokens=config.rl.
+                                  max_new_tokens, policy_of=policy_of, scorer=scorer)
+    }
     return evaluators.select(config, available, tuple(available))
 
 
@@ -292,10 +290,10 @@ def build(config, mesh) -> loop.Algorithm:
     rollout = rollout_lib.Rollout(
         prompts=prompts, records=records, tok=tok, scorer=scorer, reference=reference, mesh=mesh,
         seed=config.seed, task=task, generation=generation_sharding(config, mesh),
-        config=rollout_lib.RolloutConfig(
-            samples_per_prompt=rl.samples_per_prompt, max_new_tokens=rl.max_new_tokens,
-            temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
-            greedy_baseline=row.greedy_baseline))
+        config=rollout_lib.RolloutConfig(samples_per_prompt=rl.samples_per_prompt,
+                                         max_new_tokens=rl.max_new_tokens,
+                                         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+                                         greedy_baseline=row.greedy_baseline))
     advantage_fn = make_advantage_fn(config)
 
     def batches(step, model, algo_state):
@@ -310,8 +308,8 @@ def build(config, mesh) -> loop.Algorithm:
         if row.critic:
             batch['old_values'], batch['returns'] = raw['old_values'], np.asarray(returns)
         batch['kl_coef'] = np.full((len(adv),), kl_coef, np.float32)
-        metrics = dict(raw['metrics'], **rollout_lib.global_metrics(
-            {k: float(v) for k, v in adv_metrics.items()}))
+        metrics = dict(raw['metrics'],
+                       **rollout_lib.global_metrics({k: float(v) for k, v in adv_metrics.items()}))
         metrics['kl_coef'] = kl_coef
         batch['metrics'] = metrics
         return batch
@@ -327,7 +325,7 @@ def build(config, mesh) -> loop.Algorithm:
     evals = online_evaluators(config, task, reference, tok,
                               policy_of=(lambda m: m.policy) if row.critic else (lambda m: m),
                               scorer=scorer if reward_model is not None else None)
-    return loop.Algorithm(
-        model=model, loss_fn=make_loss_fn(config), batches=batches, evaluators=evals,
-        algo_state={'kl_coef': np.float32(rl.kl_coef)}, update_algo_state=update_algo_state,
-        epochs=rl.epochs, minibatches=rl.minibatches)
+    return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
+                          evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
+                          update_algo_state=update_algo_state, epochs=rl.epochs,
+                          minibatches=rl.minibatches)

@@ -35,8 +35,8 @@ def pair_logits(model, batch):
 
 def build_preference_model(config, mesh):
     cfg = common.model_config_from(config.model)
-    return sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)),
-                                   mesh, common.mesh_rules(config))
+    return sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)), mesh,
+                                   common.mesh_rules(config))
 
 
 def load_preference_model(spec: str, mesh, *, key: str = 'nash.preference_from'):
@@ -64,9 +64,10 @@ def build(config, mesh) -> loop.Algorithm:
     graphdef = nnx.graphdef(model)
     logits_jit = jax.jit(lambda state, batch: pair_logits(nnx.merge(graphdef, state), batch)[0])
     task = inputs.synthetic_task(config)
-    available = {'preference_accuracy': lambda: preference_accuracy.make(
-        config, held_out, tok, mesh, logits=logits_jit, task=task)}
+    available = {
+        'preference_accuracy': lambda: preference_accuracy.make(config, held_out, tok, mesh, logits=
+                                                                logits_jit, task=task)
+    }
     return loop.Algorithm(model=model, loss_fn=loss_fn,
                           batches=lambda step, model, algo_state: stream[step],
-                          evaluators=evaluators.select(config, available,
-                                                       ('preference_accuracy',)))
+                          evaluators=evaluators.select(config, available, ('preference_accuracy',)))

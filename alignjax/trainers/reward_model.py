@@ -28,8 +28,8 @@ def pair_tokens(batch, first: str, second: str):
     prompt_mask = jnp.concatenate([batch['prompt_mask'], batch['prompt_mask']], axis=0)
     response = jnp.concatenate([batch[first], batch[second]], axis=0)
     response_mask = jnp.concatenate([batch[f'{first}_mask'], batch[f'{second}_mask']], axis=0)
-    return (jnp.concatenate([prompt, response], axis=1),
-            jnp.concatenate([prompt_mask, response_mask], axis=1))
+    return (jnp.concatenate([prompt, response],
+                            axis=1), jnp.concatenate([prompt_mask, response_mask], axis=1))
 
 
 def chosen_rejected_rewards(model, batch):
@@ -90,15 +90,18 @@ def build(config, mesh) -> loop.Algorithm:
         agg_c = reward_losses.aggregate_ensemble(rc, method=r.aggregate, lam=r.lam)
         agg_r = reward_losses.aggregate_ensemble(rr, method=r.aggregate, lam=r.lam)
         correct, n = reward_losses.pairwise_accuracy(agg_c, agg_r)
-        return loss_sum, count, {'accuracy': (correct, n),
-                                 'reward_mean': (jnp.sum(rc + rr) / 2, jnp.float32(rc.size))}
+        return loss_sum, count, {
+            'accuracy': (correct, n), 'reward_mean': (jnp.sum(rc + rr) / 2, jnp.float32(rc.size))
+        }
 
     graphdef = nnx.graphdef(model)
-    score_jit = jax.jit(lambda state, batch: chosen_rejected_rewards(nnx.merge(graphdef, state),
-                                                                     batch))
+    score_jit = jax.jit(
+        lambda state, batch: chosen_rejected_rewards(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)
-    available = {'reward_accuracy': lambda: reward_accuracy.make(
-        config, held_out, tok, mesh, score=score_jit, task=task)}
+    available = {
+        'reward_accuracy': lambda: reward_accuracy.make(config, held_out, tok, mesh, score=
+                                                        score_jit, task=task)
+    }
     return loop.Algorithm(model=model, loss_fn=loss_fn,
                           batches=lambda step, model, algo_state: stream[step],
                           evaluators=evaluators.select(config, available, ('reward_accuracy',)))

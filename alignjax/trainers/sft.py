@@ -28,12 +28,11 @@ def build(config, mesh) -> loop.Algorithm:
     tok = inputs.make_tokenizer(config)
     d = config.data
     records = inputs.load_records(config, 'sft', d.train, num_examples=d.num_examples,
-                                          seed=config.seed)
+                                  seed=config.seed)
     tokenize = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=d.max_prompt_len,
                                          max_response_len=d.max_response_len,
                                          prompt_truncation=inputs.prompt_truncation(d),
-                                         chat_template=d.chat_template,
-                                         sft_turns=d.sft_turns)
+                                         chat_template=d.chat_template, sft_turns=d.sft_turns)
     stream = pipeline.batch_stream(records, tokenize_fn=tokenize, global_batch_size=d.batch_size,
                                    seed=config.seed, process_index=jax.process_index(),
                                    process_count=jax.process_count())
@@ -49,7 +48,8 @@ def build(config, mesh) -> loop.Algorithm:
         pretrained.init_module(start, config.init_from)
         return start
 
-    available = {} if task is None else {'gold': lambda: gold.make_policy_only(
-        config, task, tok, initial_policy=initial_policy)}
+    available = {} if task is None else {
+        'gold': lambda: gold.make_policy_only(config, task, tok, initial_policy=initial_policy)
+    }
     algo.evaluators = evaluators.select(config, available, tuple(available))
     return algo

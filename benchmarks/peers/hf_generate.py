@@ -18,8 +18,10 @@ def main():
     model = tc.llama(spec).eval()
     v, p, n = spec['model']['vocab_size'], spec['prompt_len'], spec['new_tokens']
     rng = np.random.default_rng(spec.get('seed', 0))
-    out = {'peer': 'transformers.generate', 'versions': tc.versions('transformers', 'torch'),
-           'torch_threads': torch.get_num_threads()}
+    out = {
+        'peer': 'transformers.generate', 'versions': tc.versions('transformers', 'torch'),
+        'torch_threads': torch.get_num_threads()
+    }
     for b in spec['batches']:
         ids = torch.tensor(rng.integers(4, v, (b, p)), dtype=torch.long)
         mask = torch.ones_like(ids)

@@ -18,9 +18,11 @@ def summarise(times: list[float], steps: int, repeats: int) -> dict:
     """times[0] is the warm-up (compilation); then `repeats` rounds of `steps` steps; medians."""
     warm, rest = times[0], times[1:1 + steps * repeats]
     rounds = [rest[i * steps:(i + 1) * steps] for i in range(repeats)]
-    return {'warmup_s': round(warm, 3),
-            'round_medians_s': [round(statistics.median(r), 5) for r in rounds if r],
-            'median_s': statistics.median(rest) if rest else None, 'steps_timed': len(rest)}
+    return {
+        'warmup_s': round(warm, 3),
+        'round_medians_s': [round(statistics.median(r), 5) for r in rounds if r],
+        'median_s': statistics.median(rest) if rest else None, 'steps_timed': len(rest)
+    }
 
 
 def time_calls(call, calls: int, repeats: int) -> dict:

@@ -45,9 +45,8 @@ def tokenizer(vocab_size: int):
     vocab = {word(i): i for i in range(vocab_size)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL[3]))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL[0],
-                                   bos_token=SPECIAL[1], eos_token=SPECIAL[2],
-                                   unk_token=SPECIAL[3])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL[0], bos_token=SPECIAL[1],
+                                   eos_token=SPECIAL[2], unk_token=SPECIAL[3])
 
 
 def random_ids(rng, n: int, vocab_size: int) -> list[int]:
@@ -69,7 +68,6 @@ def text(ids) -> str:
 
 class StepTimer:
     """A transformers TrainerCallback recording the wall time of every optimizer step."""
-
     def __new__(cls):
         from transformers import TrainerCallback  # pylint: disable=g-import-not-at-top
 

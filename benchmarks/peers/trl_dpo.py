@@ -27,23 +27,25 @@ def main():
     response = lambda: tc.text(tc.random_ids(rng, spec['response_len'] - 1, v) + [2])
     for _ in range(pairs * total):
         # Responses end with EOS ('</s>') themselves, so TRL appends nothing: exactly 64 + 64.
-        rows.append({'prompt': tc.text(tc.random_ids(rng, spec['prompt_len'], v)),
-                     'chosen': ' ' + response(), 'rejected': ' ' + response()})
+        rows.append({
+            'prompt': tc.text(tc.random_ids(rng, spec['prompt_len'], v)),
+            'chosen': ' ' + response(), 'rejected': ' ' + response()
+        })
     data = Dataset.from_list(rows)
     model = tc.llama(spec)
     ref = tc.llama(spec)
     ref.load_state_dict(model.state_dict())
     timer = tc.StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(
-            output_dir=out, per_device_train_batch_size=pairs, gradient_accumulation_steps=1,
-            gradient_checkpointing=False,
-            learning_rate=spec['lr'], weight_decay=0.0, max_grad_norm=0.0,
-            lr_scheduler_type='constant', warmup_steps=0, adam_beta1=0.9, adam_beta2=0.999,
-            beta=spec['beta'], loss_type=['sigmoid'], max_length=None, max_steps=total,
-            precompute_ref_log_probs=spec['precompute_ref'], logging_steps=10_000,
-            save_strategy='no', report_to='none', use_cpu=True, seed=spec.get('seed', 0),
-            dataloader_num_workers=0, disable_tqdm=True)
+        args = DPOConfig(output_dir=out, per_device_train_batch_size=pairs,
+                         gradient_accumulation_steps=1, gradient_checkpointing=False,
+                         learning_rate=spec['lr'], weight_decay=0.0, max_grad_norm=0.0,
+                         lr_scheduler_type='constant', warmup_steps=0, adam_beta1=0.9,
+                         adam_beta2=0.999, beta=spec['beta'], loss_type=['sigmoid'
+                                                                        ], max_length=None,
+                         max_steps=total, precompute_ref_log_probs=spec['precompute_ref'],
+                         logging_steps=10_000, save_strategy='no', report_to='none', use_cpu=True,
+                         seed=spec.get('seed', 0), dataloader_num_workers=0, disable_tqdm=True)
         trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
                              processing_class=tc.tokenizer(v), callbacks=[timer])
         batch = next(iter(trainer.get_train_dataloader()))

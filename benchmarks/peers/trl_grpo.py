@@ -17,8 +17,10 @@ import torch_common as tc
 
 
 def even_fraction(completions, **kw):
-    return [float(np.mean([int(w[1:]) % 2 == 0 for w in c.split() if w[1:].isdigit()] or [0.0]))
-            for c in completions]
+    return [
+        float(np.mean([int(w[1:]) % 2 == 0 for w in c.split() if w[1:].isdigit()]
+                      or [0.0])) for c in completions
+    ]
 
 
 def main():
@@ -39,16 +41,16 @@ def main():
         tok = tc.tokenizer(v)
         tc.llama(spec).save_pretrained(f'{tmp}/model')
         tok.save_pretrained(f'{tmp}/model')
-        args = GRPOConfig(
-            output_dir=f'{tmp}/out', per_device_train_batch_size=rows,
-            gradient_accumulation_steps=1, gradient_checkpointing=False,
-            num_generations=spec['samples'], max_completion_length=spec['new_tokens'],
-            temperature=1.0, top_k=0, top_p=1.0, beta=spec['beta'], num_iterations=1,
-            steps_per_generation=1, learning_rate=spec['lr'], weight_decay=0.0,
-            max_grad_norm=0.0, lr_scheduler_type='constant', warmup_steps=0, max_steps=total,
-            logging_steps=10_000, save_strategy='no', report_to='none', use_cpu=True,
-            seed=spec.get('seed', 0), disable_tqdm=True, shuffle_dataset=False,
-            generation_kwargs={'min_new_tokens': spec['new_tokens']})
+        args = GRPOConfig(output_dir=f'{tmp}/out', per_device_train_batch_size=rows,
+                          gradient_accumulation_steps=1, gradient_checkpointing=False,
+                          num_generations=spec['samples'], max_completion_length=spec['new_tokens'],
+                          temperature=1.0, top_k=0, top_p=1.0, beta=spec['beta'], num_iterations=1,
+                          steps_per_generation=1, learning_rate=spec['lr'], weight_decay=0.0,
+                          max_grad_norm=0.0, lr_scheduler_type='constant', warmup_steps=0,
+                          max_steps=total, logging_steps=10_000, save_strategy='no',
+                          report_to='none', use_cpu=True, seed=spec.get('seed', 0),
+                          disable_tqdm=True, shuffle_dataset=False,
+                          generation_kwargs={'min_new_tokens': spec['new_tokens']})
         trainer = GRPOTrainer(model=f'{tmp}/model', reward_funcs=even_fraction, args=args,
                               train_dataset=data, processing_class=tok, callbacks=[timer])
         trainer.train()

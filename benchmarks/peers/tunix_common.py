@@ -26,7 +26,6 @@ def llama3(spec: dict, seed: int = 0, weight_tying: bool = False):
 
 class TimedIterator:
     """Yields `items` and records when each is asked for: the gaps are the (pipelined) steps."""
-
     def __init__(self, items):
         self.items = list(items)
         self.stamps = []

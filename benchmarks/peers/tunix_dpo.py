@@ -25,14 +25,16 @@ def main():
     rng = np.random.default_rng(spec.get('seed', 0))
     ids = lambda *shape: rng.integers(4, v, shape).astype(np.int32)
     ones = lambda *shape: np.ones(shape, np.int32)
-    batches = [dpo_trainer.TrainingInput(prompt_ids=ids(n, p), prompt_mask=ones(n, p),
-                                         chosen_ids=ids(n, r), chosen_mask=ones(n, r),
-                                         rejected_ids=ids(n, r), rejected_mask=ones(n, r))
-               for _ in range(total)]
+    batches = [
+        dpo_trainer.TrainingInput(prompt_ids=ids(n, p), prompt_mask=ones(n, p),
+                                  chosen_ids=ids(n, r), chosen_mask=ones(n, r),
+                                  rejected_ids=ids(n, r), rejected_mask=ones(n, r))
+        for _ in range(total)
+    ]
     policy = tc.llama3(spec)
     ref = tc.llama3(spec)
     nnx.update(ref, jax.tree.map(lambda x: x.copy(), nnx.state(policy)))
-    config = dpo_trainer.DPOTrainingConfig(eval_every_n_steps=10 ** 9, max_steps=total,
+    config = dpo_trainer.DPOTrainingConfig(eval_every_n_steps=10**9, max_steps=total,
                                            beta=spec['beta'], pbar_description=None)
     tx = optax.adamw(spec['lr'], b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     trainer = dpo_trainer.DPOTrainer(model=policy, ref_model=ref, optimizer=tx,

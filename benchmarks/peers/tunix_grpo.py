@@ -58,7 +58,6 @@ import tunix_common as tc
 
 class WordTokenizer:
     """encode / decode / bos_id / eos_id / pad_id over words 't<i>' (see the module docstring)."""
-
     def __init__(self, vocab: int):
         self.vocab = vocab
 
@@ -80,7 +79,6 @@ class WordTokenizer:
 
 def even_fraction(new_tokens: int):
     """The reward: the fraction of even token ids; checks that every completion is full length."""
-
     def reward(prompts, completions, **kw):
         del prompts, kw
         words = [c.split() for c in completions]
@@ -97,7 +95,6 @@ def critic(spec: dict, seed: int):
     from flax import nnx  # pylint: disable=g-import-not-at-top
 
     class Critic(nnx.Module):
-
         def __init__(self, backbone):
             self.backbone = backbone
             self.value_head = nnx.Param(jnp.zeros((backbone.config.embed_dim, 1), jnp.float32))
@@ -145,15 +142,18 @@ def main():
         roles.append(rl.Role.CRITIC)
     tx = lambda: optax.adamw(spec['lr'], b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
     training = rl.RLTrainingConfig(
-        actor_optimizer=tx(), critic_optimizer=tx() if algo == 'ppo' else None,
-        eval_every_n_steps=10 ** 9, max_steps=10 ** 9,  # the data's end stops the loop
+        actor_optimizer=tx(),
+        critic_optimizer=tx() if algo == 'ppo' else None,
+        eval_every_n_steps=10**9,
+        max_steps=10**9,  # the data's end stops the loop
         mini_batch_size=rows // minibatches if minibatches > 1 else None)
-    rollout = base_rollout.RolloutConfig(
-        max_tokens_to_generate=n, max_prompt_length=p, kv_cache_size=p + n, temperature=1.0,
-        top_p=1.0, top_k=None, eos_tokens=[-1])
+    rollout = base_rollout.RolloutConfig(max_tokens_to_generate=n, max_prompt_length=p,
+                                         kv_cache_size=p + n, temperature=1.0, top_p=1.0,
+                                         top_k=None, eos_tokens=[-1])
     cluster = rl.RLCluster(
         actor=policy, reference=reference,
-        critic=critic(spec, spec.get('seed', 0) + 17) if algo == 'ppo' else None,
+        critic=critic(spec,
+                      spec.get('seed', 0) + 17) if algo == 'ppo' else None,
         tokenizer=WordTokenizer(v),
         cluster_config=rl.ClusterConfig(role_to_mesh={r: mesh for r in roles},
                                         rollout_engine='vanilla', offload_to_cpu=False,
@@ -185,17 +185,17 @@ def main():
     learner.train(data)
 
     out = tc.summarise(data.stamps, steps, repeats)
-    per_iteration = [sum(rollout_s[i:i + minibatches])
-                     for i in range(0, len(rollout_s), minibatches)]
-    counts = {'rollouts': len(rollout_s),
-              'actor_updates': int(cluster.actor_trainer.train_steps)}
+    per_iteration = [
+        sum(rollout_s[i:i + minibatches]) for i in range(0, len(rollout_s), minibatches)
+    ]
+    counts = {'rollouts': len(rollout_s), 'actor_updates': int(cluster.actor_trainer.train_steps)}
     if algo == 'ppo':
         counts['critic_updates'] = int(cluster.critic_trainer.train_steps)
     out.update(peer=f'tunix.{"GRPOLearner" if algo == "grpo" else "PPOLearner"}', algo=algo,
                backend=jax.default_backend(), versions=tc.versions(),
                rollout_s=statistics.median(per_iteration[1:]) if len(per_iteration) > 1 else None,
-               rows=rows, rollout_rows=rows // minibatches, epochs=epochs,
-               minibatches=minibatches, **counts)
+               rows=rows, rollout_rows=rows // minibatches, epochs=epochs, minibatches=minibatches,
+               **counts)
     tc.emit(out)
 
 

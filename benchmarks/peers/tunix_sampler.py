@@ -15,7 +15,6 @@ import tunix_common as tc
 
 class WordTokenizer:
     """encode / decode / bos_id / eos_id / pad_id: what Tunix's TokenizerAdapter asks of one."""
-
     def encode(self, text, **kw):
         return [int(w[1:]) for w in text.split()]
 
@@ -48,11 +47,11 @@ def main():
     out = {'peer': 'tunix.Sampler', 'backend': jax.default_backend(), 'versions': tc.versions()}
     for b in spec['batches']:
         prompts = [' '.join(f't{i}' for i in rng.integers(4, v, p)) for _ in range(b)]
-        seed = iter(range(10 ** 6))
+        seed = iter(range(10**6))
 
         def call():
-            res = sampler(prompts, max_generation_steps=n, max_prompt_length=p,
-                          eos_tokens=[-1], temperature=1.0, top_p=1.0, seed=next(seed))
+            res = sampler(prompts, max_generation_steps=n, max_prompt_length=p, eos_tokens=[-1],
+                          temperature=1.0, top_p=1.0, seed=next(seed))
             assert all(len(t) == n for t in res.tokens), [len(t) for t in res.tokens]
             return res
 

@@ -45,9 +45,12 @@ SHAPES = {  # name -> (record, chat_template for alignjax, as TRL treats it)
                     'rejected': SKY + BLUE + [{'role': 'user', 'content': 'nash'}] + BLUE},
                    'auto'),
 }
-PARTS = {'prompt': [{'role': 'user', 'content': [{'type': 'text', 'text': 'hello '},
-                                                 {'type': 'text', 'text': 'world'}]}],
-         'chosen': BLUE, 'rejected': GREEN}
+PARTS = {
+    'prompt': [{
+        'role': 'user', 'content': [{'type': 'text', 'text': 'hello '},
+                                    {'type': 'text', 'text': 'world'}]
+    }], 'chosen': BLUE, 'rejected': GREEN
+}
 
 
 @pytest.fixture(scope='module')
@@ -62,16 +65,15 @@ def trl_dpo_ids(record, theirs):
                                  truncation_mode='keep_start')
     record = trl.maybe_extract_prompt(record)  # what TRL's docs do for UltraFeedback (H4)
     record = {k: record[k] for k in ('prompt', 'chosen', 'rejected')}
-    out = trl.DPOTrainer._prepare_dataset(fake, datasets.Dataset.from_list([record]), theirs,
-                                          args, 'train')[0]
+    out = trl.DPOTrainer._prepare_dataset(fake, datasets.Dataset.from_list([record]), theirs, args,
+                                          'train')[0]
     return out['prompt_ids'], out['chosen_ids'], out['rejected_ids']
 
 
 def our_ids(record, kind, tok, chat_template, **lens):
     row = records.validate_record(record, kind, 'test')
     fn = pipeline.make_tokenize_fn(kind, tok, max_prompt_len=lens.get('p', 64),
-                                   max_response_len=lens.get('r', 32),
-                                   chat_template=chat_template)
+                                   max_response_len=lens.get('r', 32), chat_template=chat_template)
     out = fn(row, 0)
     return {k: out[k][out[f'{k}_mask'] > 0].tolist() for k in out if f'{k}_mask' in out}
 
@@ -154,14 +156,15 @@ def test_prompt_completion_and_prompt_records_equal_trl_templates(tok_dir):
 def test_tool_turns_and_a_template_file(tok_dir, tmp_path):
     """The tool role and tool calls reach the template as transformers passes them."""
     template = tmp_path / 'tools.jinja'
-    template.write_text(
-        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}"
-        "{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}[assistant]{% endif %}")
+    template.write_text("{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}"
+                        "{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}{% endfor %}"
+                        "{% if add_generation_prompt %}[assistant]{% endif %}")
     call = [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 1}}}]
-    record = {'messages': SKY + [{'role': 'assistant', 'content': None, 'tool_calls': call},
-                                 {'role': 'tool', 'name': 'add', 'content': '2'},
-                                 {'role': 'assistant', 'content': 'two'}]}
+    record = {
+        'messages': SKY + [{'role': 'assistant', 'content': None, 'tool_calls': call}, {
+            'role': 'tool', 'name': 'add', 'content': '2'
+        }, {'role': 'assistant', 'content': 'two'}]
+    }
     row = records.validate_record(record, 'sft', 'test')
     theirs = transformers.AutoTokenizer.from_pretrained(tok_dir)
     want = theirs.apply_chat_template(record['messages'][:-1], chat_template=template.read_text(),
@@ -171,19 +174,21 @@ def test_tool_turns_and_a_template_file(tok_dir, tmp_path):
     assert prompt == want and replies == {'response': 'two'}
     c = experiment_runs.config_of('sft.py:tiny', **{'data.chat_template': str(tmp_path / 'x')})
     from alignjax import validation
-    with pytest.raises(validation.ValidationError, match="chat_template=.*not a readable"):
+    with pytest.raises(validation.ValidationError, match='chat_template=.*not a readable'):
         validation.check_fields(c)
 
 
 @pytest.mark.parametrize('record,message', [
-    ({'prompt': [{'role': 'user', 'content': [{'type': 'image', 'url': 'x'}]}],
-      'chosen': BLUE, 'rejected': GREEN}, "content part 0 has type 'image'; only text parts"),
+    ({
+        'prompt': [{'role': 'user', 'content': [{'type': 'image', 'url': 'x'}]}], 'chosen': BLUE,
+        'rejected': GREEN
+    }, "content part 0 has type 'image'; only text parts"),
     ({'chosen': 'abc', 'rejected': SKY + BLUE}, 'both be text or both be lists'),
     ({'chosen': 'yes', 'rejected': 'no'}, 'share no prompt'),
     ({'prompt': SKY, 'chosen': BLUE, 'rejected': BLUE}, 'identical'),
     ({'prompt': SKY + BLUE, 'chosen': GREEN, 'rejected': BLUE}, "role 'user' or 'tool'"),
-    ({'prompt': [{'role': 'robot', 'content': 'x'}], 'chosen': BLUE, 'rejected': GREEN},
-     "prompt\\[0\\] has role 'robot'"),
+    ({'prompt': [{'role': 'robot', 'content': 'x'}], 'chosen': BLUE, 'rejected': GREEN
+     }, "prompt\\[0\\] has role 'robot'"),
 ])
 def test_bad_shapes_are_one_line_naming_the_line(tmp_path, record, message):
     path = tmp_path / 'x.jsonl'
@@ -201,13 +206,15 @@ def _published(tmp_path, rows):
     ds.select(range(3)).to_parquet(str(tmp_path / 'part-0.parquet'))
     ds.select(range(3, len(rows))).to_parquet(str(tmp_path / 'part-1.parquet'))
     ds.save_to_disk(str(tmp_path / 'saved'))
-    datasets.DatasetDict({'train_prefs': ds, 'test_prefs': ds.select(range(2))}).save_to_disk(
-        str(tmp_path / 'dict'))
+    datasets.DatasetDict({'train_prefs': ds,
+                          'test_prefs': ds.select(range(2))}).save_to_disk(str(tmp_path / 'dict'))
 
 
 def test_parquet_and_saved_datasets_read_as_jsonl(tmp_path):
-    rows = [{'prompt': f'q{i}', 'chosen': SKY + [{'role': 'assistant', 'content': f'a{i}'}],
-             'rejected': SKY + GREEN, 'score_chosen': 1.0} for i in range(7)]
+    rows = [{
+        'prompt': f'q{i}', 'chosen': SKY + [{'role': 'assistant', 'content': f'a{i}'}],
+        'rejected': SKY + GREEN, 'score_chosen': 1.0
+    } for i in range(7)]
     _published(tmp_path, rows)
     want = pipeline.load_records(f'jsonl:{tmp_path}/d.jsonl', 'preference')
     for spec in (f'parquet:{tmp_path}/d.parquet', f'parquet:{tmp_path}/part-*.parquet',
@@ -238,18 +245,18 @@ def test_every_bundled_trl_template_renders_as_transformers(tok_dir):
     """TRL's 72 bundled chat templates (34 use {% generation %}): the text equals transformers',
     and the generation spans equal its assistant-token mask."""
     theirs = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    conversation = [{'role': 'system', 'content': 'Be brief.'}] + SKY + BLUE + [
-        {'role': 'user', 'content': 'again'}, {'role': 'assistant', 'content': 'nash!'}]
+    conversation = [{'role': 'system', 'content': 'Be brief.'}] + SKY + BLUE + [{
+        'role': 'user', 'content': 'again'
+    }, {'role': 'assistant', 'content': 'nash!'}]
     variables = {'bos_token': '<s>', 'eos_token': '<|im_end|>', 'pad_token': '<pad>'}
-    files = sorted(glob.glob(os.path.join(os.path.dirname(trl.__file__), 'chat_templates',
-                                          '*.jinja')))
+    files = sorted(
+        glob.glob(os.path.join(os.path.dirname(trl.__file__), 'chat_templates', '*.jinja')))
     rendered = masks = 0
     for path in files:
         with open(path) as f:
             template = f.read()
         try:
-            want = theirs.apply_chat_template(conversation, chat_template=template,
-                                              tokenize=False)
+            want = theirs.apply_chat_template(conversation, chat_template=template, tokenize=False)
         except Exception:  # pylint: disable=broad-except  (Gemma refuses system turns, LLaVA text)
             continue
         text, spans = chat.render(template, conversation, variables=variables, spans=True)
@@ -279,27 +286,32 @@ def test_dpo_trains_on_ultrafeedback_parquet_through_the_template(tmp_path):
                                       num_key_value_heads=2, head_dim=8)
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     bpe_tokenizer(directory, config={'chat_template': TEMPLATE})
-    rows = [{'prompt': CORPUS[i % 4][:16],
-             'chosen': [{'role': 'user', 'content': CORPUS[i % 4][:16]},
-                        {'role': 'assistant', 'content': 'nash!'}],
-             'rejected': [{'role': 'user', 'content': CORPUS[i % 4][:16]},
-                          {'role': 'assistant', 'content': CORPUS[(i + 1) % 4][:12]}]}
-            for i in range(64)]
+    rows = [{
+        'prompt': CORPUS[i % 4][:16], 'chosen': [{'role': 'user', 'content': CORPUS[i % 4][:16]},
+                                                 {'role': 'assistant', 'content': 'nash!'}],
+        'rejected': [{'role': 'user', 'content': CORPUS[i % 4][:16]},
+                     {'role': 'assistant', 'content': CORPUS[(i + 1) % 4][:12]}]
+    } for i in range(64)]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / 'uf.parquet'))
-    overrides = {'init_from': f'hf:{directory}', 'tokenizer': f'hf:{directory}',
-                 'data.train': f'parquet:{tmp_path}/uf.parquet', 'data.max_prompt_len': 48,
-                 'data.max_response_len': 12, 'data.batch_size': 16, 'optim.warmup_steps': 0,
-                 'log_every': 5}
+    overrides = {
+        'init_from': f'hf:{directory}', 'tokenizer': f'hf:{directory}',
+        'data.train': f'parquet:{tmp_path}/uf.parquet', 'data.max_prompt_len': 48,
+        'data.max_response_len': 12, 'data.batch_size': 16, 'optim.warmup_steps': 0, 'log_every': 5
+    }
     c = experiment_runs.config_of(f'dpo.py:model=hf:{directory},steps=20', **overrides)
     theirs = transformers.AutoTokenizer.from_pretrained(directory)
     tok = inputs.make_tokenizer(c)
-    batch = next(iter(inputs.make_stream(
-        c, 'preference', inputs.load_records(c, 'preference', c.data.train), tok)))
+    batch = next(
+        iter(
+            inputs.make_stream(c, 'preference', inputs.load_records(c, 'preference', c.data.train),
+                               tok)))
     for ids, mask, i in zip(batch['prompt'], batch['prompt_mask'], range(3)):
         ids = ids[mask > 0].tolist()
         assert ids.count(theirs.bos_token_id) == 1
-        assert ids in [theirs.apply_chat_template(r['chosen'][:1], add_generation_prompt=True,
-                                                  return_dict=False) for r in rows[:4]]
+        assert ids in [
+            theirs.apply_chat_template(r['chosen'][:1], add_generation_prompt=True,
+                                       return_dict=False) for r in rows[:4]
+        ]
     summary = experiment_runs.run(tmp_path / 'run', f'dpo.py:model=hf:{directory},steps=20',
                                   **overrides)
     with open(tmp_path / 'run' / 'metrics.jsonl') as f:
@@ -312,8 +324,8 @@ GENERATION = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}
               "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>"
               "{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-TURNS = [{'role': 'system', 'content': 'Be brief.'}] + SKY + BLUE + [
-    {'role': 'user', 'content': 'nash'}] + GREEN
+TURNS = [{'role': 'system', 'content': 'Be brief.'}
+        ] + SKY + BLUE + [{'role': 'user', 'content': 'nash'}] + GREEN
 
 
 @pytest.mark.parametrize('template', [GENERATION, TEMPLATE])
@@ -343,23 +355,31 @@ def test_every_assistant_turn_is_trained_with_sft_turns_all(tmp_path, template):
 
 def test_sft_trains_on_every_turn(tmp_path):
     data = tmp_path / 'chat.jsonl'
-    records.write_jsonl(data, [{'messages': [{'role': 'user', 'content': f'q{i % 7}'},
-                                             {'role': 'assistant', 'content': 'a'},
-                                             {'role': 'user', 'content': 'again'},
-                                             {'role': 'assistant', 'content': f'b{i % 7}'}]}
-                               for i in range(64)])
-    c = experiment_runs.config_of('sft.py:tiny,steps=2', **{
-        'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
-        'data.max_response_len': 32, 'data.batch_size': 8})
+    records.write_jsonl(data, [{
+        'messages': [{'role': 'user', 'content': f'q{i % 7}'}, {
+            'role': 'assistant', 'content': 'a'
+        }, {'role': 'user', 'content': 'again'}, {'role': 'assistant', 'content': f'b{i % 7}'}]
+    } for i in range(64)])
+    c = experiment_runs.config_of(
+        'sft.py:tiny,steps=2', **{
+            'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
+            'data.max_response_len': 32, 'data.batch_size': 8
+        })
     tok = inputs.make_tokenizer(c)
     fn = pipeline.make_tokenize_fn('sft', tok, max_prompt_len=16, max_response_len=32,
                                    sft_turns='all')
-    out = fn(records.validate_record({'messages': [
-        {'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': 'a'},
-        {'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': 'b'}]}, 'sft', 't'), 0)
+    out = fn(
+        records.validate_record(
+            {
+                'messages': [{'role': 'user', 'content': 'q'}, {
+                    'role': 'assistant', 'content': 'a'
+                }, {'role': 'user', 'content': 'x'}, {'role': 'assistant', 'content': 'b'}]
+            }, 'sft', 't'), 0)
     ids = out['response'][out['loss_mask'] > 0].tolist()
     assert tok.decode(ids[:-1]) == 'ab' and ids[-1] == tok.eos_id  # plain format: EOS last
-    summary = experiment_runs.run(tmp_path / 'run', 'sft.py:tiny,steps=2', **{
-        'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
-        'data.max_response_len': 32, 'data.batch_size': 8, 'log_every': 1})
+    summary = experiment_runs.run(
+        tmp_path / 'run', 'sft.py:tiny,steps=2', **{
+            'data.train': f'jsonl:{data}', 'data.sft_turns': 'all', 'data.max_prompt_len': 16,
+            'data.max_response_len': 32, 'data.batch_size': 8, 'log_every': 1
+        })
     assert summary['step'] == 2

@@ -15,8 +15,8 @@ import experiment_runs
 
 
 def config(entries=(), eval_every=0):
-    c = ml_collections.ConfigDict({'algo': 'sft', 'eval_every': eval_every,
-                                   'eval': {'evaluators': tuple(entries)}})
+    c = ml_collections.ConfigDict(
+        {'algo': 'sft', 'eval_every': eval_every, 'eval': {'evaluators': tuple(entries)}})
     return c
 
 
@@ -30,8 +30,10 @@ def test_parse_periods():
 
 def test_select_defaults_order_periods_and_laziness():
     built = []
-    available = {'a': lambda: built.append('a') or (lambda m, s: {'a': s}),
-                 'b': lambda: built.append('b') or (lambda m, s: {'b': s})}
+    available = {
+        'a': lambda: built.append('a') or (lambda m, s: {'a': s}),
+        'b': lambda: built.append('b') or (lambda m, s: {'b': s})
+    }
     evs = evaluators.select(config(eval_every=5), available, ('a',))
     assert [(e.name, e.every) for e in evs] == [('a', 5)] and built == ['a']
     evs = evaluators.select(config(('b:2', 'a'), eval_every=5), available, ('a',))
@@ -44,8 +46,9 @@ def test_select_defaults_order_periods_and_laziness():
 
 
 def test_unknown_evaluator_is_one_line_naming_the_key():
-    with pytest.raises(ValueError, match=r"config.eval.evaluators: 'gld' is not an evaluator of "
-                                         r"sft; known here: \['gold'\]"):
+    with pytest.raises(
+            ValueError, match=r"config.eval.evaluators: 'gld' is not an evaluator of "
+            r"sft; known here: \['gold'\]"):
         evaluators.select(config(('gld',)), {'gold': lambda: None}, ('gold',))
 
 
@@ -53,9 +56,11 @@ def test_loop_runs_each_evaluator_at_its_period(tmp_path):
     """SFT's gold evaluator every 2 steps of 5, then its final figures in summary.json."""
     c = experiment_lib.load_config(
         os.path.join(experiment_runs.ROOT, 'experiments', 'sft.py') + ':tiny,steps=5')
-    c = experiment_runs.override(c, **{'log_every': 1, 'ckpt_every': 100, 'eval.num_prompts': 4,
-                                       'eval.max_new_tokens': 4, 'mesh.shape': (1, 1, 1),
-                                       'eval.evaluators': ('gold:2',)})
+    c = experiment_runs.override(
+        c, **{
+            'log_every': 1, 'ckpt_every': 100, 'eval.num_prompts': 4, 'eval.max_new_tokens': 4,
+            'mesh.shape': (1, 1, 1), 'eval.evaluators': ('gold:2',)
+        })
     summary = loop.train(c, str(tmp_path), sft.build)
     rows = metrics_lib.read_metrics(str(tmp_path))
     evals = [r['step'] for r in rows if 'eval/gold_reward' in r]

@@ -31,40 +31,54 @@ COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_
 # Per family: transformers config overrides, and the ModelConfig fields they must map to.
 FAMILIES = {
     # Llama-3.1 frequency scaling; at head_dim 16 pairs are kept, blended and divided.
-    'llama': ({'rope_parameters': {'rope_type': 'llama3', 'rope_theta': 10_000.0, 'factor': 8.0,
-                                   'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
-                                   'original_max_position_embeddings': 64}},
-              {'tie_embeddings': False, 'rope_scaling': (
-                  ('factor', 8.0), ('high_freq_factor', 4.0), ('low_freq_factor', 1.0),
-                  ('original_max_position', 64), ('type', 'llama3'))}),
-    'qwen2': ({'tie_word_embeddings': True,
-               'rope_parameters': {'rope_type': 'linear', 'rope_theta': 10_000.0, 'factor': 2.0}},
-              {'attention_bias': True, 'tie_embeddings': True,
-               'rope_scaling': (('factor', 2.0), ('type', 'linear'))}),
+    'llama': ({
+        'rope_parameters': {
+            'rope_type': 'llama3', 'rope_theta': 10_000.0, 'factor': 8.0, 'low_freq_factor': 1.0,
+            'high_freq_factor': 4.0, 'original_max_position_embeddings': 64
+        }
+    }, {
+        'tie_embeddings': False,
+        'rope_scaling': (('factor', 8.0), ('high_freq_factor', 4.0), ('low_freq_factor', 1.0),
+                         ('original_max_position', 64), ('type', 'llama3'))
+    }),
+    'qwen2': ({
+        'tie_word_embeddings': True,
+        'rope_parameters': {'rope_type': 'linear', 'rope_theta': 10_000.0, 'factor': 2.0}
+    }, {
+        'attention_bias': True, 'tie_embeddings': True,
+        'rope_scaling': (('factor', 2.0), ('type', 'linear'))
+    }),
     # Qwen's sliding window on every layer (max_window_layers=0).
-    'qwen3': ({'rope_parameters': {'rope_type': 'default', 'rope_theta': 1e6},
-               'use_sliding_window': True, 'sliding_window': 128, 'max_window_layers': 0},
-              {'qk_norm': True, 'rope_theta': 1e6, 'sliding_window': 128, 'local_layer_period': 1}),
+    'qwen3': ({
+        'rope_parameters': {'rope_type': 'default', 'rope_theta': 1e6}, 'use_sliding_window': True,
+        'sliding_window': 128, 'max_window_layers': 0
+    }, {'qk_norm': True, 'rope_theta': 1e6, 'sliding_window': 128, 'local_layer_period': 1}),
     'mistral': ({'sliding_window': 100}, {'sliding_window': 100, 'local_layer_period': 1}),
-    'gemma': ({}, {'norm_offset': True, 'embed_scale': True, 'activation': 'gelu_tanh',
-                   'tie_embeddings': True, 'sliding_window': None}),
-    'gemma2': ({'sliding_window': 64, 'query_pre_attn_scalar': 32, 'attn_logit_softcapping': 3.0,
-                'final_logit_softcapping': 4.0},
-               {'post_norms': True, 'sliding_window': 64, 'local_layer_period': 2,
-                'query_scale': 32 ** -0.5, 'attn_logit_softcap': 3.0, 'final_logit_softcap': 4.0}),
+    'gemma': ({}, {
+        'norm_offset': True, 'embed_scale': True, 'activation': 'gelu_tanh', 'tie_embeddings': True,
+        'sliding_window': None
+    }),
+    'gemma2': ({
+        'sliding_window': 64, 'query_pre_attn_scalar': 32, 'attn_logit_softcapping': 3.0,
+        'final_logit_softcapping': 4.0
+    }, {
+        'post_norms': True, 'sliding_window': 64, 'local_layer_period': 2, 'query_scale': 32**-0.5,
+        'attn_logit_softcap': 3.0, 'final_logit_softcap': 4.0
+    }),
     # Gemma-3 4B and larger: linear RoPE scaling on the global layers only.
-    'gemma3_text': ({'sliding_window': 64, 'query_pre_attn_scalar': 24,
-                     'layer_types': ['sliding_attention', 'full_attention'],
-                     'final_logit_softcapping': 6.0,
-                     'rope_parameters': {
-                         'full_attention': {'rope_type': 'linear', 'rope_theta': 1e6,
-                                            'factor': 8.0},
-                         'sliding_attention': {'rope_type': 'default', 'rope_theta': 10_000.0}}},
-                    {'qk_norm': True, 'post_norms': True, 'rope_theta': 1e6,
-                     'rope_scaling': (('factor', 8.0), ('type', 'linear')),
-                     'rope_local_theta': 10_000.0, 'rope_local_scaling': None,
-                     'local_layer_period': 2, 'query_scale': 24 ** -0.5,
-                     'attn_logit_softcap': None}),
+    'gemma3_text': ({
+        'sliding_window': 64, 'query_pre_attn_scalar': 24,
+        'layer_types': ['sliding_attention', 'full_attention'], 'final_logit_softcapping': 6.0,
+        'rope_parameters': {
+            'full_attention': {'rope_type': 'linear', 'rope_theta': 1e6, 'factor': 8.0},
+            'sliding_attention': {'rope_type': 'default', 'rope_theta': 10_000.0}
+        }
+    }, {
+        'qk_norm': True, 'post_norms': True, 'rope_theta': 1e6, 'rope_scaling': (
+            ('factor', 8.0), ('type', 'linear')), 'rope_local_theta': 10_000.0,
+        'rope_local_scaling': None, 'local_layer_period': 2, 'query_scale': 24**-0.5,
+        'attn_logit_softcap': None
+    }),
 }
 MESHES = {'llama': (1, 4, 2)}  # every parameter split over all 8 devices; others (1, 1, 1)
 SHARDED_FILES = ('qwen2',)  # saved as several shards with model.safetensors.index.json
@@ -74,8 +88,8 @@ LENGTH, PAD = 512, 137  # row 0: 512 real tokens; row 1: 137 left pads, then 375
 def hf_model(family, **overrides):
     """A random float32 transformers model whose norms and biases are random too."""
     torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(family, **{**COMMON, **FAMILIES[family][0],
-                                                          **overrides})
+    config = transformers.AutoConfig.for_model(family,
+                                               **{**COMMON, **FAMILIES[family][0], **overrides})
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation='eager',
                                                           dtype=torch.float32)
     with torch.no_grad():
@@ -87,7 +101,7 @@ def hf_model(family, **overrides):
             elif 'embed_tokens' in name or 'lm_head' in name:
                 p.copy_(0.5 * torch.randn_like(p))
             else:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
+                p.copy_(torch.randn_like(p) / p.shape[1]**0.5)
     return model.eval()
 
 
@@ -155,8 +169,9 @@ def test_import_and_export_match_transformers(family, tmp_path):
 
     # Export: transformers reads back the very same tensors and computes the very same logits.
     save_hf(model, cfg, str(tmp_path / 'out'), model_type=family)
-    back = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / 'out', attn_implementation='eager', dtype=torch.float32)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out',
+                                                             attn_implementation='eager',
+                                                             dtype=torch.float32)
     assert_same_weights(hf, back)
     np.testing.assert_array_equal(hf_logits(back, tokens, mask), want)
 
@@ -180,9 +195,9 @@ def test_greedy_decoding_matches_transformers(tmp_path):
     hf.generation_config.pad_token_id = 0
     with torch.no_grad():
         out = hf.generate(input_ids=torch.as_tensor(prompt, dtype=torch.long),
-                          attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                          max_new_tokens=new, do_sample=False, output_scores=True,
-                          return_dict_in_generate=True)
+                          attention_mask=torch.as_tensor(mask,
+                                                         dtype=torch.long), max_new_tokens=new,
+                          do_sample=False, output_scores=True, return_dict_in_generate=True)
     theirs = out.sequences[:, prompt.shape[1]:].numpy()
     np.testing.assert_array_equal(ours, theirs)
     # The comparison means something: no near-ties on the path, and not one token repeated.
@@ -233,8 +248,10 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
 
     ckpt = safetensors_io.Checkpoint(str(tmp_path))
     names = sorted(set(ckpt.entries) - {'model.layers.1.mlp.up_proj.weight'})
-    extra = {'model.layers.0.self_attn.o_proj.bias': np.zeros(64, np.float32),
-             'model.rotary_emb.inv_freq': np.ones(8, np.float32)}  # a buffer: ignored
+    extra = {
+        'model.layers.0.self_attn.o_proj.bias': np.zeros(64, np.float32),
+        'model.rotary_emb.inv_freq': np.ones(8, np.float32)
+    }  # a buffer: ignored
     arrays = {**{n: ckpt.read(n) for n in names}, **extra}  # read all before rewriting the file
     tensors = [(n, x.shape, x.dtype, lambda x=x: x) for n, x in arrays.items()]
     safetensors_io.write(str(tmp_path / 'model.safetensors'), tensors)
@@ -250,27 +267,32 @@ LLAMA_3_2_1B = {
     'model_type': 'llama', 'vocab_size': 128256, 'hidden_size': 2048, 'intermediate_size': 8192,
     'num_hidden_layers': 16, 'num_attention_heads': 32, 'num_key_value_heads': 8, 'head_dim': 64,
     'rms_norm_eps': 1e-05, 'rope_theta': 500000.0, 'max_position_embeddings': 131072,
-    'rope_scaling': {'factor': 32.0, 'high_freq_factor': 4.0, 'low_freq_factor': 1.0,
-                     'original_max_position_embeddings': 8192, 'rope_type': 'llama3'},
-    'tie_word_embeddings': True, 'hidden_act': 'silu', 'torch_dtype': 'bfloat16'}
+    'rope_scaling': {
+        'factor': 32.0, 'high_freq_factor': 4.0, 'low_freq_factor': 1.0,
+        'original_max_position_embeddings': 8192, 'rope_type': 'llama3'
+    }, 'tie_word_embeddings': True, 'hidden_act': 'silu', 'torch_dtype': 'bfloat16'
+}
 QWEN2_5_7B = {
     'model_type': 'qwen2', 'vocab_size': 152064, 'hidden_size': 3584, 'intermediate_size': 18944,
     'num_hidden_layers': 28, 'num_attention_heads': 28, 'num_key_value_heads': 4,
     'rms_norm_eps': 1e-06, 'rope_theta': 1000000.0, 'sliding_window': 131072,
     'use_sliding_window': False, 'max_window_layers': 28, 'tie_word_embeddings': False,
-    'hidden_act': 'silu', 'torch_dtype': 'bfloat16'}
+    'hidden_act': 'silu', 'torch_dtype': 'bfloat16'
+}
 MISTRAL_7B_V0_3 = {
     'model_type': 'mistral', 'vocab_size': 32768, 'hidden_size': 4096, 'intermediate_size': 14336,
     'num_hidden_layers': 32, 'num_attention_heads': 32, 'num_key_value_heads': 8,
     'rms_norm_eps': 1e-05, 'rope_theta': 1000000.0, 'sliding_window': None,
-    'tie_word_embeddings': False, 'hidden_act': 'silu', 'torch_dtype': 'bfloat16'}
+    'tie_word_embeddings': False, 'hidden_act': 'silu', 'torch_dtype': 'bfloat16'
+}
 GEMMA_2_2B = {
     'model_type': 'gemma2', 'vocab_size': 256000, 'hidden_size': 2304, 'intermediate_size': 9216,
     'num_hidden_layers': 26, 'num_attention_heads': 8, 'num_key_value_heads': 4, 'head_dim': 256,
     'hidden_act': 'gelu_pytorch_tanh', 'hidden_activation': 'gelu_pytorch_tanh',
     'query_pre_attn_scalar': 256, 'sliding_window': 4096, 'attn_logit_softcapping': 50.0,
     'final_logit_softcapping': 30.0, 'rms_norm_eps': 1e-06, 'rope_theta': 10000.0,
-    'torch_dtype': 'bfloat16'}
+    'torch_dtype': 'bfloat16'
+}
 GEMMA_3_1B = {
     'model_type': 'gemma3_text', 'vocab_size': 262144, 'hidden_size': 1152,
     'intermediate_size': 6912, 'num_hidden_layers': 26, 'num_attention_heads': 4,
@@ -278,24 +300,29 @@ GEMMA_3_1B = {
     'query_pre_attn_scalar': 256, 'sliding_window': 512, 'sliding_window_pattern': 6,
     'rope_theta': 1000000, 'rope_local_base_freq': 10000, 'rope_scaling': None,
     'attn_logit_softcapping': None, 'final_logit_softcapping': None, 'rms_norm_eps': 1e-06,
-    'torch_dtype': 'bfloat16'}
-GEMMA_3_4B = {**GEMMA_3_1B, 'vocab_size': 262208, 'hidden_size': 2560, 'intermediate_size': 10240,
-              'num_hidden_layers': 34, 'num_attention_heads': 8, 'num_key_value_heads': 4,
-              'sliding_window': 1024, 'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'}}
+    'torch_dtype': 'bfloat16'
+}
+GEMMA_3_4B = {
+    **GEMMA_3_1B, 'vocab_size': 262208, 'hidden_size': 2560, 'intermediate_size': 10240,
+    'num_hidden_layers': 34, 'num_attention_heads': 8, 'num_key_value_heads': 4,
+    'sliding_window': 1024, 'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'}
+}
 
 
-@pytest.mark.parametrize('published,preset', [
-    (LLAMA_3_2_1B, 'llama3_2_1b'), (QWEN2_5_7B, 'qwen2_5_7b'), (MISTRAL_7B_V0_3, 'mistral_7b'),
-    (GEMMA_2_2B, 'gemma2_2b'), (GEMMA_3_1B, None), (GEMMA_3_4B, None)])
+@pytest.mark.parametrize('published,preset', [(LLAMA_3_2_1B, 'llama3_2_1b'),
+                                              (QWEN2_5_7B, 'qwen2_5_7b'),
+                                              (MISTRAL_7B_V0_3, 'mistral_7b'),
+                                              (GEMMA_2_2B, 'gemma2_2b'), (GEMMA_3_1B, None),
+                                              (GEMMA_3_4B, None)])
 def test_published_configs(published, preset):
     cfg = config_from_hf(published)
     if preset is not None:
         assert cfg == PRESETS[preset].replace(remat=False)
     else:  # Gemma-3: 5 local layers (RoPE base 1e4, unscaled) per global one (base 1e6)
         assert [cfg.is_local_layer(i) for i in range(6)] == [True] * 5 + [False]
-        assert (cfg.sliding_window, cfg.rope_theta, cfg.rope_local_theta) == (
-            published['sliding_window'], 1e6, 1e4)
-        assert cfg.qk_norm and cfg.post_norms and cfg.query_scale == 256 ** -0.5
+        assert (cfg.sliding_window, cfg.rope_theta,
+                cfg.rope_local_theta) == (published['sliding_window'], 1e6, 1e4)
+        assert cfg.qk_norm and cfg.post_norms and cfg.query_scale == 256**-0.5
         scaled = published['rope_scaling'] is not None  # 4B and larger: global layers only
         assert cfg.rope(False) == (1e6, (('factor', 8.0), ('type', 'linear')) if scaled else None)
         assert cfg.rope(True) == (1e4, None)
@@ -309,16 +336,20 @@ def test_published_configs(published, preset):
 BASE = {'model_type': 'llama', **COMMON}
 
 
-@pytest.mark.parametrize('change,field', [
-    ({'model_type': 'phi3'}, 'model_type'),
-    ({'mlp_bias': True}, 'mlp_bias'),
-    ({'attention_bias': True}, 'attention_bias'),  # Llama's flag also biases o_proj
-    ({'rope_parameters': {'rope_type': 'yarn', 'factor': 4.0}}, 'rope_type'),
-    ({'hidden_act': 'gelu'}, 'hidden_act'),  # exact GELU: alignjax has the tanh form only
-    ({'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 8,
-      'max_window_layers': 1}, 'layer_types'),  # [global, local]: not a local_layer_period
-    ({'num_hidden_layers': None}, 'num_hidden_layers'),
-])
+@pytest.mark.parametrize(
+    'change,field',
+    [
+        ({'model_type': 'phi3'}, 'model_type'),
+        ({'mlp_bias': True}, 'mlp_bias'),
+        ({'attention_bias': True}, 'attention_bias'),  # Llama's flag also biases o_proj
+        ({'rope_parameters': {'rope_type': 'yarn', 'factor': 4.0}}, 'rope_type'),
+        ({'hidden_act': 'gelu'}, 'hidden_act'),  # exact GELU: alignjax has the tanh form only
+        ({
+            'model_type': 'qwen2', 'use_sliding_window': True, 'sliding_window': 8,
+            'max_window_layers': 1
+        }, 'layer_types'),  # [global, local]: not a local_layer_period
+        ({'num_hidden_layers': None}, 'num_hidden_layers'),
+    ])
 def test_unsupported_configs_raise_naming_field_and_file(change, field):
     config = {**BASE, **change}
     config = {k: v for k, v in config.items() if v is not None}
@@ -363,9 +394,10 @@ def test_blocks_read_only_their_bytes(tmp_path):
     """read_block equals slicing the whole tensor, and reads only the block's rows: one range of
     rows is one read of exactly its bytes."""
     rng = np.random.default_rng(0)
-    tensors = {'a': rng.standard_normal((12, 10)).astype(np.float32),
-               'b': rng.standard_normal((6, 4, 5)).astype(np.float32),
-               'c': rng.standard_normal(7).astype(np.float32)}
+    tensors = {
+        'a': rng.standard_normal((12, 10)).astype(np.float32), 'b': rng.standard_normal(
+            (6, 4, 5)).astype(np.float32), 'c': rng.standard_normal(7).astype(np.float32)
+    }
     safetensors_io.write(str(tmp_path / 'model.safetensors'),
                          [(k, v.shape, v.dtype, lambda v=v: v) for k, v in tensors.items()])
     ckpt = safetensors_io.Checkpoint(str(tmp_path))

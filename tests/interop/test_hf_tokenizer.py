@@ -27,8 +27,9 @@ transformers = pytest.importorskip('transformers')
 torch = pytest.importorskip('torch')
 tokenizers = pytest.importorskip('tokenizers')
 
-TEXTS = CORPUS[:4] + ['  leading and  double  spaces ', 'inline <|im_end|> special', 'new\nline',
-                      '12345 digits', '']
+TEXTS = CORPUS[:4] + [
+    '  leading and  double  spaces ', 'inline <|im_end|> special', 'new\nline', '12345 digits', ''
+]
 CHAT = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'hello world '},
         {'role': 'assistant', 'content': 'héllo, nash!'}]
 
@@ -44,19 +45,21 @@ def assert_same_ids(ours, theirs, texts=TEXTS):
         assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True), text
 
 
-@pytest.mark.parametrize('config,post_bos', [
-    ({}, True),  # tokenizer.json's post-processor adds BOS
-    ({}, False),  # nothing adds BOS
-    ({'add_bos_token': False, 'add_eos_token': True}, True),  # flags ignored beside it
-    ({'bos_token': None}, False),  # Qwen-style: no BOS at all
-])
+@pytest.mark.parametrize(
+    'config,post_bos',
+    [
+        ({}, True),  # tokenizer.json's post-processor adds BOS
+        ({}, False),  # nothing adds BOS
+        ({'add_bos_token': False, 'add_eos_token': True}, True),  # flags ignored beside it
+        ({'bos_token': None}, False),  # Qwen-style: no BOS at all
+    ])
 def test_ids_and_chat_template_match_transformers(tmp_path, config, post_bos):
     directory = bpe_tokenizer(tmp_path, config=config, post_bos=post_bos)
     theirs = transformers.AutoTokenizer.from_pretrained(directory)
     ours = load_tokenizer(directory)
     assert_same_ids(ours, theirs)
-    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (
-        theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id) == (theirs.bos_token_id, theirs.eos_token_id,
+                                                       theirs.pad_token_id)
     assert ours.add_bos == (theirs('a')['input_ids'][0] == theirs.bos_token_id)
     for history in (CHAT, CHAT[1:2], CHAT[:2]):
         for generation in (True, False):
@@ -90,14 +93,14 @@ def test_chat_record_is_split_as_the_template_renders_it(tmp_path):
     assert response[-1] == theirs.convert_tokens_to_ids('<|im_end|>') == ours.eos_id
     # Untemplated text prompts get BOS as the tokenizer puts it.
     plain = pipeline.make_tokenize_fn('sft', ours, max_prompt_len=16, max_response_len=8,
-                                      chat_template='none')({'prompt': 'hello world',
-                                                             'response': 'nash'}, 0)
+                                      chat_template='none')(
+                                          {'prompt': 'hello world', 'response': 'nash'}, 0)
     assert plain['prompt'][plain['prompt_mask'] > 0].tolist() == theirs('hello world')['input_ids']
 
 
 def test_special_tokens_from_files_and_overrides(tmp_path):
-    directory = bpe_tokenizer(tmp_path, config={'bos_token': None, 'eos_token': None,
-                                                'pad_token': None})
+    directory = bpe_tokenizer(tmp_path,
+                              config={'bos_token': None, 'eos_token': None, 'pad_token': None})
     with pytest.raises(ValueError, match='no EOS token.*special_tokens.eos'):
         load_tokenizer(directory)
     with open(os.path.join(directory, 'special_tokens_map.json'), 'w') as f:
@@ -110,8 +113,7 @@ def test_special_tokens_from_files_and_overrides(tmp_path):
         json.dump({'eos_token_id': [ids['<|im_end|>'], ids['</s>']]}, f)
     assert load_tokenizer(directory).eos_id == ids['<|im_end|>']  # the first stop id
     tok = load_tokenizer(directory, eos='</s>', pad='<pad>', bos='<|im_start|>')
-    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (ids['<|im_start|>'], ids['</s>'],
-                                                    ids['<pad>'])
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (ids['<|im_start|>'], ids['</s>'], ids['<pad>'])
     with pytest.raises(ValueError, match="eos token '<eot>' is not in the vocabulary"):
         load_tokenizer(directory, eos='<eot>')
 
@@ -120,14 +122,18 @@ def test_sentencepiece_model(tmp_path):
     """tokenizer.model alone: SentencePiece's own ids; transformers' conversion agrees except
     before leading whitespace (it does not add SentencePiece's dummy prefix to a leading space)."""
     spm = pytest.importorskip('sentencepiece')
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_prefix=str(tmp_path / 'tokenizer'), vocab_size=320,
-        model_type='bpe', unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
-        byte_fallback=True, normalization_rule_name='identity', remove_extra_whitespaces=False,
-        split_digits=True, minloglevel=2)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS),
+                                   model_prefix=str(tmp_path / 'tokenizer'), vocab_size=320,
+                                   model_type='bpe', unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+                                   character_coverage=1.0, byte_fallback=True,
+                                   normalization_rule_name='identity',
+                                   remove_extra_whitespaces=False, split_digits=True, minloglevel=2)
     with open(tmp_path / 'tokenizer_config.json', 'w') as f:
-        json.dump({'tokenizer_class': 'LlamaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>',
-                   'add_bos_token': True}, f)
+        json.dump(
+            {
+                'tokenizer_class': 'LlamaTokenizer', 'bos_token': '<s>', 'eos_token': '</s>',
+                'add_bos_token': True
+            }, f)
     ours = load_tokenizer(str(tmp_path))
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / 'tokenizer.model'))
     for text in TEXTS:
@@ -149,8 +155,7 @@ def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, head_dim=8,
-                                      tie_word_embeddings=False)
+                                      num_key_value_heads=2, head_dim=8, tie_word_embeddings=False)
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     return bpe_tokenizer(directory)
 
@@ -164,9 +169,9 @@ def test_from_pretrained_generates_as_transformers(hf_dir):
     ours = lm.generate(prompts, max_new_tokens=6)
     with torch.no_grad():
         out = model.generate(input_ids=torch.as_tensor(tokens, dtype=torch.long),
-                             attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                             max_new_tokens=6, do_sample=False, eos_token_id=None,
-                             pad_token_id=theirs.pad_token_id)
+                             attention_mask=torch.as_tensor(mask,
+                                                            dtype=torch.long), max_new_tokens=6,
+                             do_sample=False, eos_token_id=None, pad_token_id=theirs.pad_token_id)
     want = [lm.tokenizer.decode(row) for row in out[:, tokens.shape[1]:].numpy()]
     assert ours == want
     assert len(lm.generate([CHAT[:2]], chat=True, max_new_tokens=3)) == 1
@@ -207,13 +212,17 @@ def test_sft_run_from_hf_checkpoint(hf_dir, tmp_path):
     data = tmp_path / 'chat.jsonl'
     with open(data, 'w') as f:
         for i in range(64):
-            f.write(json.dumps({'messages': [{'role': 'user', 'content': CORPUS[i % 4][:20]},
-                                             {'role': 'assistant', 'content': 'nash!'}]}) + '\n')
+            f.write(
+                json.dumps({
+                    'messages': [{'role': 'user', 'content': CORPUS[i % 4][:20]},
+                                 {'role': 'assistant', 'content': 'nash!'}]
+                }) + '\n')
     summary = experiment_runs.run(
-        tmp_path / 'run', f'sft.py:model=hf:{hf_dir},steps=30',
-        **{'init_from': f'hf:{hf_dir}', 'tokenizer': f'hf:{hf_dir}',
-           'data.train': f'jsonl:{data}', 'data.max_prompt_len': 48, 'log_every': 5,
-           'data.max_response_len': 8, 'data.batch_size': 16, 'optim.warmup_steps': 0})
+        tmp_path / 'run', f'sft.py:model=hf:{hf_dir},steps=30', **{
+            'init_from': f'hf:{hf_dir}', 'tokenizer': f'hf:{hf_dir}', 'data.train': f'jsonl:{data}',
+            'data.max_prompt_len': 48, 'log_every': 5, 'data.max_response_len': 8,
+            'data.batch_size': 16, 'optim.warmup_steps': 0
+        })
     with open(tmp_path / 'run' / 'metrics.jsonl') as f:
         losses = [json.loads(line)['loss'] for line in f if 'loss' in json.loads(line)]
     assert losses[-1] < 0.7 * losses[0], losses  # measured 4.91 -> 2.99

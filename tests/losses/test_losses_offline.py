@@ -34,7 +34,7 @@ def logps(seed, b=B, scale=30.0):
     out = []
     for _ in range(4):
         x = -rng.uniform(0.0, scale, size=b)
-        x[: b // 4] *= 4.0  # a quarter of the pairs with log-probs in the hundreds
+        x[:b // 4] *= 4.0  # a quarter of the pairs with log-probs in the hundreds
         out.append(x.astype(np.float32))
     return out
 
@@ -50,9 +50,9 @@ def close(actual, expected, rtol=RTOL, atol=ATOL):
 
 def np_bradley_terry(rc, rr, margin, centering):
     rc, rr = np.asarray(rc, np.float64), np.asarray(rr, np.float64)
-    d = rc - rr - (0.0 if margin is None else np.asarray(margin, np.float64).reshape(
-        (-1,) + (1,) * (rc.ndim - 1)))
-    return np.logaddexp(0.0, -d) + centering * (rc + rr) ** 2
+    d = rc - rr - (0.0 if margin is None else np.asarray(
+        margin, np.float64).reshape((-1,) + (1,) * (rc.ndim - 1)))
+    return np.logaddexp(0.0, -d) + centering * (rc + rr)**2
 
 
 @pytest.mark.parametrize('use_margin', [False, True])
@@ -77,8 +77,9 @@ def test_bradley_terry_ensemble_sums_over_members():
     total, count = reward.bradley_terry_loss(rc, rr, margin=margin, centering=0.1)
     assert float(count) == B * K
     close(total, np.sum(np_bradley_terry(rc, rr, margin, 0.1)))
-    per_member = sum(float(reward.bradley_terry_loss(rc[:, j], rr[:, j], margin=margin,
-                                                     centering=0.1)[0]) for j in range(K))
+    per_member = sum(
+        float(reward.bradley_terry_loss(rc[:, j], rr[:, j], margin=margin, centering=0.1)[0])
+        for j in range(K))
     close(total, per_member)
 
 
@@ -107,8 +108,9 @@ def test_aggregate_ensemble_matches_numpy(method):
         'mean': r64.mean(axis=1),
         'min': r64.min(axis=1),
         # population variance written out, not np.std
-        'mean_minus_std': r64.mean(axis=1) - 0.7 * np.sqrt(
-            np.mean((r64 - r64.mean(axis=1, keepdims=True)) ** 2, axis=1)),
+        'mean_minus_std': r64.mean(axis=1) -
+                          0.7 * np.sqrt(np.mean(
+                              (r64 - r64.mean(axis=1, keepdims=True))**2, axis=1)),
     }[method]
     out = reward.aggregate_ensemble(rewards, method=method, lam=0.7)
     assert out.shape == (B,)
@@ -150,8 +152,8 @@ def test_preference_model_loss_matches_numpy_and_counts_both_orders():
     cr = rng.normal(0, 40, 9).astype(np.float32)
     rc = rng.normal(0, 40, 9).astype(np.float32)
     total, count = preference.preference_model_loss(cr, rc)
-    expected = np.sum(np.logaddexp(0.0, -cr.astype(np.float64))
-                      + np.logaddexp(0.0, rc.astype(np.float64)))
+    expected = np.sum(
+        np.logaddexp(0.0, -cr.astype(np.float64)) + np.logaddexp(0.0, rc.astype(np.float64)))
     close(total, expected, rtol=1e-6)
     assert float(count) == 18
 
@@ -177,7 +179,7 @@ def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0):
     if loss_type == 'robust':
         return ((1 - e) * softplus(-h) - e * softplus(h)) / (1 - 2 * e)
     if loss_type == 'ipo':
-        return (m - 0.5 / beta) ** 2
+        return (m - 0.5 / beta)**2
     if loss_type == 'hinge':
         return np.maximum(0.0, 1.0 - h)
     if loss_type == 'simpo':
@@ -192,7 +194,7 @@ def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0):
     if loss_type == 'nca_pair':
         return softplus(-r_c) + 0.5 * softplus(r_c) + 0.5 * softplus(r_r)
     if loss_type == 'sppo_hard':
-        return (pc - rc - 1 / (2 * beta)) ** 2 + (pr - rr + 1 / (2 * beta)) ** 2
+        return (pc - rc - 1 / (2 * beta))**2 + (pr - rr + 1 / (2 * beta))**2
     if loss_type == 'apo_zero':
         return (1 - np_sigmoid(r_c)) + np_sigmoid(r_r)
     if loss_type == 'apo_down':
@@ -201,9 +203,19 @@ def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0):
 
 
 CASES = [
-    ('sigmoid', 0.0), ('sigmoid', 0.2), ('robust', 0.0), ('robust', 0.2), ('ipo', 0.0),
-    ('hinge', 0.0), ('simpo', 0.0), ('simpo', 0.1), ('exo_pair', 1e-3), ('nca_pair', 0.0),
-    ('sppo_hard', 0.0), ('apo_zero', 0.0), ('apo_down', 0.0),
+    ('sigmoid', 0.0),
+    ('sigmoid', 0.2),
+    ('robust', 0.0),
+    ('robust', 0.2),
+    ('ipo', 0.0),
+    ('hinge', 0.0),
+    ('simpo', 0.0),
+    ('simpo', 0.1),
+    ('exo_pair', 1e-3),
+    ('nca_pair', 0.0),
+    ('sppo_hard', 0.0),
+    ('apo_zero', 0.0),
+    ('apo_down', 0.0),
 ]
 
 
@@ -229,8 +241,9 @@ def test_preference_losses_stable_at_large_margins(loss_type, e):
     # h = +-100 and +-200: finite values and finite gradients, no inf - inf.
     m = jnp.tile(jnp.array([100.0, -100.0, 200.0, -200.0]), B // 4)
     zeros = jnp.zeros_like(m)
-    fn = lambda pc: jnp.sum(preference.preference_losses(
-        pc, zeros, zeros, zeros, loss_type=loss_type, beta=1.0, label_smoothing=e))
+    fn = lambda pc: jnp.sum(
+        preference.preference_losses(pc, zeros, zeros, zeros, loss_type=loss_type, beta=1.0,
+                                     label_smoothing=e))
     out = preference.preference_losses(m, zeros, zeros, zeros, loss_type=loss_type, beta=1.0,
                                        label_smoothing=e)
     close(out, np_preference_losses(m, zeros, zeros, zeros, loss_type, 1.0, e), rtol=1e-5)
@@ -270,8 +283,8 @@ def test_hinge_is_zero_once_h_reaches_one():
     zeros = jnp.zeros_like(m)
     out = preference.preference_losses(m, zeros, zeros, zeros, loss_type='hinge', beta=beta)
     close(out, [0.0, 0.0, 0.0, 0.5, 1.0, 3.0])
-    grad = jax.grad(lambda x: jnp.sum(preference.preference_losses(
-        x, zeros, zeros, zeros, loss_type='hinge', beta=beta)))(m)
+    grad = jax.grad(lambda x: jnp.sum(
+        preference.preference_losses(x, zeros, zeros, zeros, loss_type='hinge', beta=beta)))(m)
     close(grad[1:3], [0.0, 0.0])
     close(grad[3:], [-beta] * 3)
 
@@ -331,8 +344,9 @@ def test_rpo_adds_alpha_times_chosen_nll():
     rpo = preference.dpo_loss(pc, pr, rc, rr, beta=0.1, rpo_alpha=0.4, chosen_nll=nll)[0]
     close(rpo, float(base) + 0.4 * np.sum(nll.astype(np.float64)), rtol=1e-6)
     # The gradient of the NLL term goes to chosen_nll, one alpha per example.
-    g = jax.grad(lambda n: preference.dpo_loss(pc, pr, rc, rr, beta=0.1, rpo_alpha=0.4,
-                                               chosen_nll=n)[0])(jnp.asarray(nll))
+    g = jax.grad(
+        lambda n: preference.dpo_loss(pc, pr, rc, rr, beta=0.1, rpo_alpha=0.4, chosen_nll=n)[0])(
+            jnp.asarray(nll))
     close(g, np.full(16, 0.4))
     with pytest.raises(ValueError, match='chosen_nll'):
         preference.dpo_loss(pc, pr, rc, rr, beta=0.1, rpo_alpha=0.4)
@@ -345,9 +359,12 @@ def test_metrics_match_numpy():
     rew_c = 0.5 * (pc.astype(np.float64) - rc)
     rew_r = 0.5 * (pr.astype(np.float64) - rr)
     expected = {
-        'rewards/chosen': rew_c.sum(), 'rewards/rejected': rew_r.sum(),
-        'rewards/margin': (rew_c - rew_r).sum(), 'rewards/accuracy': float(np.sum(rew_c > rew_r)),
-        'logps/chosen': pc.astype(np.float64).sum(), 'logps/rejected': pr.astype(np.float64).sum(),
+        'rewards/chosen': rew_c.sum(),
+        'rewards/rejected': rew_r.sum(),
+        'rewards/margin': (rew_c - rew_r).sum(),
+        'rewards/accuracy': float(np.sum(rew_c > rew_r)),
+        'logps/chosen': pc.astype(np.float64).sum(),
+        'logps/rejected': pr.astype(np.float64).sum(),
     }
     assert set(metrics) == set(expected)
     for name, value in expected.items():
@@ -363,9 +380,10 @@ def test_split_batch_sums_reproduce_full_mean():
     pc, pr, rc, rr = logps(seed=12)
     nll = np.random.default_rng(12).uniform(0, 2, B).astype(np.float32)
     # Jitted: one compile per batch shape instead of one per eager op.
-    dpo = jax.jit(functools.partial(
-        preference.dpo_loss, loss_types=('sigmoid', 'ipo', 'robust'), loss_weights=(1.0, 0.01, 0.5),
-        beta=0.1, label_smoothing=0.1, rpo_alpha=0.2))
+    dpo = jax.jit(
+        functools.partial(preference.dpo_loss, loss_types=('sigmoid', 'ipo', 'robust'),
+                          loss_weights=(1.0, 0.01, 0.5), beta=0.1, label_smoothing=0.1,
+                          rpo_alpha=0.2))
     halves = (slice(0, B // 2), slice(B // 2, B))
     full_sum, full_count, full_metrics = dpo(pc, pr, rc, rr, chosen_nll=nll)
     total, count = 0.0, 0.0
@@ -383,15 +401,16 @@ def test_split_batch_sums_reproduce_full_mean():
     rng = np.random.default_rng(13)
     r_c, r_r = rng.normal(size=(2, B, K)).astype(np.float32)
     margin = rng.uniform(size=B).astype(np.float32)
-    bradley_terry = jax.jit(lambda c, r, m: reward.bradley_terry_loss(c, r, margin=m,
-                                                                      centering=0.01))
+    bradley_terry = jax.jit(
+        lambda c, r, m: reward.bradley_terry_loss(c, r, margin=m, centering=0.01))
     preference_model = jax.jit(lambda c, r, _: preference.preference_model_loss(c, r))
     for loss, args in [(bradley_terry, (r_c, r_r, margin)),
                        (preference_model, (r_c[:, 0], r_r[:, 0], margin))]:
         full = loss(*args)
         parts = [loss(*(a[p] for a in args)) for p in halves]
-        close(sum(float(s) for s, _ in parts) / sum(float(n) for _, n in parts),
-              float(full[0]) / float(full[1]), rtol=1e-6)
+        close(
+            sum(float(s) for s, _ in parts) / sum(float(n) for _, n in parts),
+            float(full[0]) / float(full[1]), rtol=1e-6)
 
 
 def test_dpo_padding_does_not_change_the_loss():
@@ -412,16 +431,20 @@ def test_dpo_padding_does_not_change_the_loss():
         close(padded[2][name][0], clean[2][name][0], rtol=1e-6)
         assert float(padded[2][name][1]) == 10
     total, count = preference.preference_model_loss(pc, pr, mask=real)
-    close(total, np.sum(np.logaddexp(0.0, -pc[real].astype(np.float64))
-                        + np.logaddexp(0.0, pr[real].astype(np.float64))), rtol=1e-6)
+    close(
+        total,
+        np.sum(
+            np.logaddexp(0.0, -pc[real].astype(np.float64))
+            + np.logaddexp(0.0, pr[real].astype(np.float64))), rtol=1e-6)
     assert float(count) == 20
 
 
 def test_dpo_loss_jits():
     pc, pr, rc, rr = logps(seed=15)
     fn = jax.jit(lambda *a: preference.dpo_loss(*a, loss_types=('sigmoid', 'ipo'), beta=0.1)[0])
-    close(fn(pc, pr, rc, rr), preference.dpo_loss(pc, pr, rc, rr, loss_types=('sigmoid', 'ipo'),
-                                                 beta=0.1)[0], rtol=1e-6)
+    close(fn(pc, pr, rc, rr),
+          preference.dpo_loss(pc, pr, rc, rr, loss_types=('sigmoid', 'ipo'), beta=0.1)[0],
+          rtol=1e-6)
     # A traced beta skips the Python-side check and still computes.
     traced = jax.jit(lambda b: preference.dpo_loss(pc, pr, rc, rr, beta=b)[0])(0.1)
     close(traced, preference.dpo_loss(pc, pr, rc, rr, beta=0.1)[0], rtol=1e-6)

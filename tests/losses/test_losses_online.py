@@ -53,7 +53,7 @@ def np_gae(rewards, values, lengths, gamma, lam):
             next_value = float(values[b, t + 1]) if t + 1 < n else 0.0
             deltas.append(float(rewards[b, t]) + gamma * next_value - float(values[b, t]))
         for t in range(n):
-            adv[b, t] = sum((gamma * lam) ** l * deltas[t + l] for l in range(n - t))
+            adv[b, t] = sum((gamma * lam)**l * deltas[t + l] for l in range(n - t))
     returns = adv + values * make_mask(lengths, rewards.shape[1])
     return adv, returns
 
@@ -76,7 +76,7 @@ def test_gae_lambda_one_zero_values_is_discounted_return():
     expected = np.zeros((B, T))
     for b, n in enumerate(LENGTHS):
         for t in range(n):
-            expected[b, t] = sum(gamma ** (k - t) * rewards[b, k] for k in range(t, n))
+            expected[b, t] = sum(gamma**(k - t) * rewards[b, k] for k in range(t, n))
     close(advantages, expected)
     close(returns, expected)
 
@@ -111,7 +111,7 @@ def test_whiten_zero_mean_unit_variance_over_valid():
     np.testing.assert_allclose(out[mask > 0].var(), 1.0, rtol=1e-4)
     n = valid.size
     mean = sum(valid) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in valid) / n + 1e-8)
+    std = math.sqrt(sum((v - mean)**2 for v in valid) / n + 1e-8)
     close(out[mask > 0], (valid - mean) / std)
     kept = np.asarray(adv_lib.whiten(x, mask, shift_mean=False))
     close(kept[mask > 0], (valid - mean) / std + mean, rtol=1e-5, atol=1e-4)
@@ -151,7 +151,7 @@ def test_grpo_matches_numpy(k, normalize):
     for i in range(12):
         group = [float(rewards[j]) for j in range((i // k) * k, (i // k + 1) * k)]
         mean = sum(group) / k
-        std = math.sqrt(sum((g - mean) ** 2 for g in group) / (k - 1))
+        std = math.sqrt(sum((g - mean)**2 for g in group) / (k - 1))
         a = float(rewards[i]) - mean
         expected.append(a / (std + 1e-4) if normalize else a)
     close(out, expected, atol=1e-4)
@@ -168,7 +168,7 @@ def test_reinforce_pp_matches_numpy(k):
     centred = np.array([r[i] - np.mean(r[(i // k) * k:(i // k + 1) * k]) for i in range(12)])
     tokens = centred[:, None] * m
     mean = np.sum(tokens * m) / np.sum(m)
-    var = np.sum((tokens - mean) ** 2 * m) / np.sum(m)
+    var = np.sum((tokens - mean)**2 * m) / np.sum(m)
     expected = (tokens - mean) / np.sqrt(var + 1e-8) * m
     close(out, expected, atol=1e-5)
     assert np.all(out[m == 0] == 0.0)
@@ -184,7 +184,7 @@ def test_group_sizes_are_validated(fn):
 
 def np_var(z):
     mean = sum(z) / len(z)
-    return sum((zi - mean) ** 2 for zi in z) / len(z)
+    return sum((zi - mean)**2 for zi in z) / len(z)
 
 
 def test_explained_variance():
@@ -206,7 +206,7 @@ def test_kl_estimators_match_formulas_and_k3_nonnegative():
     logp, ref = randn(14, scale=3.0), randn(15, scale=3.0)
     lr = logp.astype(np.float64) - ref.astype(np.float64)
     close(pg.kl_estimate(logp, ref, kind='k1'), lr)
-    close(pg.kl_estimate(logp, ref, kind='k2'), 0.5 * lr ** 2)
+    close(pg.kl_estimate(logp, ref, kind='k2'), 0.5 * lr**2)
     close(pg.kl_estimate(logp, ref, kind='k3'), np.exp(-lr) - 1.0 + lr, rtol=1e-4)
     grid = np.linspace(-20.0, 20.0, 4001, dtype=np.float32)
     k3 = np.asarray(pg.kl_estimate(grid, np.zeros_like(grid), kind='k3'))
@@ -317,7 +317,7 @@ def np_policy_token(ratio, a, clip_low, clip_high, dual_clip):
 
 @pytest.mark.parametrize('mode', pg.AGGREGATE_MODES)
 @pytest.mark.parametrize('clip_low,clip_high,dual_clip', [(0.2, None, None), (0.2, 0.28, None),
-                                                           (0.1, 0.3, 2.0)])
+                                                          (0.1, 0.3, 2.0)])
 def test_policy_loss_matches_numpy(mode, clip_low, clip_high, dual_clip):
     mask = make_mask()
     old = -np.abs(randn(19, scale=2.0))
@@ -377,14 +377,16 @@ def test_policy_loss_at_ratio_one_is_reinforce():
 
 def test_policy_clip_fraction_crafted():
     # (ratio, advantage) per token; clip_low 0.2, clip_high 0.28 clip the ratio to [0.8, 1.28].
-    tokens = [(1.5, 1.0),    # clipped: -1.28 > -1.5
-              (1.5, -1.0),   # not: 1.5 > 1.28 (the unclipped term is the larger loss)
-              (0.5, 1.0),    # not: -0.5 > -0.8
-              (0.5, -1.0),   # clipped: 0.8 > 0.5
-              (1.25, 1.0),   # not with clip_high 0.28; clipped with a symmetric 0.2
-              (0.75, -1.0),  # clipped: 0.8 > 0.75
-              (1.1, 2.0),    # not: inside the range
-              (3.0, 0.0)]    # not: a zero advantage never selects the clipped term
+    tokens = [
+        (1.5, 1.0),  # clipped: -1.28 > -1.5
+        (1.5, -1.0),  # not: 1.5 > 1.28 (the unclipped term is the larger loss)
+        (0.5, 1.0),  # not: -0.5 > -0.8
+        (0.5, -1.0),  # clipped: 0.8 > 0.5
+        (1.25, 1.0),  # not with clip_high 0.28; clipped with a symmetric 0.2
+        (0.75, -1.0),  # clipped: 0.8 > 0.75
+        (1.1, 2.0),  # not: inside the range
+        (3.0, 0.0)
+    ]  # not: a zero advantage never selects the clipped term
     ratio = np.array([[r for r, _ in tokens] + [4.0]], np.float32)
     a = np.array([[adv for _, adv in tokens] + [-1.0]], np.float32)
     mask = np.array([[1.0] * len(tokens) + [0.0]], np.float32)  # the last token is padding
@@ -400,11 +402,13 @@ def test_policy_clip_fraction_crafted():
 
 
 def test_policy_dual_clip_crafted():
-    tokens = [(5.0, -1.0),   # dual: max(5, 1.2) = 5 bounded by 3 * 1
-              (2.0, -1.0),   # not dual: 2 < 3
-              (5.0, 1.0),    # not dual: positive advantage, loss -1.2 (clipped)
-              (0.5, -1.0),   # clipped to 0.8, not dual
-              (9.0, -0.5)]   # dual: 4.5 bounded by 1.5
+    tokens = [
+        (5.0, -1.0),  # dual: max(5, 1.2) = 5 bounded by 3 * 1
+        (2.0, -1.0),  # not dual: 2 < 3
+        (5.0, 1.0),  # not dual: positive advantage, loss -1.2 (clipped)
+        (0.5, -1.0),  # clipped to 0.8, not dual
+        (9.0, -0.5)
+    ]  # dual: 4.5 bounded by 1.5
     logp = np.log(np.array([[r for r, _ in tokens]], np.float32))
     a = np.array([[adv for _, adv in tokens]], np.float32)
     mask = np.ones_like(a)
@@ -431,11 +435,13 @@ def test_policy_dual_clip_crafted():
 
 def test_value_loss_crafted():
     # (value, old value, return) with clip 0.2.
-    tokens = [(0.5, 0.0, 1.0),    # clipped value 0.2: max(0.25, 0.64) -> clipped
-              (0.1, 0.0, 1.0),    # inside the range: both 0.81, not clipped
-              (1.5, 0.0, 1.0),    # clipped value 0.2: max(0.25, 0.64) -> clipped
-              (-0.5, 0.0, -1.0),  # clipped value -0.2: max(0.25, 0.64) -> clipped
-              (0.5, 0.0, 0.1)]    # clipped value 0.2: max(0.16, 0.01) -> unclipped
+    tokens = [
+        (0.5, 0.0, 1.0),  # clipped value 0.2: max(0.25, 0.64) -> clipped
+        (0.1, 0.0, 1.0),  # inside the range: both 0.81, not clipped
+        (1.5, 0.0, 1.0),  # clipped value 0.2: max(0.25, 0.64) -> clipped
+        (-0.5, 0.0, -1.0),  # clipped value -0.2: max(0.25, 0.64) -> clipped
+        (0.5, 0.0, 0.1)
+    ]  # clipped value 0.2: max(0.16, 0.01) -> unclipped
     v, old, ret = (np.array([[tok[i] for tok in tokens] + [9.0]], np.float32) for i in range(3))
     mask = np.array([[1.0] * len(tokens) + [0.0]], np.float32)
     total, weight, metrics = pg.value_loss(v, old, ret, mask, clip=0.2)
@@ -458,8 +464,8 @@ def test_value_loss_matches_numpy(mode):
         for t in range(n):
             vt, ot, rt = float(v[b, t]), float(old[b, t]), float(ret[b, t])
             vc = min(max(vt, ot - 0.3), ot + 0.3)
-            per_token[b, t] = 0.5 * max((vt - rt) ** 2, (vc - rt) ** 2)
-            n_clip += (vc - rt) ** 2 > (vt - rt) ** 2
+            per_token[b, t] = 0.5 * max((vt - rt)**2, (vc - rt)**2)
+            n_clip += (vc - rt)**2 > (vt - rt)**2
     total, weight, metrics = pg.value_loss(v, old, ret, mask, clip=0.3, mode=mode)
     ref_total, ref_weight = np_aggregate(per_token, LENGTHS, mode)
     close(total, ref_total, rtol=1e-4)

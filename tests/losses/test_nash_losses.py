@@ -39,8 +39,7 @@ def make_random_game(n=5, seed=0):
 
 # name -> (P, mu, pi_t, tau); pi_t is a non-trivial previous iterate, not mu.
 GAMES = {
-    'acceptance': (*games.cyclic_example(),
-                   np.array([0.22, 0.18, 0.3, 0.2, 0.1]), 0.01),
+    'acceptance': (*games.cyclic_example(), np.array([0.22, 0.18, 0.3, 0.2, 0.1]), 0.01),
     'random5': (*make_random_game(), 0.3),
 }
 
@@ -94,9 +93,8 @@ def newton_minimise(value_and_grad, theta0, *args, tol=1e-13, max_iter=100):
             step = -g
         for _ in range(60):
             f_new, g_new = evaluate(theta + step)
-            if f_new <= f + 1e-4 * (g @ step) or (
-                    abs(f_new - f) <= 1e-14 * (1 + abs(f))
-                    and np.linalg.norm(g_new) < np.linalg.norm(g)):
+            if f_new <= f + 1e-4 * (g @ step) or (abs(f_new - f) <= 1e-14 * (1 + abs(f))
+                                                  and np.linalg.norm(g_new) < np.linalg.norm(g)):
                 break
             step = 0.5 * step
         else:
@@ -180,21 +178,23 @@ proximal_pair_advantages = jax.jit(_proximal_pair_advantages)
 
 def _inpo_objective(theta, win, lose, log_mu, log_anchor, weight, prob_w, eta, tau):
     logpi = jax.nn.log_softmax(theta)
-    return loss_mean(nash.inpo_loss(logpi[win], logpi[lose], log_mu[win], log_mu[lose],
-                                    log_anchor[win], log_anchor[lose], eta=eta, tau=tau,
-                                    prob_w=prob_w, weight=weight))
+    return loss_mean(
+        nash.inpo_loss(logpi[win], logpi[lose], log_mu[win], log_mu[lose], log_anchor[win],
+                       log_anchor[lose], eta=eta, tau=tau, prob_w=prob_w, weight=weight))
 
 
 def _dno_objective(theta, a, b, log_anchor, target, weight, eta):
     logpi = jax.nn.log_softmax(theta)
-    return loss_mean(nash.dno_loss(logpi[a], logpi[b], log_anchor[a], log_anchor[b], target,
-                                   eta=eta, weight=weight))
+    return loss_mean(
+        nash.dno_loss(logpi[a], logpi[b], log_anchor[a], log_anchor[b], target, eta=eta,
+                      weight=weight))
 
 
 def _sppo_objective(theta, log_anchor, win_rate, weight, log_partition, eta):
     logpi = jax.nn.log_softmax(theta)
-    return loss_mean(nash.sppo_loss(logpi, log_anchor, win_rate, eta=eta,
-                                    log_partition=log_partition, weight=weight))
+    return loss_mean(
+        nash.sppo_loss(logpi, log_anchor, win_rate, eta=eta, log_partition=log_partition,
+                       weight=weight))
 
 
 def _online_ipo_objective(theta, a, b, log_mu, prob_a, weight, tau):
@@ -207,12 +207,10 @@ dno_objective = jax.jit(jax.value_and_grad(_dno_objective))
 sppo_objective = jax.jit(jax.value_and_grad(_sppo_objective))
 online_ipo_objective = jax.jit(jax.value_and_grad(_online_ipo_objective))
 
-
 # ------------------------------------------------------------------------------------ Nash-MD
 
 
-@pytest.mark.parametrize('name,eta', [('acceptance', 0.5), ('acceptance', 50.0),
-                                      ('random5', 1.0)])
+@pytest.mark.parametrize('name,eta', [('acceptance', 0.5), ('acceptance', 50.0), ('random5', 1.0)])
 def test_nash_md_natural_gradient_step_is_the_tabular_step(name, eta):
     P, mu, pi_t, tau = GAMES[name]
     a = eta * tau
@@ -237,8 +235,7 @@ def proximal_step(P, mu, tau, eta, anchor, opponent):
     return softmax((np.log(anchor) + a * np.log(mu) + eta * P @ opponent) / (1.0 + a))
 
 
-@pytest.mark.parametrize('name,eta', [('acceptance', 1.0), ('acceptance', 5.0),
-                                      ('random5', 0.7)])
+@pytest.mark.parametrize('name,eta', [('acceptance', 1.0), ('acceptance', 5.0), ('random5', 0.7)])
 def test_nash_mp_two_proximal_phases_are_the_mirror_prox_step(name, eta):
     P, mu, pi_t, tau = GAMES[name]
     log_mu, log_anchor = np.log(mu), np.log(pi_t)
@@ -258,8 +255,7 @@ def test_nash_mp_two_proximal_phases_are_the_mirror_prox_step(name, eta):
         return softmax(theta)
 
     half = phase(pi_t)
-    np.testing.assert_allclose(half, proximal_step(P, mu, tau, eta, pi_t, pi_t), rtol=0,
-                               atol=1e-12)
+    np.testing.assert_allclose(half, proximal_step(P, mu, tau, eta, pi_t, pi_t), rtol=0, atol=1e-12)
     full = phase(half)
     want = games.iterate('nash_mp', P, mu, tau=tau, eta=eta, steps=1, pi0=pi_t)[1]
     err = np.max(np.abs(full - want))
@@ -279,8 +275,7 @@ def inpo_rows(P, pi_t):
     return winners, losers, weights
 
 
-@pytest.mark.parametrize('name,eta', [('acceptance', 0.5), ('acceptance', 30.0),
-                                      ('random5', 1.0)])
+@pytest.mark.parametrize('name,eta', [('acceptance', 0.5), ('acceptance', 30.0), ('random5', 1.0)])
 def test_inpo_minimiser_is_online_mirror_descent(name, eta):
     P, mu, pi_t, tau = GAMES[name]
     log_mu, log_anchor = np.log(mu), np.log(pi_t)
@@ -331,10 +326,9 @@ def test_dno_minimiser_is_the_multiplicative_weights_step(name, eta_dno):
 # 3.3e-4 (random5, eta 2). The error grows with log Z - eta/2 (3e-3, 0.24, 8e-3 there), which
 # is about eta^2 Var_{pi_t}(P(y > pi_t)) / 2 since E_{pi_t} P(y > pi_t) = 1/2.
 @pytest.mark.parametrize('name,eta,kl_bound', [('acceptance', 1.0, 3e-7),
-                                               ('acceptance', 10.0, 2e-2),
-                                               ('random5', 2.0, 5e-6)])
-def test_sppo_minimiser_exact_with_the_partition_function_close_with_eta_over_2(name, eta,
-                                                                               kl_bound):
+                                               ('acceptance', 10.0, 2e-2), ('random5', 2.0, 5e-6)])
+def test_sppo_minimiser_exact_with_the_partition_function_close_with_eta_over_2(
+        name, eta, kl_bound):
     P, mu, pi_t, _ = GAMES[name]
     n = len(mu)
     win_rate = P @ pi_t  # P(y > pi_t); the rows are the n actions, weighted by pi_t
@@ -348,8 +342,8 @@ def test_sppo_minimiser_exact_with_the_partition_function_close_with_eta_over_2(
     assert err < 1e-6, err  # measured: <= 3e-15
     assert float(sppo_objective(theta, *exact_args)[0]) < 1e-28  # the target is reachable
 
-    theta, gmax = newton_minimise(sppo_objective, np.log(pi_t), np.log(pi_t), win_rate, pi_t,
-                                  None, eta)
+    theta, gmax = newton_minimise(sppo_objective, np.log(pi_t), np.log(pi_t), win_rate, pi_t, None,
+                                  eta)
     assert gmax < 1e-13, gmax
     approx = softmax(theta)
     assert games.kl(want, approx) < kl_bound, games.kl(want, approx)
@@ -366,8 +360,8 @@ def test_sppo_log_partition_is_consistent_and_biased():
     y, y2 = pairs(len(pi_t))
     groups = np.stack([f[y], f[y2]], axis=1)
     estimate = np.asarray(jitted(nash.sppo_log_partition, eta=eta)(groups))
-    np.testing.assert_allclose(estimate, np.logaddexp(eta * f[y], eta * f[y2]) - np.log(2.0),
-                               rtol=1e-14)
+    np.testing.assert_allclose(estimate,
+                               np.logaddexp(eta * f[y], eta * f[y2]) - np.log(2.0), rtol=1e-14)
     bias = float(np.sum(pi_t[y] * pi_t[y2] * estimate)) - log_z
     assert -2e-2 < bias < -1e-3, bias  # measured: -5.8e-3
     # Consistent: one seeded group of 200,000 samples; the standard error of the estimate is

@@ -67,7 +67,7 @@ def padding_gradient(loss, args, **kwargs):
 
 
 def test_advantages_against_numpy():
-    pref, logp, ref, anchor = rand(0) ** 2 / 20, rand(1), rand(2), rand(3)
+    pref, logp, ref, anchor = rand(0)**2 / 20, rand(1), rand(2), rand(3)
     tau, eta = 0.1, 0.7
     nash_md = jitted(nash.nash_md_advantages, tau=tau)
     proximal = jitted(nash.proximal_advantages, tau=tau, eta=eta)
@@ -78,8 +78,9 @@ def test_advantages_against_numpy():
             mp[i], pref[i] - 0.5 - tau * (logp[i] - ref[i]) - (logp[i] - anchor[i]) / eta,
             rtol=1e-13)
     # Advantages carry no gradient, whichever input it would come from.
-    grads = jax.jit(jax.grad(lambda *args: jnp.sum(nash_md(*args) + proximal(*args, anchor)),
-                             argnums=(0, 1, 2)))(pref, logp, ref)
+    grads = jax.jit(
+        jax.grad(lambda *args: jnp.sum(nash_md(*args) + proximal(*args, anchor)),
+                 argnums=(0, 1, 2)))(pref, logp, ref)
     assert not np.any(np.asarray(grads))
     with pytest.raises(ValueError, match='eta'):
         nash.proximal_advantages(pref, logp, ref, anchor, tau=tau, eta=0.0)
@@ -107,22 +108,20 @@ def test_inpo_loss_against_numpy_soft_and_hard_labels():
     h = (lw - ll) - eta * tau * (rw - rl) - (1 - eta * tau) * (aw - al)
     args = [with_garbage(x) for x in (lw, ll, rw, rl, aw, al)]
     hard = inpo(*args, weight=WEIGHT)
-    check(hard, [(hi - eta / 2) ** 2 for hi in h])
+    check(hard, [(hi - eta / 2)**2 for hi in h])
     soft = inpo(*args, prob_w=with_garbage(p), weight=WEIGHT)
-    check(soft, [pk * (hk - eta / 2) ** 2 + (1 - pk) * (hk + eta / 2) ** 2
-                 for pk, hk in zip(p, h)])
+    check(soft, [pk * (hk - eta / 2)**2 + (1 - pk) * (hk + eta / 2)**2 for pk, hk in zip(p, h)])
     # The soft loss is the label expectation of the hard one (the loser first when the second
     # response wins); p = 1 is the hard loss.
     swapped = [args[i] for i in (1, 0, 3, 2, 5, 4)]
     first_wins = inpo(*args, weight=WEIGHT * p)
     second_wins = inpo(*swapped, weight=WEIGHT * (1 - p))
-    np.testing.assert_allclose(float(soft[0]), float(first_wins[0] + second_wins[0]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(float(soft[0]), float(first_wins[0] + second_wins[0]), rtol=1e-12)
     ones = inpo(*args, prob_w=np.ones(B), weight=WEIGHT)
     np.testing.assert_allclose(float(ones[0]), float(hard[0]), rtol=1e-14)
     # Unweighted: every row counts once.
     total, count = inpo(lw, ll, rw, rl, aw, al)
-    np.testing.assert_allclose(float(total), np.sum((h - eta / 2) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(float(total), np.sum((h - eta / 2)**2), rtol=1e-12)
     assert float(count) == B
     padding_gradient(inpo, args, prob_w=p, weight=WEIGHT)
     with pytest.raises(ValueError, match='eta'):
@@ -153,9 +152,9 @@ def test_sppo_loss_against_numpy():
     sppo = jitted(nash.sppo_loss, eta=eta)
     args = [with_garbage(x) for x in (logp, anchor, win)]
     check(sppo(*args, weight=WEIGHT),
-          [(lp - a - eta * (w - 0.5)) ** 2 for lp, a, w in zip(logp, anchor, win)])
+          [(lp - a - eta * (w - 0.5))**2 for lp, a, w in zip(logp, anchor, win)])
     check(sppo(*args, log_partition=with_garbage(log_z), weight=WEIGHT),
-          [(lp - a - (eta * w - z)) ** 2 for lp, a, w, z in zip(logp, anchor, win, log_z)])
+          [(lp - a - (eta * w - z))**2 for lp, a, w, z in zip(logp, anchor, win, log_z)])
     # With win rates 1 and 0 it is preference.py's 'sppo_hard' with beta = 1 / eta.
     # (The same [7] shape as above, the last row masked: no recompilation.)
     hard = sppo(logp, anchor, np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5]),
@@ -165,8 +164,9 @@ def test_sppo_loss_against_numpy():
     np.testing.assert_allclose(float(hard[0]), float(np.sum(want)), rtol=1e-12)
     padding_gradient(sppo, args, weight=WEIGHT)
     groups = np.random.default_rng(4).uniform(size=(2, 5))
-    np.testing.assert_allclose(jitted(nash.sppo_log_partition, eta=eta)(groups),
-                               np.log(np.mean(np.exp(eta * groups), axis=1)), rtol=1e-13)
+    np.testing.assert_allclose(
+        jitted(nash.sppo_log_partition, eta=eta)(groups),
+        np.log(np.mean(np.exp(eta * groups), axis=1)), rtol=1e-13)
 
 
 def test_online_ipo_loss_against_numpy():
@@ -176,9 +176,10 @@ def test_online_ipo_loss_against_numpy():
     tau = 0.25
     online_ipo = jitted(nash.online_ipo_loss, tau=tau)
     args = [with_garbage(x) for x in (ra, rb, p)]
-    check(online_ipo(*args, weight=WEIGHT),
-          [pk * (a - b - 1 / (2 * tau)) ** 2 + (1 - pk) * (a - b + 1 / (2 * tau)) ** 2
-           for a, b, pk in zip(ra, rb, p)])
+    check(online_ipo(*args, weight=WEIGHT), [
+        pk * (a - b - 1 / (2 * tau))**2 + (1 - pk) * (a - b + 1 / (2 * tau))**2
+        for a, b, pk in zip(ra, rb, p)
+    ])
     # A hard label is IPO (preference.py) with beta = tau; label 0 swaps the pair.
     zeros = np.zeros(B)
     ipo = preference_lib.preference_losses(ra, rb, zeros, zeros, loss_type='ipo', beta=tau)

@@ -65,8 +65,9 @@ from alignjax.losses import preference  # noqa: E402
 
 DPOConfig, DPOTrainer = trl.DPOConfig, trl.DPOTrainer
 if not hasattr(DPOTrainer, '_compute_loss'):
-    pytest.skip(f'written against trl 1.16.0, whose DPOTrainer._compute_loss holds the DPO losses; '
-                f'trl {trl.__version__} has none', allow_module_level=True)
+    pytest.skip(
+        f'written against trl 1.16.0, whose DPOTrainer._compute_loss holds the DPO losses; '
+        f'trl {trl.__version__} has none', allow_module_level=True)
 
 RTOL = 1e-10  # float64 on both sides
 
@@ -117,7 +118,6 @@ def dpo_trainer(workdir):
 
 class StubPolicy:
     """Stands in for the policy's forward: returns the per-token log-probs we chose."""
-
     def __init__(self, per_token_logps):
         self.per_token_logps = per_token_logps
 
@@ -171,8 +171,8 @@ def trl_dpo_per_example(trainer, pairs):
     return np.array([trl_dpo_batch(trainer, pairs, [i])[0] for i in range(pairs.policy.shape[1])])
 
 
-def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=False,
-                         chosen_nll=None, **kw):
+def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=False, chosen_nll=None,
+                         **kw):
     """alignjax's per-example losses in float64 (dpo_loss on one pair at a time, as TRL is
     called), and dpo_loss on the whole batch."""
     policy, ref = pairs.policy, pairs.ref
@@ -181,9 +181,9 @@ def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=Fals
     with jax.enable_x64(True):
         args = [jnp.asarray(a) for a in (policy[0], policy[1], ref[0], ref[1])]
         nll = None if chosen_nll is None else jnp.asarray(chosen_nll)
-        loss = lambda part: preference.dpo_loss(
-            *(a[part] for a in args), loss_types=loss_types, loss_weights=weights,
-            chosen_nll=None if nll is None else nll[part], **kw)
+        loss = lambda part: preference.dpo_loss(*(a[part] for a in args), loss_types=loss_types,
+                                                loss_weights=weights, chosen_nll=None
+                                                if nll is None else nll[part], **kw)
         full = loss(slice(None))
         assert full[0].dtype == jnp.float64
         per_example = np.array([float(loss(slice(i, i + 1))[0]) for i in range(len(args[0]))])
@@ -199,7 +199,7 @@ DPO_CASES = [
     (['robust'], None, 0.5, 0.0),
     (['robust'], None, 0.5, 0.1),
     (['robust'], None, 0.1, 0.3),
-    (['exo_pair'], None, 0.5, 2.0 ** -10),
+    (['exo_pair'], None, 0.5, 2.0**-10),
     (['exo_pair'], None, 0.5, 0.25),
     (['nca_pair'], None, 0.5, 0.0),
     (['sppo_hard'], None, 0.5, 0.0),
@@ -210,8 +210,8 @@ DPO_CASES = [
 
 
 @pytest.mark.parametrize('scale', [1.0, 30.0], ids=['moderate', 'large'])
-@pytest.mark.parametrize('loss_types,weights,beta,e', DPO_CASES, ids=[
-    f"{'+'.join(t)}-beta{b}-e{e:g}" for t, _, b, e in DPO_CASES])
+@pytest.mark.parametrize('loss_types,weights,beta,e', DPO_CASES,
+                         ids=[f"{'+'.join(t)}-beta{b}-e{e:g}" for t, _, b, e in DPO_CASES])
 def test_dpo_trainer_losses_match(dpo_trainer, loss_types, weights, beta, e, scale):
     config = dict(loss_type=loss_types, beta=beta, label_smoothing=e)
     if weights is not None:
@@ -257,9 +257,11 @@ def test_dpo_trainer_batch_mean_and_metrics_match(dpo_trainer):
     loss, metrics = trl_dpo_batch(trainer, pairs, list(range(8)))
     _, (total, count, ours) = alignjax_per_example(pairs, ('sigmoid',), beta=beta)
     np.testing.assert_allclose(float(total) / float(count), loss, rtol=RTOL)
-    names = {'rewards/chosen': 'rewards/chosen', 'rewards/rejected': 'rewards/rejected',
-             'rewards/margin': 'rewards/margins', 'rewards/accuracy': 'rewards/accuracies',
-             'logps/chosen': 'logps/chosen', 'logps/rejected': 'logps/rejected'}
+    names = {
+        'rewards/chosen': 'rewards/chosen', 'rewards/rejected': 'rewards/rejected',
+        'rewards/margin': 'rewards/margins', 'rewards/accuracy': 'rewards/accuracies',
+        'logps/chosen': 'logps/chosen', 'logps/rejected': 'logps/rejected'
+    }
     for name, trl_name in names.items():
         s, n = ours[name]
         np.testing.assert_allclose(float(s) / float(n), metrics[trl_name], rtol=1e-9, atol=1e-12)
@@ -298,14 +300,17 @@ def cpo_losses(trainer, chosen, rejected):
 
 CPO_CASES = [
     # (type, beta, label_smoothing)
-    ('sigmoid', 0.1, 0.0), ('sigmoid', 0.5, 0.1), ('sigmoid', 2.0, 0.3), ('hinge', 0.5, 0.0),
+    ('sigmoid', 0.1, 0.0),
+    ('sigmoid', 0.5, 0.1),
+    ('sigmoid', 2.0, 0.3),
+    ('hinge', 0.5, 0.0),
     ('ipo', 0.5, 0.0),
 ]
 
 
 @pytest.mark.parametrize('scale', [1.0, 30.0], ids=['moderate', 'large'])
-@pytest.mark.parametrize('loss_type,beta,e', CPO_CASES, ids=[
-    f'{t}-beta{b}-e{e:g}' for t, b, e in CPO_CASES])
+@pytest.mark.parametrize('loss_type,beta,e', CPO_CASES,
+                         ids=[f'{t}-beta{b}-e{e:g}' for t, b, e in CPO_CASES])
 def test_cpo_loss_matches_dpo_with_reference(cpo_trainer, loss_type, beta, e, scale):
     trainer = cpo_trainer(loss_type=loss_type, beta=beta, label_smoothing=e)
     pairs = make_pairs(seed=6, b=8, scale=scale)
@@ -314,8 +319,9 @@ def test_cpo_loss_matches_dpo_with_reference(cpo_trainer, loss_type, beta, e, sc
     logratio = pairs.policy - pairs.ref
     expected = cpo_losses(trainer, logratio[0], logratio[1])
     with jax.enable_x64(True):
-        actual = preference.preference_losses(*(jnp.asarray(a) for a in (
-            pairs.policy[0], pairs.policy[1], pairs.ref[0], pairs.ref[1])),
+        actual = preference.preference_losses(
+            *(jnp.asarray(a)
+              for a in (pairs.policy[0], pairs.policy[1], pairs.ref[0], pairs.ref[1])),
             loss_type=loss_type, beta=beta, label_smoothing=e)
         assert actual.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=RTOL, atol=1e-12)

@@ -25,23 +25,25 @@ def _both(q, k, v, w, kw, *, block_q, block_k):
     """Outputs and d(sum(w * out))/d(q, k, v) of blockwise and reference, in one compile."""
     def run(impl, q, k, v, window):
         def loss(q, k, v):
-            out = attention(q, k, v, impl=impl, block_q=block_q, block_k=block_k,
-                            window=window, **kw)
+            out = attention(q, k, v, impl=impl, block_q=block_q, block_k=block_k, window=window,
+                            **kw)
             return jnp.sum(w * out), out
+
         (_, out), grads = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(q, k, v)
         return out, grads
+
     return run
 
 
 def _check(q, k, v, w, kw, *, window=None, block_q=16, block_k=16, tol=TOL):
     run = _both(q, k, v, w, kw, block_q=block_q, block_k=block_k)
     if isinstance(window, jax.Array):  # a traced window: a jit argument, not a constant
-        fn = jax.jit(lambda q, k, v, win: (run('blockwise', q, k, v, win),
-                                           run('xla', q, k, v, win)))
+        fn = jax.jit(lambda q, k, v, win:
+                     (run('blockwise', q, k, v, win), run('xla', q, k, v, win)))
         (out_b, g_b), (out_r, g_r) = fn(q, k, v, window)
     else:
-        fn = jax.jit(lambda q, k, v: (run('blockwise', q, k, v, window),
-                                      run('xla', q, k, v, window)))
+        fn = jax.jit(lambda q, k, v:
+                     (run('blockwise', q, k, v, window), run('xla', q, k, v, window)))
         (out_b, g_b), (out_r, g_r) = fn(q, k, v)
     assert out_b.shape == q.shape and out_b.dtype == q.dtype
     np.testing.assert_allclose(out_b, out_r, **tol)
@@ -98,11 +100,11 @@ def test_per_layer_window_under_scan():
 
     @jax.jit
     def layers(windows):
-        step = lambda c, win: (c, attention(q, k, v, window=win, impl='blockwise', block_q=8,
-                                            block_k=8, **kw))
+        step = lambda c, win: (
+            c, attention(q, k, v, window=win, impl='blockwise', block_q=8, block_k=8, **kw))
         return jax.lax.scan(step, 0, windows)[1]
 
-    local, global_ = layers(jnp.array([5, 2 ** 30], jnp.int32))
+    local, global_ = layers(jnp.array([5, 2**30], jnp.int32))
     np.testing.assert_allclose(local, reference_attention(q, k, v, window=5, **kw), **TOL)
     np.testing.assert_allclose(global_, reference_attention(q, k, v, **kw), **TOL)
 
@@ -150,8 +152,11 @@ def _numpy_attention(q, k, v, q_idx, kv_mask, scale, softcap, window):
         for hi in range(h):
             kh = hi // (h // kv)
             for i in range(t):
-                seen = [j for j in range(s) if j <= q_idx[i] and kv_mask[bi, j]
-                        and (window is None or q_idx[i] - j < window)]
+                seen = [
+                    j for j in range(s)
+                    if j <= q_idx[i] and kv_mask[bi,
+                                                 j] and (window is None or q_idx[i] - j < window)
+                ]
                 if not seen:
                     out[bi, i, hi] = v[bi, :, kh].mean(axis=0)
                     continue
@@ -169,8 +174,7 @@ def test_reference_matches_numpy():
     mask = np.ones((2, 9), bool)
     mask[0, :6] = False  # row 0: queries at 4 and 5 see nothing, the others some of 6..8
     args = dict(scale=0.7, softcap=2.0, window=4)
-    got = reference_attention(q, k, v, q_idx=jnp.asarray(q_idx), kv_mask=jnp.asarray(mask),
-                              **args)
+    got = reference_attention(q, k, v, q_idx=jnp.asarray(q_idx), kv_mask=jnp.asarray(mask), **args)
     want = _numpy_attention(*map(np.asarray, (q, k, v)), q_idx, mask, **args)
     np.testing.assert_allclose(got, want, **TOL)
 
@@ -178,8 +182,8 @@ def test_reference_matches_numpy():
 def test_auto_dispatch_and_unsupported_impls():
     q, k, v, _ = _inputs(11, t=16)
     kw = _kw(16, jnp.ones((2, 16), bool))
-    loops = lambda threshold: 'while' in str(jax.make_jaxpr(
-        lambda q: attention(q, k, v, threshold=threshold, **kw))(q))
+    loops = lambda threshold: 'while' in str(
+        jax.make_jaxpr(lambda q: attention(q, k, v, threshold=threshold, **kw))(q))
     assert loops(16) and not loops(17)
     with pytest.raises(ValueError, match='softcap'):
         attention(q, k, v, impl='cudnn', softcap=30.0, **kw)

@@ -48,13 +48,15 @@ def test_blockwise_logits_and_gradients_equal_dense(scan):
 
     def loss_and_grad(model):
         graphdef, state = nnx.split(model)
-        f = lambda s: jnp.sum(jnp.where(mask[..., None], nnx.merge(graphdef, s)(tokens, mask),
-                                        0.0) ** 2) * 1e-3
+        f = lambda s: jnp.sum(
+            jnp.where(mask[..., None],
+                      nnx.merge(graphdef, s)(tokens, mask), 0.0)**2) * 1e-3
         return jax.jit(jax.value_and_grad(f))(state)
 
     dense, blockwise = _models(scan)
-    np.testing.assert_allclose(np.asarray(blockwise(tokens, mask))[real],
-                               np.asarray(dense(tokens, mask))[real], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(blockwise(tokens, mask))[real],
+        np.asarray(dense(tokens, mask))[real], atol=1e-5, rtol=1e-5)
     (l0, g0), (l1, g1) = loss_and_grad(dense), loss_and_grad(blockwise)
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
@@ -68,12 +70,16 @@ def test_blockwise_grouped_scoring_and_sampling_equal_dense():
     prompt, prompt_mask = _batch(CFG, t=9)
     responses = jnp.asarray(np.random.RandomState(1).randint(3, CFG.vocab_size, (3, 2, 6)))
     masks = jnp.ones((3, 2, 6), jnp.int32).at[0, 1, 4:].set(0)
-    scores = [scoring.grouped_response_logprobs(m, prompt, prompt_mask, responses, masks)
-              for m in (dense, blockwise)]
+    scores = [
+        scoring.grouped_response_logprobs(m, prompt, prompt_mask, responses, masks)
+        for m in (dense, blockwise)
+    ]
     np.testing.assert_allclose(np.asarray(scores[1]), np.asarray(scores[0]), atol=1e-5)
     config = sampling.SamplingConfig(max_new_tokens=6, greedy=True, prompt_bucket=1)
-    out = [sampling.generate(m, prompt, prompt_mask, jax.random.key(0), config)
-           for m in (dense, blockwise)]
+    out = [
+        sampling.generate(m, prompt, prompt_mask, jax.random.key(0), config)
+        for m in (dense, blockwise)
+    ]
     np.testing.assert_array_equal(np.asarray(out[1]['tokens']), np.asarray(out[0]['tokens']))
     np.testing.assert_allclose(np.asarray(out[1]['logprobs']), np.asarray(out[0]['logprobs']),
                                atol=1e-5)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from alignjax.models import (PRESETS, Decoder, PreferenceModel, RewardModel, ValueModel,
-                             init_cache, positions_from_mask, response_logprobs)
+from alignjax.models import (PRESETS, Decoder, PreferenceModel, RewardModel, ValueModel, init_cache,
+                             positions_from_mask, response_logprobs)
 from alignjax.models import layers
 from alignjax.models.transformer import unstack_layers
 
@@ -40,15 +40,19 @@ VARIANTS = {
     'untied': {'tie_embeddings': False},
     'query_scale': {'query_scale': 0.5},
     'rope_linear': {'rope_scaling': {'type': 'linear', 'factor': 4.0}},
-    'rope_llama3': {'rope_scaling': {'type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
-                                     'high_freq_factor': 4.0, 'original_max_position': 64}},
-    'gemma_like': {'activation': 'gelu_tanh', 'norm_offset': True, 'post_norms': True,
-                   'qk_norm': True, 'attention_bias': True, 'sliding_window': 4,
-                   'local_layer_period': 2, 'rope_local_theta': 100.0, 'query_scale': 0.3,
-                   'attn_logit_softcap': 1.0, 'final_logit_softcap': 3.0, 'embed_scale': True,
-                   'tie_embeddings': False, 'num_kv_heads': 1},
+    'rope_llama3': {
+        'rope_scaling': {
+            'type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+            'original_max_position': 64
+        }
+    },
+    'gemma_like': {
+        'activation': 'gelu_tanh', 'norm_offset': True, 'post_norms': True, 'qk_norm': True,
+        'attention_bias': True, 'sliding_window': 4, 'local_layer_period': 2,
+        'rope_local_theta': 100.0, 'query_scale': 0.3, 'attn_logit_softcap': 1.0,
+        'final_logit_softcap': 3.0, 'embed_scale': True, 'tie_embeddings': False, 'num_kv_heads': 1
+    },
 }
-
 
 # ----------------------------------------------------------------------------- NumPy reference
 
@@ -60,7 +64,7 @@ def ref_rmsnorm(x, w, eps, offset):
 
 def ref_inv_freq(head_dim, theta, scaling=None):
     """Rotation frequency of each pair, with linear or Llama-3 ("rope_type: llama3") scaling."""
-    freqs = [theta ** (-2.0 * i / head_dim) for i in range(head_dim // 2)]
+    freqs = [theta**(-2.0 * i / head_dim) for i in range(head_dim // 2)]
     if scaling is None:
         return np.array(freqs)
     s = dict(scaling)
@@ -92,7 +96,7 @@ def ref_rope(x, positions, inv_freq):
 
 
 def ref_gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def ref_silu(x):
@@ -137,7 +141,7 @@ def ref_decoder(cfg, p, tokens, mask):
             theta = cfg.rope_local_theta if (local and cfg.rope_local_theta) else cfg.rope_theta
             inv = ref_inv_freq(cfg.head_dim, theta, cfg.rope_scaling)
             q, k = ref_rope(q, pos, inv), ref_rope(k, pos, inv)
-            scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+            scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim**-0.5
             qi, kj = np.arange(t)[:, None], np.arange(t)[None, :]
             allowed = (kj <= qi) & m[None, :]
             if local:
@@ -270,15 +274,21 @@ def test_rmsnorm_matches_numpy(offset):
     np.testing.assert_allclose(got, ref_rmsnorm(x, w, 1e-5, offset), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('head_dim,theta,scaling', [
-    (16, 10_000.0, None),
-    (64, 500_000.0, {'type': 'linear', 'factor': 4.0}),
-    # Llama-3.2-1B and Llama-3.1-8B frequency scaling.
-    (64, 500_000.0, {'type': 'llama3', 'factor': 32.0, 'low_freq_factor': 1.0,
-                     'high_freq_factor': 4.0, 'original_max_position': 8192}),
-    (128, 500_000.0, {'type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
-                      'high_freq_factor': 4.0, 'original_max_position': 8192}),
-])
+@pytest.mark.parametrize(
+    'head_dim,theta,scaling',
+    [
+        (16, 10_000.0, None),
+        (64, 500_000.0, {'type': 'linear', 'factor': 4.0}),
+        # Llama-3.2-1B and Llama-3.1-8B frequency scaling.
+        (64, 500_000.0, {
+            'type': 'llama3', 'factor': 32.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+            'original_max_position': 8192
+        }),
+        (128, 500_000.0, {
+            'type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+            'original_max_position': 8192
+        }),
+    ])
 def test_rope_inverse_frequencies_match_numpy(head_dim, theta, scaling):
     got = np.asarray(layers.rope_inverse_frequencies(head_dim, theta, scaling))
     want = ref_inv_freq(head_dim, theta, scaling)
@@ -296,8 +306,9 @@ def test_apply_rope_matches_numpy_and_is_relative():
     inv = ref_inv_freq(16, 10_000.0)
     x = rng.randn(2, 7, 3, 16)
     positions = rng.randint(0, 64, (2, 7))
-    got = np.asarray(layers.apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(positions),
-                                       jnp.asarray(inv, jnp.float32)))
+    got = np.asarray(
+        layers.apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(positions),
+                          jnp.asarray(inv, jnp.float32)))
     for b in range(2):
         np.testing.assert_allclose(got[b], ref_rope(x[b], positions[b], inv), atol=2e-5)
     # q.k after rotation depends on the position difference only.
@@ -378,8 +389,8 @@ def test_sliding_window_limits_what_a_position_sees():
     local2 = make(**VARIANTS['sliding_all_local'])
     base2 = apply(local2, tokens, mask)
     for far in (0, 4):
-        np.testing.assert_array_equal(apply(local2, _flip(tokens, far), mask)[:, last],
-                                      base2[:, last])
+        np.testing.assert_array_equal(
+            apply(local2, _flip(tokens, far), mask)[:, last], base2[:, last])
     assert np.abs(apply(local2, _flip(tokens, 5), mask)[:, last] - base2[:, last]).max() > 1e-4
     # Local then global (period 2): the global layer sees everything again.
     mixed = make(**VARIANTS['sliding_period2'])
@@ -446,8 +457,11 @@ def test_remat_gives_identical_loss_and_gradients():
     nnx.update(remat, nnx.state(plain))
     tokens, mask = inputs()
     # The switch is real: the remat model's backward pass holds checkpointed blocks.
-    jaxprs = [str(jax.make_jaxpr(_loss_and_grad.__wrapped__, static_argnums=0)(
-        *nnx.split(m), tokens, mask)) for m in (plain, remat)]
+    jaxprs = [
+        str(
+            jax.make_jaxpr(_loss_and_grad.__wrapped__,
+                           static_argnums=0)(*nnx.split(m), tokens, mask)) for m in (plain, remat)
+    ]
     assert 'remat' not in jaxprs[0] and 'remat' in jaxprs[1]
     (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask) for m in (plain, remat)]
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
@@ -559,16 +573,16 @@ def test_preference_model_is_antisymmetric():
     embed = lambda t, m: (lambda h: h[np.arange(3), [np.nonzero(r)[0].max() for r in m]])(
         ref_decoder(TINY, np_params(pm, ('backbone',)), t, m)[0])
     ea, eb = embed(tokens, mask), embed(other, other_mask)
-    g = lambda x, y: ref_silu(x @ p[('pair_first',)] + y @ p[('pair_second',)]
-                              + p[('pair_bias',)]) @ p[('pair_out',)]
+    g = lambda x, y: ref_silu(x @ p[('pair_first',)] + y @ p[('pair_second',)] + p[
+        ('pair_bias',)]) @ p[('pair_out',)]
     np.testing.assert_allclose(ab, g(ea, eb) - g(eb, ea), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize('name,published', [
-    ('llama3_8b', 8.03e9), ('qwen2_5_7b', 7.62e9), ('gemma2_2b', 2.61e9)])
+@pytest.mark.parametrize('name,published', [('llama3_8b', 8.03e9), ('qwen2_5_7b', 7.62e9),
+                                            ('gemma2_2b', 2.61e9)])
 def test_preset_parameter_counts(name, published):
     cfg = PRESETS[name]
     assert abs(cfg.num_params() - published) / published < 5e-3

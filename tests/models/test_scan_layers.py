@@ -20,8 +20,7 @@ def test_scanned_layers_equal_unrolled_layers(policy):
     scanned = make(scan_layers=True, **over)
     nnx.update(scanned, stack_layers(nnx.state(unrolled)))
     tokens, mask = inputs()
-    (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask)
-                          for m in (unrolled, scanned)]
+    (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask) for m in (unrolled, scanned)]
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(stack_layers(g0)), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
@@ -29,8 +28,10 @@ def test_scanned_layers_equal_unrolled_layers(policy):
     plain = make(scan_layers=True, **{**over, 'sliding_window': None})
     nnx.update(plain, stack_layers(nnx.state(unrolled)))
     assert abs(float(_loss_and_grad(*nnx.split(plain), tokens, mask)[0]) - float(l0)) > 1e-4
-    size = lambda m: len(str(jax.make_jaxpr(_loss_and_grad.__wrapped__, static_argnums=0)(
-        *nnx.split(m), tokens, mask)))
+    size = lambda m: len(
+        str(
+            jax.make_jaxpr(_loss_and_grad.__wrapped__, static_argnums=0)
+            (*nnx.split(m), tokens, mask)))
     deep = make(scan_layers=True, **{**over, 'num_layers': 8})
     assert size(deep) < 1.2 * size(scanned)  # unrolled, 8 layers would be about twice 4
 
@@ -48,8 +49,8 @@ def test_rematerialised_frozen_model_runs_inside_the_gradient(scan):
     @jax.jit
     def step(state, ref_state):
         ref = nnx.merge(*ref_state)
-        return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(tokens, mask)
-                                          - ref(tokens, mask)))(state)
+        return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)
+                                          (tokens, mask) - ref(tokens, mask)))(state)
 
     grads = step(state, nnx.split(reference))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
@@ -64,12 +65,11 @@ def test_scan_unroll_computes_the_same(unroll):
     unrolled = make(scan_layers=False, **over)
     scanned = make(scan_layers=True, scan_unroll=unroll, **over)
     assert scanned.cfg.layers_per_scan_step == (unroll or 4)
-    assert make(scan_layers=True, num_layers=model_config.SHALLOW_LAYERS + 1
-                ).cfg.layers_per_scan_step == 1
+    assert make(scan_layers=True,
+                num_layers=model_config.SHALLOW_LAYERS + 1).cfg.layers_per_scan_step == 1
     nnx.update(scanned, stack_layers(nnx.state(unrolled)))
     tokens, mask = inputs()
-    (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask)
-                          for m in (unrolled, scanned)]
+    (l0, g0), (l1, g1) = [_loss_and_grad(*nnx.split(m), tokens, mask) for m in (unrolled, scanned)]
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(stack_layers(g0)), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)

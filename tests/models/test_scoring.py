@@ -115,9 +115,10 @@ def test_gradients_of_all_three_paths_agree():
             elif kind == 'chunked':
                 logp = scoring.response_logprobs(model, *rows, chunk=5)
             else:
-                logp = scoring.grouped_response_logprobs(
-                    model, prompt, prompt_mask, responses, masks).reshape(weights.shape)
+                logp = scoring.grouped_response_logprobs(model, prompt, prompt_mask, responses,
+                                                         masks).reshape(weights.shape)
             return jnp.sum(weights * logp)
+
         return jax.jit(jax.grad(f))(state)
 
     want = loss('reference')
@@ -191,8 +192,8 @@ def _sharded_scores(cfg, shape, rules=None, chunk=None):
         return run(state, rows)
     mesh = _mesh(shape)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
-        state = jax.device_put(state, sharding.state_shardings(
-            state, mesh, sharding.current_rules()))
+        state = jax.device_put(state, sharding.state_shardings(state, mesh,
+                                                               sharding.current_rules()))
         rows = [jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in rows]
         return run(state, rows)
 
@@ -228,15 +229,17 @@ def test_vocabulary_parallel_head_never_holds_the_whole_weight():
 
     def temporaries(rules):
         def f(s, h, targets):
-            return jnp.sum(scoring._head_logprobs(nnx.merge(graphdef, s), h, targets,
-                                                  jnp.ones_like(targets), with_entropy=False,
-                                                  chunk=None))
+            return jnp.sum(
+                scoring._head_logprobs(nnx.merge(graphdef, s), h, targets, jnp.ones_like(targets),
+                                       with_entropy=False, chunk=None))
+
         mesh = _mesh((1, 8, 1))
         with jax.set_mesh(mesh), sharding.use_rules(rules):
             shard = sharding.state_shardings(state, mesh, sharding.current_rules())
             rows = sharding.batch_sharding(mesh, 2)
-            return jax.jit(jax.grad(f), in_shardings=(shard, sharding.batch_sharding(mesh, 3), rows)
-                           ).lower(state, h, targets).compile().memory_analysis().temp_size_in_bytes
+            return jax.jit(jax.grad(f),
+                           in_shardings=(shard, sharding.batch_sharding(mesh, 3), rows)).lower(
+                               state, h, targets).compile().memory_analysis().temp_size_in_bytes
 
     gathering = [list(r) for r in sharding.DEFAULT_RULES if r[0] != 'act_head_vocab']
     gathering.append(['act_head_vocab', None])
@@ -255,6 +258,6 @@ def test_rows_in_contiguous_groups_are_scored_once_per_prompt_and_equal_row_scor
         np.testing.assert_allclose(logp, want[0], atol=2e-5, rtol=2e-5)
         np.testing.assert_allclose(ent, want[1], atol=2e-5, rtol=2e-5)
     # The prompts' embeddings are looked up for 3 rows, not 9.
-    jaxpr = str(jax.make_jaxpr(lambda *a: scoring.rows_response_logprobs(model, *a, group=3))(
-        *rows))
+    jaxpr = str(
+        jax.make_jaxpr(lambda *a: scoring.rows_response_logprobs(model, *a, group=3))(*rows))
     assert 'f32[3,7,64]' in jaxpr and 'f32[9,7,64]' not in jaxpr

@@ -14,11 +14,15 @@ def test_best_of_n_estimator_equals_the_mean_over_every_subset():
     rng = np.random.default_rng(0)
     select, values = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
     for n in (1, 2, 3, 5, 7):
-        brute = np.mean([np.mean([values[p, list(c)][np.argmax(select[p, list(c)])]
-                                  for c in itertools.combinations(range(7), n)])
-                         for p in range(3)])
-        np.testing.assert_allclose(best_of_n.expected_best_of_n(select, values, [n])[0], brute,
-                                   rtol=1e-12, atol=1e-12)
+        brute = np.mean([
+            np.mean([
+                values[p, list(c)][np.argmax(select[p, list(c)])]
+                for c in itertools.combinations(range(7), n)
+            ])
+            for p in range(3)
+        ])
+        np.testing.assert_allclose(
+            best_of_n.expected_best_of_n(select, values, [n])[0], brute, rtol=1e-12, atol=1e-12)
     for n in range(1, 8):
         np.testing.assert_allclose(best_of_n.subset_max_weights(7, n).sum(), 1.0, rtol=1e-12)
 

@@ -155,8 +155,8 @@ class _Linear(nnx.Module):
 def _linear_loss(model, frozen, batch, rng):
     del frozen, rng
     err = batch['x'] @ model.w[...] - batch['y']
-    return 0.5 * jnp.sum(err ** 2), jnp.float32(err.shape[0]), {'sq': (jnp.sum(err ** 2),
-                                                                        jnp.float32(err.size))}
+    return 0.5 * jnp.sum(err**2), jnp.float32(
+        err.shape[0]), {'sq': (jnp.sum(err**2), jnp.float32(err.size))}
 
 
 @pytest.mark.parametrize('microbatches', [1, 2])
@@ -173,8 +173,10 @@ def test_epochs_of_minibatches_equal_sequential_sgd(microbatches):
         params = nnx.to_pure_dict(params)
         tx = optax.sgd(lr)
         shardings = loop.state_shardings(params, tx, {}, mesh)
-        state = {'params': params, 'opt_state': tx.init(params), 'step': jnp.int32(0),
-                 'rng': jax.random.key_data(jax.random.key(0)), 'algo': {}}
+        state = {
+            'params': params, 'opt_state': tx.init(params), 'step': jnp.int32(0),
+            'rng': jax.random.key_data(jax.random.key(0)), 'algo': {}
+        }
         update = loop.make_update(graphdef, {}, _linear_loss, tx, lambda s: lr, microbatches,
                                   shardings, mesh, epochs=epochs, minibatches=minibatches)
         state, metrics, finite = update(jax.device_put(state, shardings), {},
@@ -188,7 +190,7 @@ def test_epochs_of_minibatches_equal_sequential_sgd(microbatches):
         for i in range(minibatches):
             rows = perm[i * 4:(i + 1) * 4]
             err = x[rows] @ w - y[rows]
-            losses.append(0.5 * np.mean(err ** 2))
+            losses.append(0.5 * np.mean(err**2))
             w = w - lr * (x[rows].T @ err) / len(rows)
     np.testing.assert_allclose(np.asarray(state['params']['w']), w, rtol=1e-5)
     np.testing.assert_allclose(float(metrics['loss']), np.mean(losses), rtol=1e-5)

@@ -74,8 +74,8 @@ def test_dpo_with_bfloat16_parameters_learns_as_far_as_float32(tmp_path):
     # bfloat16) the same run ended at KL 0.006 and a gold gain of +0.04.
     runs = {}
     for dtype in ('float32', 'bfloat16'):
-        runs[dtype] = run(tmp_path / dtype, 'dpo.py:tiny', **{'model.param_dtype': dtype,
-                                                               'model.dtype': dtype})
+        runs[dtype] = run(tmp_path / dtype, 'dpo.py:tiny',
+                          **{'model.param_dtype': dtype, 'model.dtype': dtype})
     f32, bf16 = runs['float32'], runs['bfloat16']
     gain = lambda s: s['gold_reward'] - s['gold_reward_ref']
     assert gain(bf16) >= 0.7 * gain(f32), runs

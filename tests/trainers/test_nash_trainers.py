@@ -19,9 +19,9 @@ def starting_point():
 
 @pytest.mark.parametrize('method', nash.METHODS)
 def test_every_method_runs_and_reports_nash_figures(tmp_path, method):
-    s = run(tmp_path, f'{method}.py:tiny,preference=gold', total_steps=3, log_every=1,
-            **{'eval.num_prompts': 16,
-               'data.batch_size': 8 if method in ('nash_md', 'nash_mp') else 2})
+    s = run(
+        tmp_path, f'{method}.py:tiny,preference=gold', total_steps=3, log_every=1,
+        **{'eval.num_prompts': 16, 'data.batch_size': 8 if method in ('nash_md', 'nash_mp') else 2})
     assert s['step'] == 3
     for key in ('exploitability', 'worst_case_win_rate', 'exploitability_ref', 'gold_reward',
                 'kl_to_ref', 'class0_fraction'):
@@ -41,8 +41,10 @@ def test_group_preferences_are_antisymmetric_and_in_row_order():
                         np.float32)
 
     zeros = np.zeros((6, 2), np.int32)
-    raw = {'prompt': zeros, 'prompt_mask': zeros, 'response': zeros, 'response_mask': zeros,
-           'prompt_texts': ['p'] * 6, 'response_texts': texts}
+    raw = {
+        'prompt': zeros, 'prompt_mask': zeros, 'response': zeros, 'response_mask': zeros,
+        'prompt_texts': ['p'] * 6, 'response_texts': texts
+    }
     m = nash.group_preferences(oracle, raw, k)
     assert m.shape == (2, 3, 3)
     np.testing.assert_allclose(m + m.transpose(0, 2, 1), 1.0, atol=1e-6)
@@ -55,8 +57,10 @@ def test_group_preferences_are_antisymmetric_and_in_row_order():
 
 
 def test_nash_mp_saves_only_at_outer_step_boundaries(tmp_path):
-    over = {'total_steps': 8, 'nash.phase_steps': 2, 'ckpt_every': 4, 'keep_ckpts': 5,
-            'data.batch_size': 8, 'eval.num_prompts': 8}
+    over = {
+        'total_steps': 8, 'nash.phase_steps': 2, 'ckpt_every': 4, 'keep_ckpts': 5,
+        'data.batch_size': 8, 'eval.num_prompts': 8
+    }
     run(tmp_path / 'ok', 'nash_mp.py:tiny,preference=gold', **over)
     ckpt = Checkpointer(str(tmp_path / 'ok' / 'checkpoints'), save_every=4, keep=5)
     assert ckpt.all_steps() == [4, 8]

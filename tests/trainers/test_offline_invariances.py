@@ -43,11 +43,16 @@ def loss_config(**kw):
     return c
 
 
-LOSSES = [dict(types=('sigmoid',)), dict(types=('ipo',)), dict(types=('hinge',)),
-          dict(types=('simpo',)), dict(types=('sigmoid',), rpo_alpha=0.5),
-          dict(types=('sigmoid', 'ipo'), weights=(1.0, 0.3)),
-          dict(types=('sigmoid',), length_normalize=True),
-          dict(types=('robust',), label_smoothing=0.1)]
+LOSSES = [
+    dict(types=('sigmoid',)),
+    dict(types=('ipo',)),
+    dict(types=('hinge',)),
+    dict(types=('simpo',)),
+    dict(types=('sigmoid',), rpo_alpha=0.5),
+    dict(types=('sigmoid', 'ipo'), weights=(1.0, 0.3)),
+    dict(types=('sigmoid',), length_normalize=True),
+    dict(types=('robust',), label_smoothing=0.1)
+]
 
 
 @pytest.fixture(scope='module')
@@ -80,9 +85,9 @@ def test_microbatch_sums_equal_the_full_batch(policy, kw):
     parts = [grads(h) for h in halves]
     np.testing.assert_allclose(parts[0][0] + parts[1][0], full_loss, rtol=1e-5)
     # float32 sums in a different order: tolerance relative to each gradient's scale.
-    jax.tree.map(lambda g, a, b: np.testing.assert_allclose(
-        a + b, g, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g)))),
-        full_grads, parts[0][1], parts[1][1])
+    jax.tree.map(
+        lambda g, a, b: np.testing.assert_allclose(a + b, g, rtol=1e-4, atol=1e-4 * float(
+            jnp.max(jnp.abs(g)))), full_grads, parts[0][1], parts[1][1])
 
 
 def test_reward_and_preference_scores_ignore_padding():
@@ -100,8 +105,8 @@ def test_reward_and_preference_scores_ignore_padding():
 def test_precomputed_reference_equals_per_step_reference(tmp_path):
     """The reference inside the update and the precomputed cache give the same training run."""
     def run(name, precompute):
-        c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'dpo.py') +
-                                       ':tiny,steps=3')
+        c = experiment_lib.load_config(
+            os.path.join(ROOT, 'experiments', 'dpo.py') + ':tiny,steps=3')
         c.init_from = ''  # a random start is enough for an equality
         c.mesh.shape = (1, 1, 1)
         c.data.num_examples = 96

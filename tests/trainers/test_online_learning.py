@@ -59,9 +59,10 @@ def test_raises_gold_reward_optimising_a_learned_reward_model(tmp_path, algo, ma
 
 def test_resumed_run_continues_the_same_curve(tmp_path):
     """PPO with an adaptive KL coefficient: the rollout, the critic and the controller resume."""
-    over = {'total_steps': 6, 'ckpt_every': 3, 'log_every': 1, 'eval_every': 0,
-            'rl.adaptive_kl': True, 'rl.kl_target': 0.01, 'rl.kl_horizon': 100,
-            'eval.num_prompts': 8}
+    over = {
+        'total_steps': 6, 'ckpt_every': 3, 'log_every': 1, 'eval_every': 0, 'rl.adaptive_kl': True,
+        'rl.kl_target': 0.01, 'rl.kl_horizon': 100, 'eval.num_prompts': 8
+    }
     full = tmp_path / 'full'
     run(full, 'ppo.py:tiny', **over)
     parted = tmp_path / 'parted'

@@ -21,11 +21,13 @@ from alignjax import metrics as metrics_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT = os.path.join(ROOT, 'experiments', 'sft.py')
 STEPS = 40
-FLAGS = [f'--config={SFT}:tiny,steps={STEPS}', '--config.ckpt_every=10', '--config.log_every=5',
-         '--config.eval.num_prompts=8', '--config.keep_ckpts=10']
-ENV = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
-           '--xla_backend_optimization_level=0',
-           JAX_PLATFORMS='cpu')
+FLAGS = [
+    f'--config={SFT}:tiny,steps={STEPS}', '--config.ckpt_every=10', '--config.log_every=5',
+    '--config.eval.num_prompts=8', '--config.keep_ckpts=10'
+]
+ENV = dict(
+    os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1 '
+    '--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu')
 
 
 def run_main(workdir, *extra, wait=True):
@@ -46,7 +48,9 @@ def final_params(workdir):
 
 
 def curve(workdir):
-    return [{k: v for k, v in m.items() if k not in metrics_lib.TIMING_KEYS}
+    return [{k: v
+             for k, v in m.items()
+             if k not in metrics_lib.TIMING_KEYS}
             for m in metrics_lib.read_metrics(str(workdir))]
 
 
@@ -113,7 +117,8 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference_run, tmp_path):
     result = run_main(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Resumed' in result.stderr
-    jax.tree.map(np.testing.assert_array_equal, final_params(reference_run)[1],
+    jax.tree.map(np.testing.assert_array_equal,
+                 final_params(reference_run)[1],
                  final_params(tmp_path)[1])
     assert len(curve(reference_run)) == STEPS // 5
     assert curve(tmp_path) == curve(reference_run)
@@ -127,8 +132,10 @@ def test_mistyped_override_names_the_key(tmp_path):
 
 
 def test_unknown_config_argument_names_it(tmp_path):
-    cmd = [sys.executable, '-m', 'alignjax.main', f'--workdir={tmp_path}',
-           f'--config={SFT}:tiny,stpes=3']
+    cmd = [
+        sys.executable, '-m', 'alignjax.main', f'--workdir={tmp_path}',
+        f'--config={SFT}:tiny,stpes=3'
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "'stpes'" in result.stderr
