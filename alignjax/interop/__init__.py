@@ -2,7 +2,7 @@
 templates (`tokenizer`), and the notebook entry point `from_pretrained` (`pretrained`)."""
 
 from alignjax.interop.hf import FAMILIES, config_from_hf, hf_config, load_hf, load_into, save_hf
-from alignjax.interop.pretrained import Pretrained, from_pretrained
+from alignjax.interop.pretrained_lm import Pretrained, from_pretrained
 from alignjax.interop.tokenizer import HFTokenizer, load_tokenizer
 
 __all__ = [
