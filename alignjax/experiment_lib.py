@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from alignjax import specs
 from alignjax.interop import hf
 from alignjax.models import config as model_config
 
@@ -56,8 +57,9 @@ def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
     `preset` is a name in `alignjax.models.config` or `hf:DIR`, the architecture of a Hugging Face
     checkpoint directory (its config.json), to pair with `init_from='hf:DIR'`.
     """
-    if preset.startswith('hf:'):
-        cfg = hf.read_config(preset[3:]).replace(**overrides)
+    directory = specs.hf_dir(preset)
+    if directory is not None:
+        cfg = hf.read_config(directory).replace(**overrides)
     else:
         cfg = model_config.get_model_config(preset, **overrides)
     fields = dataclasses.asdict(cfg)

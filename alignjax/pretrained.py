@@ -28,6 +28,7 @@ from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
+from alignjax import specs
 from alignjax import trainers
 from alignjax.interop import hf
 from alignjax.trainers import common
@@ -49,11 +50,12 @@ def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
     The cache key leaves out the mesh (sharding changes how, not what, is computed), so
     `mesh_shape` may choose the devices a missing entry is trained on.
     """
-    if not spec.startswith('experiment:'):
+    start = specs.Start.parse(spec)
+    if start.kind != 'experiment':
         if not os.path.isdir(os.path.join(spec, 'checkpoints')):
             raise FileNotFoundError(f'config.{key}={spec!r}: no checkpoints/ directory there')
         return spec
-    exp = experiment_lib.experiment_path(spec[len('experiment:'):])
+    exp = experiment_lib.experiment_path(start.value)
     config = experiment_lib.load_config(exp)
     fields = {k: v for k, v in config.to_dict().items() if k not in ('mesh', 'allow_config_change')}
     # Entries written before scanned layers were stored stacked hold the same config.
@@ -122,9 +124,10 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
     """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '')."""
     if not spec:
         return
-    if spec.startswith('hf:'):
-        hf.load_into(module, spec[3:], key=key)
-        logging.info('Loaded parameters from Hugging Face checkpoint %s', spec[3:])
+    start = specs.Start.parse(spec)
+    if start.kind == 'hf':
+        hf.load_into(module, start.value, key=key)
+        logging.info('Loaded parameters from Hugging Face checkpoint %s', start.value)
         return
     state = nnx.state(module)
     abstract = ckpt_lib.abstract_like(nnx.to_pure_dict(state))

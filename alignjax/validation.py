@@ -22,6 +22,7 @@ import ml_collections
 from absl import logging
 
 from alignjax import experiment_lib
+from alignjax import specs
 from alignjax import trainers
 from alignjax.data import chat
 from alignjax.data import inputs
@@ -163,11 +164,12 @@ def check_shapes(config) -> None:
 def model_context(config) -> tuple[int, str]:
     """(positions the model is built for, where that figure comes from)."""
     preset = config.model.get('preset', '')
-    if preset.startswith('hf:'):
-        with open(os.path.join(preset[3:], 'config.json')) as f:
+    directory = specs.hf_dir(preset)
+    if directory is not None:
+        with open(os.path.join(directory, 'config.json')) as f:
             n = json.load(f).get('max_position_embeddings')
         if n:
-            return int(n), f'{preset[3:]}/config.json'
+            return int(n), f'{directory}/config.json'
     if preset in CONTEXT:
         return CONTEXT[preset], f'model preset {preset!r}'
     return 2048, 'a model of unknown context (assumed 2048)'
@@ -181,12 +183,13 @@ def check_starting_points(config) -> None:
             continue
         if not isinstance(spec, str):
             raise ValidationError(f'config.{key} must be a string, got {spec!r}')
-        if spec.startswith('experiment:'):
+        start = specs.Start.parse(spec)
+        if start.kind == 'experiment':
             _check_experiment_spec(key, spec)
-        elif spec.startswith('hf:'):
-            if not os.path.isfile(os.path.join(spec[3:], 'config.json')):
+        elif start.kind == 'hf':
+            if not os.path.isfile(os.path.join(start.value, 'config.json')):
                 raise ValidationError(f'config.{key}={spec!r}: no Hugging Face checkpoint there '
-                                      f'(expected {spec[3:]}/config.json)')
+                                      f'(expected {start.value}/config.json)')
         else:
             state = _checkpoint_state_dir(key, spec)
             if policy_shaped:
@@ -194,7 +197,7 @@ def check_starting_points(config) -> None:
 
 
 def _check_experiment_spec(key: str, spec: str) -> None:
-    exp = experiment_lib.experiment_path(spec[len('experiment:'):])
+    exp = experiment_lib.experiment_path(specs.Start.parse(spec).value)
     if not os.path.isfile(exp.split(':')[0]):
         raise ValidationError(f'config.{key}={spec!r}: no experiment file {exp.split(":")[0]!r}')
     try:

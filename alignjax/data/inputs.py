@@ -13,6 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from alignjax import specs
 from alignjax.data import lengths
 from alignjax.data import pipeline
 from alignjax.data import synthetic
@@ -24,9 +25,10 @@ def make_tokenizer(c: ml_collections.ConfigDict):
     """The tokenizer named by config.tokenizer: 'byte' (the synthetic tasks) or 'hf:DIR'."""
     if c.tokenizer == 'byte':
         return ByteTokenizer()
-    if not c.tokenizer.startswith('hf:'):
+    directory = specs.hf_dir(c.tokenizer)
+    if directory is None:
         raise ValueError(f"config.tokenizer={c.tokenizer!r}: expected 'byte' or 'hf:DIR'")
-    tok = hf_tokenizer.load_tokenizer(c.tokenizer[3:], **c.special_tokens.to_dict())
+    tok = hf_tokenizer.load_tokenizer(directory, **c.special_tokens.to_dict())
     if tok.vocab_size > c.model.vocab_size:
         raise ValueError(f'config.tokenizer={c.tokenizer!r} produces {tok.vocab_size} ids but '
                          f'config.model.vocab_size={c.model.vocab_size}')
@@ -35,10 +37,8 @@ def make_tokenizer(c: ml_collections.ConfigDict):
 
 def synthetic_task(c: ml_collections.ConfigDict):
     """The synthetic task behind config.data.train, or None for real data."""
-    spec = c.data.train
-    if not spec.startswith('synthetic:'):
-        return None
-    return synthetic.get_task(spec.split(':', 1)[1])
+    name = specs.Data.parse(c.data.train).synthetic_task
+    return None if name is None else synthetic.get_task(name)
 
 
 def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_counts=False,
@@ -48,7 +48,8 @@ def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_cou
     records are generated once for both (they are a pure function of the arguments)."""
     key = (spec, kind, c.tokenizer, c.data.max_prompt_len, c.data.max_response_len,
            c.data.truncation, c.data.chat_template, tuple(sorted(load_kw.items())))
-    if spec.startswith('synthetic:') and key in _SYNTHETIC:
+    synthetic_source = specs.Data.parse(spec).synthetic_task is not None
+    if synthetic_source and key in _SYNTHETIC:
         records, counts = _SYNTHETIC[key]
         return (records, counts) if with_counts else records
     records = pipeline.load_records(spec, kind, **load_kw)
@@ -69,7 +70,7 @@ def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_cou
             '%s: %d of %d records have a reply longer than '
             'config.data.max_response_len=%d tokens (EOS included): cut on the right, '
             'without EOS', spec, counts['long_replies'], counts['records'], c.data.max_response_len)
-    if spec.startswith('synthetic:'):
+    if synthetic_source:
         if len(_SYNTHETIC) >= 8:
             _SYNTHETIC.clear()
         _SYNTHETIC[key] = (records, counts)
@@ -89,7 +90,7 @@ def train_eval_records(c: ml_collections.ConfigDict, kind: str):
     train = load_records(c, kind, d.train, num_examples=d.num_examples, seed=c.seed)
     if d.eval:
         return train, load_records(c, kind, d.eval, split='eval', seed=c.seed)
-    if d.train.startswith('synthetic:'):
+    if specs.Data.parse(d.train).synthetic_task is not None:
         held_out = load_records(c, kind, d.train, num_examples=d.num_eval_examples,
                                 seed=c.seed + 1_000_003)
         return train, held_out

@@ -21,6 +21,7 @@ import json
 import os
 import time
 
+from alignjax import specs
 from alignjax.trainers import common
 
 import numpy as np
@@ -97,17 +98,17 @@ def _train(workdir: str, spec: str, overrides: dict | None) -> dict:
 def resolve_starting_points(config) -> None:
     """Trains (once, on one device) the cached `experiment:` starting points of a config."""
     from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    specs = [
+    starts = [
         config.get('init_from', ''),
         config.get('reference_from', ''),
         config.get('backbone_from', '')
     ]
     if 'reward' in config and 'reward_from' in config.reward:
-        specs.append(config.reward.reward_from)
+        starts.append(config.reward.reward_from)
     if 'nash' in config:
-        specs.append(config.nash.preference_from)
-    for spec in specs:
-        if spec and spec.startswith('experiment:'):
+        starts.append(config.nash.preference_from)
+    for spec in starts:
+        if specs.Start.parse(spec).kind == 'experiment':
             pretrained.resolve(spec, mesh_shape=ONE_DEVICE)
 
 
