@@ -73,19 +73,22 @@ def _token_logprobs(model, h, targets, with_entropy: bool):
     h = h.astype(cfg.jnp_dtype)
     if _vocab_parallel(cfg.vocab_size):
         return _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy)
-    logits = jnp.einsum('mcd,dv->mcv', h, w, preferred_element_type=jnp.float32)
-    logits = softcap(sharding.constrain(logits, ('batch', 'length', 'act_vocab')),
-                     cfg.final_logit_softcap)
+    # Rows and positions flattened (rows major, so the batch sharding carries over): XLA:CPU ran
+    # the backward of the [M, C, D] x [D, V] form 1.8x slower than this one (tiny DPO's head).
+    m, c = targets.shape
+    h, targets = h.reshape(m * c, h.shape[-1]), targets.reshape(m * c)
+    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)
+    logits = softcap(sharding.constrain(logits, ('batch', 'act_vocab')), cfg.final_logit_softcap)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # The target's logit from its own output column: a gather of M * C columns, not of the
-    # [M, C, V] logits (whose backward would scatter into a zero array of that size).
-    picked = jnp.einsum('mcd,mcd->mc', h, jnp.moveaxis(jnp.take(w, targets, axis=1), 0, -1),
-                        preferred_element_type=jnp.float32)
-    logp = softcap(picked, cfg.final_logit_softcap) - lse
+    # [M * C, V] logits (whose backward would scatter into a zero array of that size).
+    picked = jnp.einsum('nd,nd->n', h,
+                        jnp.take(w, targets, axis=1).T, preferred_element_type=jnp.float32)
+    logp = (softcap(picked, cfg.final_logit_softcap) - lse).reshape(m, c)
     if not with_entropy:
         return logp, None
     probs = jnp.exp(logits - lse[..., None])
-    return logp, lse - jnp.sum(probs * logits, axis=-1)
+    return logp, (lse - jnp.sum(probs * logits, axis=-1)).reshape(m, c)
 
 
 def _vocab_parallel_logprobs(cfg, h, w, targets, with_entropy: bool):
