@@ -181,7 +181,6 @@ def with_nan_at(step_index):
     """SFT whose batch at `step_index` carries a NaN (a float field summed into the loss)."""
     def build(config, mesh):
         algo = sft.build(config, mesh)
-        algo.evaluate = algo.summarize = None
         algo.evaluators = []
         batches, loss_fn = algo.batches, algo.loss_fn
 

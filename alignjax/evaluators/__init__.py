@@ -4,7 +4,7 @@ An `Evaluator` is a name, a function `(model, step) -> {figure: value}`, its own
 (optionally) what it reports in summary.json at the end. Each trainer offers the evaluators that
 make sense for it, built lazily (`select`); `config.eval.evaluators` picks among them, each entry
 `name` (every `config.eval_every` steps) or `name:N` (every N steps; 0: only at the end). Empty
-(the default) runs the trainer's defaults. The loop writes the figures of the evaluators due at a
+(the default) runs all the trainer's evaluators. The loop writes the figures of the evaluators due at a
 step as one `eval/` row of metrics.jsonl and puts every evaluator's final figures in
 summary.json.
 
@@ -56,11 +56,13 @@ def parse(entry: str, eval_every: int) -> tuple[str, int]:
     return name.strip(), steps
 
 
-def select(config, available: Mapping[str, Callable[[], EvalFn | tuple[EvalFn, Callable]]],
-           default: Sequence[str]) -> list[Evaluator]:
-    """The evaluators `config.eval.evaluators` names (or `default`) among a trainer's `available`
-    ones: name -> factory returning `fn`, or `(fn, final)`. Factories run only when selected."""
-    entries = tuple(config.get('eval', {}).get('evaluators', ()) or ()) or tuple(default)
+def select(
+        config,
+        available: Mapping[str, Callable[[], EvalFn | tuple[EvalFn, Callable]]]) -> list[Evaluator]:
+    """The evaluators `config.eval.evaluators` names (all of them when empty) among a trainer's
+    `available` ones: name -> factory returning `fn`, or `(fn, final)`. Factories run only when
+    selected."""
+    entries = tuple(config.get('eval', {}).get('evaluators', ()) or ()) or tuple(available)
     out = []
     for entry in entries:
         name, every = parse(entry, config.get('eval_every', 0))

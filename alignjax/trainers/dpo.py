@@ -53,8 +53,8 @@ def _check_loss_config(loss) -> tuple[str, ...]:
         raise ValueError(f'config.loss.types: unknown {unknown}; known: {pref_losses.LOSS_TYPES}')
     alone = [t for t in types if pref_losses.PAIR_LOSSES[t].alone]
     if alone and len(types) > 1:
-        raise ValueError(f'config.loss.types: {alone[0]!r} is reference-free and '
-                         'length-normalised; combine it with no other type')
+        raise ValueError(f'config.loss.types: {alone[0]!r} combines with no other type '
+                         '(its PAIR_LOSSES row)')
     if loss.weights and len(loss.weights) != len(types):
         raise ValueError(f'config.loss.weights has {len(loss.weights)} entries for '
                          f'{len(types)} config.loss.types')
@@ -62,8 +62,8 @@ def _check_loss_config(loss) -> tuple[str, ...]:
 
 
 def uses_reference(loss) -> bool:
-    rows = [pref_losses.PAIR_LOSSES[t] for t in loss.types if t in pref_losses.PAIR_LOSSES]
-    return not (loss.reference_free or (rows and all(r.reference_free for r in rows)))
+    return not (loss.reference_free
+                or all(pref_losses.PAIR_LOSSES[t].reference_free for t in loss.types))
 
 
 def make_loss_fn(loss):
@@ -158,5 +158,5 @@ def build(config, mesh) -> loop.Algorithm:
     }
     if task is None:
         del available['gold']
-    algo.evaluators = evaluators.select(config, available, tuple(available))
+    algo.evaluators = evaluators.select(config, available)
     return algo

@@ -58,9 +58,6 @@ class Algorithm:
       evaluators: `evaluators.Evaluator`s, each run at its own period and at the end (the
         figures of those due at a step written as one `eval/` row; summary.json gets each one's
         final figures).
-      evaluate: a plain `(model, step) -> dict of figures`, run every `eval_every` steps and at
-        the end: one unnamed evaluator beside `evaluators`.
-      summarize: `(model) -> dict` for summary.json, in place of the evaluators' final figures.
       algo_state: controllers carried across steps and checkpoints (an adaptive KL coefficient).
       update_algo_state: `(algo_state, metrics) -> algo_state`, on host after each step.
       epochs, minibatches: optimizer updates per batch (PPO's several epochs of minibatches over
@@ -81,8 +78,6 @@ class Algorithm:
     batches: Callable[[int, nnx.Module, dict], dict]
     frozen: dict[str, nnx.Module] = dataclasses.field(default_factory=dict)
     evaluators: list[evaluators_lib.Evaluator] = dataclasses.field(default_factory=list)
-    evaluate: Callable[[nnx.Module, int], dict] | None = None
-    summarize: Callable[[nnx.Module], dict] | None = None
     algo_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     update_algo_state: Callable[[dict, dict], dict] | None = None
     epochs: int = 1
@@ -92,12 +87,6 @@ class Algorithm:
     @property
     def updates_per_batch(self) -> int:
         return self.epochs * self.minibatches
-
-    def all_evaluators(self, eval_every: int) -> list[evaluators_lib.Evaluator]:
-        extra = [] if self.evaluate is None else [
-            evaluators_lib.Evaluator('evaluate', self.evaluate, eval_every)
-        ]
-        return list(self.evaluators) + extra
 
 
 def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
@@ -378,7 +367,6 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
     with jax.set_mesh(mesh), sharding.use_rules(config.mesh.get('rules')):
         with _refusals(config):
             algo = build(config, mesh)
-        evals = algo.all_evaluators(config.eval_every)
         if config.ckpt_every % algo.save_every:
             raise validation.ValidationError(
                 f'config.ckpt_every={config.ckpt_every} must be a multiple of '
@@ -433,7 +421,8 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                         writer.write(done, {**jax.device_get(metrics), **host_metrics},
                                      tokens=tokens)
                         tokens = 0
-                    evaluated = evaluators_lib.figures_due(evals, model, done, config.total_steps)
+                    evaluated = evaluators_lib.figures_due(algo.evaluators, model, done,
+                                                           config.total_steps)
                     if evaluated:
                         writer.write(done, {f'eval/{k}': v for k, v in evaluated.items()},
                                      timed=False)
@@ -462,10 +451,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         ckpt.wait()
         ckpt.close()
         summary = {'step': int(state['step'])}
-        if algo.summarize is not None:
-            summary.update(algo.summarize(model))
-        else:
-            summary.update(evaluators_lib.summary(evals, model, int(state['step'])))
+        summary.update(evaluators_lib.summary(algo.evaluators, model, int(state['step'])))
         writer.write_summary(summary)
         writer.close()
         logging.info('Summary: %s', summary)

@@ -112,8 +112,6 @@ def check_rl_config(config) -> None:
     if rows % rl.minibatches:
         raise ValueError(f'config.rl.minibatches={rl.minibatches} does not divide the rollout of '
                          f'{rows} rows (data.batch_size * rl.samples_per_prompt)')
-    if rl.epochs < 1 or rl.minibatches < 1:
-        raise ValueError('config.rl.epochs and config.rl.minibatches must be >= 1')
     if config.reward.source not in ('gold', 'reward_model'):
         raise ValueError("config.reward.source must be 'gold' or 'reward_model', "
                          f'got {config.reward.source!r}')
@@ -268,7 +266,7 @@ def online_evaluators(config, task, reference, tok, *, policy_of=lambda model: m
         'gold': lambda: gold.make(config, task, reference, tok, max_new_tokens=config.rl.
                                   max_new_tokens, policy_of=policy_of, scorer=scorer)
     }
-    return evaluators.select(config, available, tuple(available))
+    return evaluators.select(config, available)
 
 
 def build(config, mesh) -> loop.Algorithm:

@@ -70,4 +70,4 @@ def build(config, mesh) -> loop.Algorithm:
     }
     return loop.Algorithm(model=model, loss_fn=loss_fn,
                           batches=lambda step, model, algo_state: stream[step],
-                          evaluators=evaluators.select(config, available, ('preference_accuracy',)))
+                          evaluators=evaluators.select(config, available))

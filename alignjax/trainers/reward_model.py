@@ -104,4 +104,4 @@ def build(config, mesh) -> loop.Algorithm:
     }
     return loop.Algorithm(model=model, loss_fn=loss_fn,
                           batches=lambda step, model, algo_state: stream[step],
-                          evaluators=evaluators.select(config, available, ('reward_accuracy',)))
+                          evaluators=evaluators.select(config, available))

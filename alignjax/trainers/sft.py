@@ -51,5 +51,5 @@ def build(config, mesh) -> loop.Algorithm:
     available = {} if task is None else {
         'gold': lambda: gold.make_policy_only(config, task, tok, initial_policy=initial_policy)
     }
-    algo.evaluators = evaluators.select(config, available, tuple(available))
+    algo.evaluators = evaluators.select(config, available)
     return algo

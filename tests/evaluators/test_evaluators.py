@@ -34,9 +34,12 @@ def test_select_defaults_order_periods_and_laziness():
         'a': lambda: built.append('a') or (lambda m, s: {'a': s}),
         'b': lambda: built.append('b') or (lambda m, s: {'b': s})
     }
-    evs = evaluators.select(config(eval_every=5), available, ('a',))
-    assert [(e.name, e.every) for e in evs] == [('a', 5)] and built == ['a']
-    evs = evaluators.select(config(('b:2', 'a'), eval_every=5), available, ('a',))
+    evs = evaluators.select(config(eval_every=5), available)  # none named: all of them
+    assert [(e.name, e.every) for e in evs] == [('a', 5), ('b', 5)] and built == ['a', 'b']
+    built.clear()
+    evs = evaluators.select(config(('b:2',)), available)  # only the named one is built
+    assert [(e.name, e.every) for e in evs] == [('b', 2)] and built == ['b']
+    evs = evaluators.select(config(('b:2', 'a'), eval_every=5), available)
     assert [(e.name, e.every) for e in evs] == [('b', 2), ('a', 5)]
     # Due at their own periods, never at the last step (the summary covers it), merged in order.
     assert evaluators.figures_due(evs, None, 2, 10) == {'b': 2}
@@ -49,7 +52,7 @@ def test_unknown_evaluator_is_one_line_naming_the_key():
     with pytest.raises(
             ValueError, match=r"config.eval.evaluators: 'gld' is not an evaluator of "
             r"sft; known here: \['gold'\]"):
-        evaluators.select(config(('gld',)), {'gold': lambda: None}, ('gold',))
+        evaluators.select(config(('gld',)), {'gold': lambda: None})
 
 
 def test_loop_runs_each_evaluator_at_its_period(tmp_path):

@@ -35,7 +35,6 @@ def tiny_config(**overrides):
 
 def build_without_eval(config, mesh):
     algo = sft.build(config, mesh)
-    algo.evaluate = algo.summarize = None
     algo.evaluators = []
     return algo
 
