@@ -88,8 +88,9 @@ def _num(default, low=None, strict=False):
     return Key(default, 'number', low, strict)
 
 
-def _one_of(default, *choices):
-    return Key(default, choices=choices)
+def _one_of(*choices):
+    """A key whose value is one of `choices`, the first being its default."""
+    return Key(choices[0], choices=choices)
 
 
 POSITIVE, NON_NEGATIVE = dict(low=0, strict=True), dict(low=0)
@@ -113,17 +114,17 @@ BASE: dict[str, Key] = {
     'data.max_response_len': _int(12, **POSITIVE),
     # Prompts over max_prompt_len: 'left' truncates (keeps a prompt's end), 'skip' drops the
     # record, 'error' refuses the data (naming file:line); decided before training, counts logged.
-    'data.truncation': _one_of('left', 'left', 'skip', 'error'),
+    'data.truncation': _one_of('left', 'skip', 'error'),
     # Which records a chat template renders: 'auto' (all, when the tokenizer has one), 'messages'
     # (conversational records only), 'none', or a Jinja file (see alignjax.data.chat).
     'data.chat_template': Key('auto'),
     # SFT on conversations: 'last' trains on the final reply, 'all' on every assistant turn.
-    'data.sft_turns': _one_of('last', 'last', 'all'),
+    'data.sft_turns': _one_of('last', 'all'),
     'data.eval': Key(''),  # held-out records; '' -> fresh synthetic ones, or a slice of data.train
     'data.eval_fraction': _num(0.05, **POSITIVE),
     'data.num_eval_examples': Key(512),  # synthetic held-out records
     'optim.lr': _num(1e-3, **POSITIVE),
-    'optim.schedule': _one_of('cosine', 'cosine', 'linear', 'constant'),
+    'optim.schedule': _one_of('cosine', 'linear', 'constant'),
     'optim.warmup_steps': _int(20, **NON_NEGATIVE),
     'optim.end_lr_factor': Key(0.1),
     'optim.weight_decay': _num(0.0, **NON_NEGATIVE),
@@ -142,12 +143,12 @@ BASE: dict[str, Key] = {
     'async_checkpoint': Key(True),
     # A non-finite loss or gradient: 'stop' the run (naming the step and the metric) or 'skip'
     # the update (parameters and optimizer state unchanged; counted as nonfinite_skipped).
-    'nonfinite': _one_of('stop', 'stop', 'skip'),
+    'nonfinite': _one_of('stop', 'skip'),
     # Resuming a workdir with other hyperparameters is refused unless this is set (the change is
     # then logged and kept in WORKDIR/config_history.jsonl); see alignjax/workdir.py.
     'allow_config_change': Key(False),
     # An experiment tracker beside TensorBoard: '' (none) or 'wandb' (alignjax.tracking).
-    'tracker': _one_of('', '', 'wandb'),
+    'tracker': _one_of('', 'wandb'),
     'tracker_project': Key('alignjax'),
     'eval.num_prompts': _int(128, **POSITIVE),
     'eval.max_new_tokens': _int(12, **POSITIVE),
@@ -174,13 +175,13 @@ RL: dict[str, Key] = {
     'gamma': Key(1.0),
     'lam': Key(0.95),
     'kl_coef': _num(0.05, **NON_NEGATIVE),
-    'kl_estimator': _one_of('k1', 'k1', 'k2', 'k3'),
-    'kl_in': _one_of('reward', 'reward', 'loss'),
+    'kl_estimator': _one_of('k1', 'k2', 'k3'),
+    'kl_in': _one_of('reward', 'loss'),
     'adaptive_kl': Key(False),
     'kl_target': Key(1.0),
     'kl_horizon': Key(10_000),
     'whiten_advantages': Key(False),
-    'aggregation': _one_of('token_mean', 'token_mean', 'sequence_mean', 'sequence_sum'),
+    'aggregation': _one_of('token_mean', 'sequence_mean', 'sequence_sum'),
     'missing_eos_penalty': Key(0.0),
     'grpo_normalize': Key(True),
     # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
@@ -190,7 +191,7 @@ RL: dict[str, Key] = {
 
 # `config.nash` (`nash`).
 NASH: dict[str, Key] = {
-    'preference': _one_of('model', 'model', 'gold'),
+    'preference': _one_of('model', 'gold'),
     'preference_from': Key(''),
     'tau': _num(0.0, **NON_NEGATIVE),
     'eta': _num(1.0, **POSITIVE),
@@ -218,29 +219,27 @@ BOUNDS: dict[str, Key] = {
 }
 
 
-def _section(table: dict[str, Key], **values) -> ml_collections.ConfigDict:
+def _section(table: dict[str, Key], name: str = 'config', **values) -> ml_collections.ConfigDict:
     """A ConfigDict of a table's defaults (dotted keys nest), `values` replacing some."""
     unknown = sorted(set(values) - set(table))
     if unknown:
-        raise ValueError(f'no config keys {unknown} in this section; known: {sorted(table)}')
+        raise ValueError(f'{name} has no key {unknown[0]!r}; known: {sorted(table)}')
     c = ml_collections.ConfigDict()
     for key, spec in table.items():
-        *path, name = key.split('.')
+        *path, leaf = key.split('.')
         parent = c
         for part in path:
             if part not in parent:
                 parent[part] = ml_collections.ConfigDict()
             parent = parent[part]
-        parent[name] = values.get(key, spec.default)
+        parent[leaf] = values.get(key, spec.default)
     return c
 
 
 def base_config(*, algo: str, model: str = 'tiny', tiny: bool = True) -> ml_collections.ConfigDict:
     """Defaults every experiment shares (`BASE`); the experiment file sets the rest."""
-    c = ml_collections.ConfigDict()
+    c = _section(BASE, total_steps=300 if tiny else 10_000)
     c.algo = algo
-    for key, value in _section(BASE, total_steps=300 if tiny else 10_000).items():
-        c[key] = value
     c.model = model_config_dict(model)
     c.mesh.rules = ml_collections.FieldReference(None, field_type=list)
     return c
@@ -410,11 +409,8 @@ def rl(a: ml_collections.ConfigDict, max_new_tokens: int, **settings) -> ml_coll
     the gold reward and 0.2 with a learned one (whose over-optimisation needs the stronger leash:
     at 0.05 the tiny runs drive the proxy up and the gold reward down)."""
     kl = a.get('kl', -1.0)
-    unknown = sorted(set(settings) - set(RL))
-    if unknown:
-        raise ValueError(f'config.rl has no key {unknown[0]!r}')
     return _section(
-        RL, **{
+        RL, 'config.rl', **{
             'samples_per_prompt': a.k, 'max_new_tokens': max_new_tokens,
             'kl_coef': kl if kl >= 0 else (0.2 if a.get('reward') == 'rm' else 0.05), **settings
         })
@@ -439,6 +435,6 @@ def nash(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if a.preference not in ('model', 'gold'):
         raise ValueError(f"preference must be 'model' or 'gold', got {a.preference!r}")
     return _section(
-        NASH, preference=a.preference, tau=a.tau, eta=a.eta,
+        NASH, 'config.nash', preference=a.preference, tau=a.tau, eta=a.eta,
         preference_from=(f'experiment:experiments/preference_model.py:tiny,task={a.task}'
                          if a.preference == 'model' and a.tiny else ''))
