@@ -28,6 +28,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from alignjax import specs
 from alignjax.data import chat as chat_lib
 from alignjax.data import records as records_lib
 from alignjax.data import sources
@@ -70,8 +71,9 @@ def load_records(
     Returns:
       A list of record dicts, or a random-access ``TfdsRecordSource``.
     """
-    prefix, sep, rest = spec.partition(':')
-    if not sep or not rest:
+    source = specs.Data.parse(spec)
+    prefix, rest = source.scheme, source.rest
+    if not prefix or not rest:
         raise DataError(f'data spec {spec!r} must look like PREFIX:VALUE ({SPECS})')
     if num_examples is not None and num_examples < 0:
         raise DataError(f'{spec}: num_examples must be >= 0 (0: all), got {num_examples}')
