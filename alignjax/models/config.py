@@ -16,9 +16,9 @@ REMAT_POLICIES = ('full', 'save_dots', 'offload_dots')
 # Attention kernels (`models/attention.py`; 'splash' is refused there) and the key count at which
 # 'auto' turns blockwise.
 ATTENTION_IMPLS = ('auto', 'xla', 'blockwise', 'cudnn')
+ATTENTION_THRESHOLD = 2048
 # Models of at most this many layers run their layer scan unrolled by default (`scan_unroll`).
 SHALLOW_LAYERS = 4
-ATTENTION_THRESHOLD = 2048
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -65,7 +65,7 @@ class ModelConfig:
             `lax.scan` (the program, and its compile time, do not grow with depth); False stores
             a list of blocks and unrolls them in Python (the same numbers).
         scan_unroll: layers per iteration of that scan; 0 (default) unrolls a model of at most
-            `SHALLOW_LAYERS` layers whole (on a CPU the loop's per-iteration cost was 15-20% of a
+            `SHALLOW_LAYERS` layers whole (on a CPU the scan's loop was about 15% of a
             2-layer DPO step) and runs deeper ones one layer an iteration, so that their program
             and compile time do not grow with depth.
         attention: 'auto' (the memory-efficient blockwise kernel when a call attends over at
