@@ -23,16 +23,11 @@ def get_config(arg=None):
     c = experiment_lib.online_base('dno', a)
     # Sequence-level objectives (REINFORCE on log pi(y)); the KL to the reference is tau, inside
     # each method's objective.
-    c.rl = experiment_lib.rl(
-        a,
-        c.data.max_response_len,
-        aggregation='sequence_sum',
-        kl_coef=0.0,
-        # Several updates per rollout: the method regresses towards a target
-        # defined by the anchor pi_t (the sampling policy). With a single
-        # update from pi = pi_t, INPO's gradient is (eta tau)^2 times online
-        # IPO's, which Adam cannot tell apart.
-        epochs=2,
-        minibatches=2)
+    # Several updates per rollout: the method regresses towards a target
+    # defined by the anchor pi_t (the sampling policy). With a single
+    # update from pi = pi_t, INPO's gradient is (eta tau)^2 times online
+    # IPO's, which Adam cannot tell apart.
+    c.rl = experiment_lib.rl(a, c.data.max_response_len, aggregation='sequence_sum', kl_coef=0.0,
+                             epochs=2, minibatches=2)
     c.nash = experiment_lib.nash(a)
     return c
