@@ -53,8 +53,8 @@ def _check_loss_config(loss) -> tuple[str, ...]:
         raise ValueError(f'config.loss.types: unknown {unknown}; known: {pref_losses.LOSS_TYPES}')
     alone = [t for t in types if pref_losses.PAIR_LOSSES[t].alone]
     if alone and len(types) > 1:
-        raise ValueError(f'config.loss.types: {alone[0]!r} combines with no other type '
-                         '(its PAIR_LOSSES row)')
+        raise ValueError(f'config.loss.types: {alone[0]!r} stands alone (its PAIR_LOSSES row); '
+                         'combine it with no other type')
     if loss.weights and len(loss.weights) != len(types):
         raise ValueError(f'config.loss.weights has {len(loss.weights)} entries for '
                          f'{len(types)} config.loss.types')
