@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from alignjax import rollout as rollout_lib
 from alignjax import sampling
 from alignjax import sharding
 from alignjax.data import pipeline
@@ -110,11 +111,10 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
         out.update({f'class{c}_fraction': float(np.mean(classes == c)) for c in range(4)})
     if scorer is not None:
         for name, s in (('proxy_reward', samples), ('proxy_reward_ref', ref_samples)):
-            batch = {
-                'prompt': s['prompt'], 'prompt_mask': s['prompt_mask'], 'response': s['tokens'],
-                'response_mask': s['mask']
-            }
-            out[name] = float(np.mean(scorer(prompts, s['texts'], batch)))
+            responses = rollout_lib.Responses(prompt=s['prompt'], prompt_mask=s['prompt_mask'],
+                                              response=s['tokens'], response_mask=s['mask'],
+                                              prompt_texts=prompts, texts=s['texts'])
+            out[name] = float(np.mean(scorer(responses)))
     return out
 
 

@@ -21,10 +21,9 @@ from ml_collections import config_flags
 from alignjax import experiment_lib
 from alignjax import memory_plan
 from alignjax import metrics
+from alignjax import runs
 from alignjax import stages
-from alignjax import trainers
 from alignjax import validation
-from alignjax.trainers import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -63,7 +62,7 @@ def main(argv):
         else:
             if memory_plan.should_plan(config, _MEMORY_PLAN.value):
                 _check_memory(config, _WORKDIR.value)
-            loop.train(config, _WORKDIR.value, trainers.get_builder(config.algo))
+            runs.train(config, _WORKDIR.value)
     except (validation.ValidationError, FloatingPointError) as e:
         sys.exit(f'error: {e}')  # one line: what is wrong and where (also in WORKDIR/error.log)
 

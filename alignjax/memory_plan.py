@@ -47,7 +47,6 @@ from alignjax.data import pipeline
 from alignjax.losses import reward as reward_losses
 from alignjax.models import Decoder, PreferenceModel, RewardModel, ValueModel, scoring
 from alignjax.models import config as model_config
-from alignjax.rollout import response_values
 from alignjax.trainers import common
 from alignjax.trainers import dpo, loop, policy_gradient, sft
 
@@ -296,7 +295,7 @@ def _rollout_programs(config, mesh, rules, cfg):
             'ref_logp': scoring.rows_response_logprobs(nnx.merge(pdef, ref_state), *args, group=k)
         }
         if cdef is not None:
-            out['old_values'] = response_values(nnx.merge(cdef, critic_state), *args)
+            out['old_values'] = scoring.response_values(nnx.merge(cdef, critic_state), *args)
         return out
 
     name = 'rollout: policy + reference' + (' + critic' if cdef is not None else '')

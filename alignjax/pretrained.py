@@ -11,28 +11,25 @@
   `experiment:experiments/sft.py:tiny`), trained once into a cache directory keyed by the hash of
   its resolved config and reused afterwards. This is how every `:tiny` preset runs standalone from
   a fresh workdir. The cache lives in `$ALIGNJAX_CACHE` (default `~/.cache/alignjax`).
+
+This module only reads starting points. Training a missing `experiment:` entry is a whole run,
+so it is done from above the trainers, by `alignjax.runs` before a run builds its models.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 
-import jax
-import numpy as np
+import ml_collections
 from absl import logging
 from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import specs
-from alignjax import trainers
 from alignjax.interop import hf
-from alignjax.trainers import common
-from alignjax.trainers import loop
 
 REPO_ROOT = experiment_lib.REPO_ROOT
 
@@ -44,43 +41,36 @@ def cache_root() -> str:
     return os.environ.get('ALIGNJAX_CACHE', os.path.expanduser('~/.cache/alignjax'))
 
 
-def resolve(spec: str, *, key: str = 'init_from', mesh_shape=None) -> str:
-    """The workdir behind a starting-point spec, training an `experiment:` spec if needed.
+def cache_entry(spec: str) -> tuple[str, ml_collections.ConfigDict]:
+    """(cache workdir, resolved config) of an `experiment:` spec; nothing is trained or written.
 
-    The cache key leaves out the mesh (sharding changes how, not what, is computed), so
-    `mesh_shape` may choose the devices a missing entry is trained on.
+    The cache key leaves out the mesh (sharding changes how, not what, is computed).
     """
-    start = specs.Start.parse(spec)
-    if start.kind != 'experiment':
-        if not os.path.isdir(os.path.join(spec, 'checkpoints')):
-            raise FileNotFoundError(f'config.{key}={spec!r}: no checkpoints/ directory there')
-        return spec
-    exp = experiment_lib.experiment_path(start.value)
+    exp = experiment_lib.experiment_path(specs.Start.parse(spec).value)
     config = experiment_lib.load_config(exp)
     fields = {k: v for k, v in config.to_dict().items() if k not in ('mesh', 'allow_config_change')}
     # Entries written before scanned layers were stored stacked hold the same config.
     fields['layout'] = CHECKPOINT_LAYOUT
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
-    if mesh_shape is not None:
-        config.mesh.shape = tuple(mesh_shape)
     name = os.path.basename(exp.split(':')[0]).removesuffix('.py')
-    workdir = os.path.join(cache_root(), f'{name}-{digest.hexdigest()[:12]}')
-    os.makedirs(cache_root(), exist_ok=True)
-    # One trainer per cache entry, even across concurrent runs (parallel tests, sweeps). In a
-    # multi-process run the training is collective: process 0 holds the lock and decides, the
-    # others follow its answer (a lock of their own would wait on a collective forever).
-    primary = jax.process_index() == 0
-    with open(workdir + '.lock', 'w') if primary else contextlib.nullcontext() as lock:
-        if primary:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        done = os.path.exists(os.path.join(workdir, 'summary.json'))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-            done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
-        if not done:
-            logging.info('config.%s=%r: training it once into %s', key, spec, workdir)
-            with jax.set_mesh(common.make_mesh(config)):
-                loop.train(config, workdir, trainers.get_builder(config.algo))
+    return os.path.join(cache_root(), f'{name}-{digest.hexdigest()[:12]}'), config
+
+
+def is_trained(workdir: str) -> bool:
+    """Whether a cache entry's run has finished (its summary.json is written last)."""
+    return os.path.exists(os.path.join(workdir, 'summary.json'))
+
+
+def resolve(spec: str, *, key: str = 'init_from') -> str:
+    """The workdir behind a starting-point spec (a workdir, or a trained `experiment:` entry)."""
+    if specs.Start.parse(spec).kind != 'experiment':
+        if not os.path.isdir(os.path.join(spec, 'checkpoints')):
+            raise FileNotFoundError(f'config.{key}={spec!r}: no checkpoints/ directory there')
+        return spec
+    workdir, _ = cache_entry(spec)
+    if not is_trained(workdir):
+        raise FileNotFoundError(f'config.{key}={spec!r}: not trained yet (alignjax.runs.train '
+                                f'trains experiment: starting points before a run builds)')
     return workdir
 
 
@@ -110,7 +100,6 @@ def load_params(path: str, abstract_params, *, key: str = 'init_from'):
 
 def run_config(spec: str, *, key: str, algo: str):
     """(workdir, its resolved config) of a finished `algo` run named by a starting-point spec."""
-    import ml_collections  # pylint: disable=g-import-not-at-top
     path = resolve(spec, key=key)
     with open(os.path.join(path, 'config.json')) as f:
         config = ml_collections.ConfigDict(json.load(f))

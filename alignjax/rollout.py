@@ -15,10 +15,14 @@ the update stay in the training sharding. Tokens and log-probs do not depend on 
 On several processes each one samples its own rows; the logged rollout figures are global means
 (throughputs: global sums).
 
-Scorers map (prompt texts, response texts, token batch) to one float per response:
-`GoldScorer` (a synthetic task's gold reward), `RewardModelScorer` (a reward model or ensemble,
-aggregated by mean, min or mean - lambda * std). The Nash family scores pairs instead:
-`GoldPreference` and `ModelPreference` give P(a > b) for two responses to the same prompts.
+A rollout is a `RolloutBatch` (with ReMax's greedy responses as a second one inside it) and a
+dict of host figures for the log, apart. Both types are pytrees of their arrays (the texts are
+left out), so a jitted function takes them whole.
+
+Scorers map `Responses` to one float per response: `GoldScorer` (a synthetic task's gold
+reward), `RewardModelScorer` (a reward model or ensemble, aggregated by mean, min or
+mean - lambda * std). The Nash family scores pairs instead: `GoldPreference` and
+`ModelPreference` give P(a > b) for two `Responses` to the same prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +54,73 @@ class RolloutConfig:
     greedy_baseline: bool = False
 
 
+_TEXTS = ('prompt_texts', 'texts')
+
+
+def _pytree_of_arrays(cls):
+    """Registers dataclass `cls` as a pytree of its fields but the texts (`_TEXTS`), which a
+    rebuilt instance leaves empty: jitted functions take it whole and never key on its text."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in _TEXTS]
+    jax.tree_util.register_pytree_with_keys(
+        cls, lambda x: ([(jax.tree_util.GetAttrKey(n), getattr(x, n)) for n in names], None),
+        lambda _, children: cls(**dict(zip(names, children))), flatten_func=lambda x:
+        ([getattr(x, n) for n in names], None))
+    return cls
+
+
+@_pytree_of_arrays
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Responses:
+    """Responses to prompts, one a row, as host NumPy arrays: what a scorer or a judge reads.
+
+    prompt, prompt_mask: [N, P] (left-padded); response, response_mask: [N, R]. prompt_texts and
+    texts are the decoded prompt and response of each row; a pytree of Responses holds only its
+    arrays (a jitted function sees no text, and its cache does not key on them).
+    """
+
+    prompt: np.ndarray
+    prompt_mask: np.ndarray
+    response: np.ndarray
+    response_mask: np.ndarray
+    prompt_texts: Sequence[str] = ()
+    texts: Sequence[str] = ()
+
+    def tokens(self) -> Responses:
+        """The four token arrays alone (what a model pass reads)."""
+        return Responses(prompt=self.prompt, prompt_mask=self.prompt_mask, response=self.response,
+                         response_mask=self.response_mask)
+
+    def take(self, rows: np.ndarray) -> Responses:
+        """The rows `rows` (arrays and texts)."""
+        return Responses(prompt=self.prompt[rows], prompt_mask=self.prompt_mask[rows],
+                         response=self.response[rows], response_mask=self.response_mask[rows],
+                         prompt_texts=[self.prompt_texts[r] for r in rows],
+                         texts=[self.texts[r] for r in rows])
+
+
+@_pytree_of_arrays
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RolloutBatch(Responses):
+    """One online batch on the host: sampled responses with their scores and model passes.
+
+    sample_logp: [N, R] log-probs under the distribution sampled from (temperature, top-k/p);
+    old_logp, ref_logp: [N, R] the policy's and the reference's teacher-forced log-probs;
+    has_eos: [N] whether the response ended. scores: [N] the scorer's (None for methods that
+    judge pairs); gold: [N] a synthetic task's gold reward (None on real data); old_values:
+    [N, R] the critic's (None without one); greedy: the greedy decode of each prompt, scored and
+    passed the same way (ReMax's baseline; None otherwise), one row a prompt.
+    """
+
+    sample_logp: np.ndarray
+    old_logp: np.ndarray
+    ref_logp: np.ndarray
+    has_eos: np.ndarray
+    scores: np.ndarray | None = None
+    gold: np.ndarray | None = None
+    old_values: np.ndarray | None = None
+    greedy: RolloutBatch | None = None
+
+
 class GoldScorer:
     """A synthetic task's gold reward of each response."""
 
@@ -57,9 +129,8 @@ class GoldScorer:
     def __init__(self, task):
         self.task = task
 
-    def __call__(self, prompts, responses, batch) -> np.ndarray:
-        del batch
-        return self.task.gold_rewards(prompts, responses).astype(np.float32)
+    def __call__(self, responses: Responses) -> np.ndarray:
+        return self.task.gold_rewards(responses.prompt_texts, responses.texts).astype(np.float32)
 
 
 class RewardModelScorer:
@@ -72,18 +143,16 @@ class RewardModelScorer:
         self.mesh = mesh
         graphdef = self.graphdef
 
-        def score(state, batch):
-            tokens = jnp.concatenate([batch['prompt'], batch['response']], axis=1)
-            mask = jnp.concatenate([batch['prompt_mask'], batch['response_mask']], axis=1)
+        def score(state, r: Responses):
+            tokens = jnp.concatenate([r.prompt, r.response], axis=1)
+            mask = jnp.concatenate([r.prompt_mask, r.response_mask], axis=1)
             members = nnx.merge(graphdef, state)(tokens, mask)
             return reward_losses.aggregate_ensemble(members, method=aggregate, lam=lam)
 
         self._score = jax.jit(score)
 
-    def __call__(self, prompts, responses, batch) -> np.ndarray:
-        del prompts, responses
-        keys = ('prompt', 'prompt_mask', 'response', 'response_mask')
-        out = self._score(self.state, sharding.shard_batch({k: batch[k] for k in keys}, self.mesh))
+    def __call__(self, responses: Responses) -> np.ndarray:
+        out = self._score(self.state, sharding.shard_batch(responses.tokens(), self.mesh))
         return sharding.to_local(out).astype(np.float32)
 
 
@@ -95,11 +164,10 @@ class GoldPreference:
     def __init__(self, task):
         self.task = task
 
-    def __call__(self, prompts, texts_a, texts_b, batch_a, batch_b) -> np.ndarray:
-        del batch_a, batch_b
+    def __call__(self, a: Responses, b: Responses) -> np.ndarray:
         return np.array([
-            self.task.gold_preference(p, a, b)
-            for p, a, b in zip(prompts, texts_a, texts_b, strict=True)
+            self.task.gold_preference(p, ya, yb)
+            for p, ya, yb in zip(a.prompt_texts, a.texts, b.texts, strict=True)
         ], np.float32)
 
 
@@ -113,22 +181,19 @@ class ModelPreference:
         self.mesh = mesh
         graphdef = self.graphdef
 
-        def prob(state, a, b):
+        def prob(state, a: Responses, b: Responses):
             cat = lambda x, y: jnp.concatenate([x, y], axis=1)
-            logit = nnx.merge(graphdef, state)(cat(a['prompt'], a['response']),
-                                               cat(a['prompt_mask'], a['response_mask']),
-                                               cat(b['prompt'], b['response']),
-                                               cat(b['prompt_mask'], b['response_mask']))
+            logit = nnx.merge(graphdef, state)(cat(a.prompt, a.response),
+                                               cat(a.prompt_mask, a.response_mask),
+                                               cat(b.prompt, b.response),
+                                               cat(b.prompt_mask, b.response_mask))
             return jax.nn.sigmoid(logit)
 
         self._prob = jax.jit(prob)
 
-    def __call__(self, prompts, texts_a, texts_b, batch_a, batch_b) -> np.ndarray:
-        del prompts, texts_a, texts_b
-        keys = ('prompt', 'prompt_mask', 'response', 'response_mask')
-        a, b = ({k: x[k] for k in keys} for x in (batch_a, batch_b))
-        out = self._prob(self.state, sharding.shard_batch(a, self.mesh),
-                         sharding.shard_batch(b, self.mesh))
+    def __call__(self, a: Responses, b: Responses) -> np.ndarray:
+        out = self._prob(self.state, sharding.shard_batch(a.tokens(), self.mesh),
+                         sharding.shard_batch(b.tokens(), self.mesh))
         return sharding.to_local(out).astype(np.float32)
 
 
@@ -147,8 +212,8 @@ def global_metrics(metrics: dict) -> dict:
 def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1):
     """Jitted (policy, reference, critic) pass over sampled responses. With `group` > 1 the rows
     are groups of `group` samples of one prompt (contiguous): each prompt runs once per model."""
-    def run(policy_state, ref_state, critic_state, batch):
-        args = (batch['prompt'], batch['prompt_mask'], batch['response'], batch['response_mask'])
+    def run(policy_state, ref_state, critic_state, r: Responses):
+        args = (r.prompt, r.prompt_mask, r.response, r.response_mask)
         out = {
             'old_logp': scoring.rows_response_logprobs(nnx.merge(policy_def, policy_state), *args,
                                                        group=group),
@@ -156,19 +221,10 @@ def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1):
                                                        group=group),
         }
         if critic_def is not None:
-            out['old_values'] = response_values(nnx.merge(critic_def, critic_state), *args)
+            out['old_values'] = scoring.response_values(nnx.merge(critic_def, critic_state), *args)
         return out
 
     return jax.jit(run)
-
-
-def response_values(critic, prompt, prompt_mask, response, response_mask):
-    """Critic values V(x, y_<t) [B, R] at the positions that predict each response token."""
-    tokens = jnp.concatenate([prompt, response], axis=1)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-    p = prompt.shape[1]
-    values = critic(tokens, mask)[:, p - 1:p - 1 + response.shape[1]]
-    return values * response_mask.astype(jnp.float32)
 
 
 class Rollout:
@@ -179,7 +235,7 @@ class Rollout:
         index), e.g. `inputs.make_stream(config, 'prompt', records, tok)`.
       records: the prompt records the stream's `index` points into (for prompt texts).
       tok: the tokenizer.
-      scorer: maps (prompt texts, response texts, token batch) to scores [N]; None for
+      scorer: maps `Responses` to scores [N]; None for
         preference-based methods, which score pairs themselves.
       reference: the frozen reference policy.
       config: RolloutConfig.
@@ -245,35 +301,42 @@ class Rollout:
         out = sampling.generate(models, ids['p'], ids['m'], key, config, combine)
         return {k: sharding.to_local(out[k]) for k in ('tokens', 'mask', 'logprobs')}
 
-    def sample_opponents(self, step: int, models, batch: dict, combine=None) -> dict:
+    def sample_opponents(self, step: int, models, batch: Responses, combine=None) -> Responses:
         """Responses of an opponent (a model, or several through `combine`, e.g. Nash-MD's
-        geometric mixture of policy and reference) to the rows of a rollout batch, as tokens,
-        masks and texts: what a preference judge reads; no model pass over them is needed."""
+        geometric mixture of policy and reference) to the rows of a rollout batch: what a
+        preference judge reads; no model pass over them is needed."""
         key = jax.random.fold_in(jax.random.fold_in(self.key, step), 1)
-        out = self._sample(models, batch['prompt'], batch['prompt_mask'], key, self._sampling,
-                           combine)
-        return {
-            'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
-            'response': out['tokens'], 'response_mask': out['mask'],
-            'response_texts': [self.tok.decode(t) for t in out['tokens']]
-        }
+        out = self._sample(models, batch.prompt, batch.prompt_mask, key, self._sampling, combine)
+        return Responses(prompt=batch.prompt, prompt_mask=batch.prompt_mask, response=out['tokens'],
+                         response_mask=out['mask'], prompt_texts=batch.prompt_texts,
+                         texts=[self.tok.decode(t) for t in out['tokens']])
 
-    def _score_and_pass(self, policy, critic, prompt_texts, batch, texts, group=1) -> dict:
+    def _scored(self, policy, critic, prompt, prompt_mask, prompt_texts, sample,
+                group=1) -> RolloutBatch:
+        """The sampled responses decoded, scored and passed through the policy, the reference
+        and the critic (`group` > 1: rows are groups of one prompt's samples)."""
+        r = Responses(prompt=prompt, prompt_mask=prompt_mask, response=sample['tokens'],
+                      response_mask=sample['mask'], prompt_texts=prompt_texts,
+                      texts=[self.tok.decode(t) for t in sample['tokens']])
         policy_def, policy_state = nnx.split(policy)
         critic_def, critic_state = nnx.split(critic) if critic is not None else (None, None)
         fn = _teacher_forced(policy_def, self.ref_def, critic_def, group)
-        out = fn(policy_state, self.ref_state, critic_state, sharding.shard_batch(batch, self.mesh))
+        out = fn(policy_state, self.ref_state, critic_state,
+                 sharding.shard_batch(r.tokens(), self.mesh))
         out = {k: sharding.to_local(v) for k, v in out.items()}
+        scores = gold = None
         if self.scorer is not None:
-            out['scores'] = self.scorer(prompt_texts, texts, batch)
+            scores = self.scorer(r)
         if self.task is not None:  # the gold reward next to a learned scorer's (computed once)
-            out['gold'] = (out['scores'] if isinstance(self.scorer, GoldScorer) else
-                           self.task.gold_rewards(prompt_texts, texts).astype(np.float32))
-        return out
+            gold = (scores if isinstance(self.scorer, GoldScorer) else self.task.gold_rewards(
+                r.prompt_texts, r.texts).astype(np.float32))
+        has_eos = np.any((r.response == self.tok.eos_id) & (r.response_mask > 0), axis=1)
+        return RolloutBatch(**vars(r), sample_logp=sample['logprobs'], old_logp=out['old_logp'],
+                            ref_logp=out['ref_logp'], has_eos=has_eos, scores=scores, gold=gold,
+                            old_values=out.get('old_values'))
 
-    def __call__(self, step: int, policy, critic=None) -> dict:
-        """The host batch of `step`: tokens, masks, old/ref log-probs, (values), scores, and the
-        prompt and response texts (lists: callers keep them off the device)."""
+    def __call__(self, step: int, policy, critic=None) -> tuple[RolloutBatch, dict]:
+        """The rollout of `step` and its host figures (rollout/score, lengths, throughput, ...)."""
         c = self.config
         jax.block_until_ready(nnx.state(policy))  # the previous update is done: time it apart
         start = time.perf_counter()
@@ -283,59 +346,40 @@ class Rollout:
         prompt_texts = [self.records[int(i)]['prompt'] for i in pb['index']]
         prompt = np.repeat(pb['prompt'], k, axis=0)
         prompt_mask = np.repeat(pb['prompt_mask'], k, axis=0)
-        texts = [t for t in prompt_texts for _ in range(k)]
         key = jax.random.fold_in(self.key, step)
         moved_before = self.reshard_s
         sampler = policy if self.generation is None else self.to_generation(policy)
         sample = self._sample(sampler, prompt, prompt_mask, key, self._sampling, placed=True)
         gen_s = time.perf_counter() - start - (self.reshard_s - moved_before)  # sampling only
-        batch = {
-            'prompt': prompt, 'prompt_mask': prompt_mask, 'response': sample['tokens'],
-            'response_mask': sample['mask']
-        }
-        response_texts = [self.tok.decode(t) for t in batch['response']]
-        batch.update(self._score_and_pass(policy, critic, texts, batch, response_texts, group=k))
-        batch['sample_logp'] = sample['logprobs']  # of the distribution sampled from
-        resp_mask = batch['response_mask']
-        batch['has_eos'] = np.any((batch['response'] == self.tok.eos_id) & (resp_mask > 0), axis=1)
+        batch = self._scored(policy, critic, prompt, prompt_mask,
+                             [t for t in prompt_texts for _ in range(k)], sample, group=k)
         metrics = {}
         if c.greedy_baseline:
             greedy = self._sample(sampler, pb['prompt'], pb['prompt_mask'], key, self._greedy,
                                   placed=True)
-            gb = {
-                'prompt': pb['prompt'], 'prompt_mask': pb['prompt_mask'],
-                'response': greedy['tokens'], 'response_mask': greedy['mask']
-            }
-            g = self._score_and_pass(policy, None, prompt_texts, gb,
-                                     [self.tok.decode(t) for t in greedy['tokens']])
-            batch.update({f'greedy_{name}': v for name, v in g.items()})
-            batch['greedy_response'] = greedy['tokens']
-            batch['greedy_response_mask'] = greedy['mask']
-            batch['greedy_has_eos'] = np.any(
-                (greedy['tokens'] == self.tok.eos_id) & (greedy['mask'] > 0), axis=1)
-            if 'scores' in g:
-                metrics['rollout/greedy_score'] = float(np.mean(g['scores']))
+            g = self._scored(policy, None, pb['prompt'], pb['prompt_mask'], prompt_texts, greedy)
+            batch = dataclasses.replace(batch, greedy=g)
+            if g.scores is not None:
+                metrics['rollout/greedy_score'] = float(np.mean(g.scores))
         elapsed = time.perf_counter() - start
-        lengths = resp_mask.sum(axis=1)
+        lengths = batch.response_mask.sum(axis=1)
         new_tokens = int(lengths.sum())
-        kl = ((batch['old_logp'] - batch['ref_logp']) * resp_mask).sum(axis=1)
-        if 'scores' in batch:
-            metrics['rollout/score'] = float(np.mean(batch['scores']))
+        kl = ((batch.old_logp - batch.ref_logp) * batch.response_mask).sum(axis=1)
+        if batch.scores is not None:
+            metrics['rollout/score'] = float(np.mean(batch.scores))
         metrics.update({
             'rollout/kl_to_ref': float(np.mean(kl)),
             'rollout/response_length': float(np.mean(lengths)),
-            'rollout/eos_rate': float(np.mean(batch['has_eos'])),
+            'rollout/eos_rate': float(np.mean(batch.has_eos)),
             'rollout/seconds': elapsed,
             'rollout/tokens_per_s': new_tokens / max(gen_s, 1e-9),
         })
-        if 'gold' in batch:
-            metrics['rollout/gold_reward'] = float(np.mean(batch['gold']))
+        if batch.gold is not None:
+            metrics['rollout/gold_reward'] = float(np.mean(batch.gold))
         if update_s is not None:
             metrics['update/tokens_per_s'] = self._last_end[1] / max(update_s, 1e-9)
         if self.generation is not None:
             metrics['rollout/reshard_s'] = self.reshard_s
             self.reshard_s = 0.0
         self._last_end = (time.perf_counter(), int(prompt_mask.sum()) + new_tokens)
-        batch['metrics'] = global_metrics(metrics)
-        batch['prompt_texts'], batch['response_texts'] = texts, response_texts
-        return batch
+        return batch, global_metrics(metrics)

@@ -30,7 +30,7 @@ from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import pretrained
 from alignjax import rollout as rollout_lib
-from alignjax import trainers
+from alignjax import runs
 from alignjax import validation
 from alignjax.data import inputs
 from alignjax.trainers import common
@@ -86,7 +86,7 @@ def _run(config, workdir: str) -> dict:
             f'({sub.total_steps} steps) -> {stage_dir}', flush=True)
         start = time.time()
         with jax.set_mesh(common.make_mesh(sub)):
-            loop.train(sub, stage_dir, trainers.get_builder(sub.algo))
+            runs.train(sub, stage_dir)
         timings[name] = timings.get(name, 0.0) + time.time() - start
         if jax.process_index() == 0:
             with open(timings_path, 'w') as f:

@@ -175,12 +175,16 @@ def model_context(config) -> tuple[int, str]:
     return 2048, 'a model of unknown context (assumed 2048)'
 
 
+def starting_points(config) -> list[tuple[str, str]]:
+    """(key, spec) of each `*_from` key that `config` sets."""
+    present = [(key, *_lookup(config, key)) for key in _STARTS]
+    return [(key, spec) for key, found, spec in present if found and spec]
+
+
 def check_starting_points(config) -> None:
     """Every `*_from` key names something that exists, is a checkpoint, and fits the model."""
-    for key, policy_shaped in _STARTS.items():
-        present, spec = _lookup(config, key)
-        if not present or not spec:
-            continue
+    for key, spec in starting_points(config):
+        policy_shaped = _STARTS[key]
         if not isinstance(spec, str):
             raise ValidationError(f'config.{key} must be a string, got {spec!r}')
         start = specs.Start.parse(spec)

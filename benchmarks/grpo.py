@@ -137,9 +137,7 @@ class Iteration:
     def __call__(self):
         with jax.set_mesh(self.mesh):
             start = time.perf_counter()
-            host = dict(self.algo.batches(self.step, self.model,
-                                          jax.device_get(self.state['algo'])))
-            host.pop('metrics', None)
+            host, _ = self.algo.batches(self.step, self.model, jax.device_get(self.state['algo']))
             batch = sharding.shard_batch(host, self.mesh)
             mid = time.perf_counter()
             self.state, metrics, finite = self.update(self.state, self.frozen, batch)

@@ -99,8 +99,7 @@ def rl_step(args):
                            new_tokens=64, seed=0, steps=10, repeats=1)
     it = grpo.Iteration(grpo.make_config(a), a)
     with jax.set_mesh(it.mesh):
-        host = dict(it.algo.batches(0, it.model, jax.device_get(it.state['algo'])))
-        host.pop('metrics', None)
+        host, _ = it.algo.batches(0, it.model, jax.device_get(it.state['algo']))
         batch = sharding.shard_batch(host, it.mesh)
         hlo = it.update.lower(it.state, it.frozen, batch).compile().as_text()
     return it, hlo

@@ -136,8 +136,7 @@ class Bench:
     def batch(self, step: int):
         """The sharded update batch of `step` (the rollout), as `loop.train` makes it."""
         algo_state = jax.device_get(self.state['algo'])
-        host_batch = dict(self.algo.batches(step, self.model, algo_state))
-        host_batch.pop('metrics', None)
+        host_batch, _ = self.algo.batches(step, self.model, algo_state)
         return jax.block_until_ready(sharding.shard_batch(host_batch, self.mesh))
 
     def memory(self, step: int = 0) -> dict:

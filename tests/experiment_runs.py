@@ -4,9 +4,7 @@ import json
 import os
 
 from alignjax import experiment_lib
-from alignjax import pretrained
-from alignjax import trainers
-from alignjax.trainers import loop
+from alignjax import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,14 +30,14 @@ def override(config, **overrides):
 def run(workdir, spec: str, **overrides) -> dict:
     """Trains (or resumes) experiment `spec` in `workdir`; returns its summary."""
     config = config_of(spec, **overrides)
-    return loop.train(config, str(workdir), trainers.get_builder(config.algo))
+    return runs.train(config, str(workdir))
 
 
 def cached_summary(spec: str) -> dict:
     """The summary of `experiments/<spec>`, trained once per test session into the shared cache
-    of starting points (`pretrained.resolve`): tests that need the same run (a reward model that
+    of starting points (`runs.starting_point`): tests that need the same run (a reward model that
     is also a starting point) train it once, and tests on two workers train different runs at
     the same time."""
-    workdir = pretrained.resolve(f'experiment:experiments/{spec}', mesh_shape=(1, 1, 1))
+    workdir = runs.starting_point(f'experiment:experiments/{spec}', mesh_shape=(1, 1, 1))
     with open(os.path.join(workdir, 'summary.json')) as f:
         return json.load(f)

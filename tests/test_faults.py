@@ -185,10 +185,11 @@ def with_nan_at(step_index):
         batches, loss_fn = algo.batches, algo.loss_fn
 
         def poisoned(step, model, algo_state):
-            batch = dict(batches(step, model, algo_state))
+            batch, host_metrics = batches(step, model, algo_state)
+            batch = dict(batch)  # the stream's own dict stays as it was
             batch['noise'] = np.full(len(batch['prompt']), np.nan if step == step_index else 0.0,
                                      np.float32)
-            return batch
+            return batch, host_metrics
 
         def loss(model, frozen, batch, rng):
             loss_sum, count, metrics = loss_fn(model, frozen, batch, rng)

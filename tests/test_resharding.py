@@ -80,15 +80,15 @@ def test_reshard_places_every_parameter_on_the_generation_sharding(setup):
 
 @pytest.mark.parametrize('spec', ['tensor', 'replicated'])
 def test_generation_sharding_gives_the_training_sharding_rollout(setup, spec):
-    base, none = rollout_under(setup, 'train')
-    assert none is None and 'rollout/reshard_s' not in base['metrics']
-    other, generation = rollout_under(setup, spec)
+    (base, base_metrics), none = rollout_under(setup, 'train')
+    assert none is None and 'rollout/reshard_s' not in base_metrics
+    (other, other_metrics), generation = rollout_under(setup, spec)
     assert generation.shape == {'tensor': (1, 1, 8), 'replicated': (8, 1, 1)}[spec]
-    np.testing.assert_array_equal(other['response'], base['response'])
-    np.testing.assert_array_equal(other['response_mask'], base['response_mask'])
-    np.testing.assert_allclose(other['sample_logp'], base['sample_logp'], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(other['old_logp'], base['old_logp'], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(other['ref_logp'], base['ref_logp'], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(other['scores'], base['scores'])
-    assert base['response_mask'].sum() > 16  # responses of some length, not all EOS at once
-    assert other['metrics']['rollout/reshard_s'] > 0
+    np.testing.assert_array_equal(other.response, base.response)
+    np.testing.assert_array_equal(other.response_mask, base.response_mask)
+    np.testing.assert_allclose(other.sample_logp, base.sample_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.old_logp, base.old_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.ref_logp, base.ref_logp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(other.scores, base.scores)
+    assert base.response_mask.sum() > 16  # responses of some length, not all EOS at once
+    assert other_metrics['rollout/reshard_s'] > 0

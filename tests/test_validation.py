@@ -1,7 +1,7 @@
 """Bad input is refused before any compute: one clear line, and only WORKDIR/error.log written.
 
 Each case builds the config a researcher would get (an experiment file plus overrides), breaks one
-thing and calls `loop.train` in process: validation runs first, so no case compiles or trains.
+thing and calls `runs.train` in process: validation runs first, so no case compiles or trains.
 Two cases go through `python -m alignjax.main` for the flag-level errors.
 """
 
@@ -18,12 +18,12 @@ from flax import nnx
 
 from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
+from alignjax import runs
 from alignjax import trainers
 from alignjax import validation
 from alignjax.data import inputs
 from alignjax.models import Decoder
 from alignjax.models import config as model_config
-from alignjax.trainers import loop
 
 import experiment_runs
 
@@ -52,7 +52,7 @@ def refused(tmp_path, config, message):
     """Runs `config`, expects the refusal `message` (a regex), and checks the workdir."""
     workdir = tmp_path / 'run'
     with pytest.raises(validation.ValidationError, match=message) as info:
-        loop.train(config, str(workdir), trainers.get_builder(config.algo))
+        runs.train(config, str(workdir))
     text = str(info.value)
     assert '\n' not in text, text
     assert os.listdir(workdir) == ['error.log']

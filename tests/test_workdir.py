@@ -15,6 +15,7 @@ import pytest
 
 from alignjax import checkpoint as ckpt_lib
 from alignjax import metrics as metrics_lib
+from alignjax import runs
 from alignjax import validation
 from alignjax import workdir as workdir_lib
 from alignjax.data import records as records_lib
@@ -255,10 +256,8 @@ def _prompt_file(path, n):
 def test_builder_time_errors_are_one_line_with_error_log(tmp_path, spec, overrides, expected):
     workdir = tmp_path / 'run'
     config = experiment_runs.config_of(spec, **overrides(tmp_path))
-    from alignjax import trainers  # pylint: disable=import-outside-toplevel
-    from alignjax.trainers import loop  # pylint: disable=import-outside-toplevel
     with pytest.raises(validation.ValidationError) as e:
-        loop.train(config, str(workdir), trainers.get_builder(config.algo))
+        runs.train(config, str(workdir))
     assert expected in str(e.value) and '\n' not in str(e.value)
     assert error_log(workdir) == f'error: {e.value}\n'
     assert not os.path.exists(workdir / workdir_lib.LOCK_FILE)

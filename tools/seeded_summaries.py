@@ -31,7 +31,13 @@ config.mesh.shape = (1, 1, 1)
 config.total_steps = int(sys.argv[4])
 config.log_every = 1
 config.ckpt_every = config.total_steps
-summary = loop.train(config, sys.argv[3], trainers.get_builder(config.algo))
+import alignjax, os
+assert alignjax.__file__.startswith(sys.argv[1]), alignjax.__file__
+if os.path.exists(os.path.join(sys.argv[1], 'alignjax', 'runs.py')):  # the top floor
+    from alignjax import runs
+    summary = runs.train(config, sys.argv[3])
+else:  # a tree from before alignjax/runs.py
+    summary = loop.train(config, sys.argv[3], trainers.get_builder(config.algo))
 timed = lambda k: k in metrics.TIMING_KEYS or k.endswith(('seconds', '_per_s', '_s'))
 rows = [{k: v for k, v in r.items() if not timed(k)} for r in metrics.read_metrics(sys.argv[3])]
 print('RESULT ' + json.dumps({'summary': summary, 'metrics': rows}))

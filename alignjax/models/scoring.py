@@ -14,6 +14,10 @@ What makes scoring cheap, in the order it matters (`benchmarks/dpo.py` measures 
   GRPO group) run the prompt through the model once and attend to its cached keys and values.
   Rows stay grouped by prompt ([B, G] flattened prompt-major), so a batch sharded over rows
   needs no communication to share a prompt.
+
+The other heads score the same layout: `chosen_rejected_rewards` (a reward model or ensemble on a
+preference batch's two responses, one forward pass), `pair_logits` (a pairwise preference model,
+one backbone pass) and `response_values` (a critic's V(x, y_<t) at the response positions).
 """
 
 from __future__ import annotations
@@ -235,3 +239,39 @@ def rows_response_logprobs(model, prompt, prompt_mask, response, response_mask, 
     out = grouped_response_logprobs(model, first(prompt), first(prompt_mask), groups(response),
                                     groups(response_mask), with_entropy=with_entropy)
     return jax.tree.map(lambda x: x.reshape(n, r), out)
+
+
+def pair_tokens(batch, first: str, second: str):
+    """[2B, P+R] tokens and mask: (prompt, first) rows, then (prompt, second) rows."""
+    prompt = jnp.concatenate([batch['prompt'], batch['prompt']], axis=0)
+    prompt_mask = jnp.concatenate([batch['prompt_mask'], batch['prompt_mask']], axis=0)
+    response = jnp.concatenate([batch[first], batch[second]], axis=0)
+    response_mask = jnp.concatenate([batch[f'{first}_mask'], batch[f'{second}_mask']], axis=0)
+    return (jnp.concatenate([prompt, response],
+                            axis=1), jnp.concatenate([prompt_mask, response_mask], axis=1))
+
+
+def chosen_rejected_rewards(model, batch):
+    """Member rewards [B, K] of the chosen and the rejected responses (one forward pass)."""
+    tokens, mask = pair_tokens(batch, 'chosen', 'rejected')
+    rewards = model(tokens, mask)
+    b = batch['prompt'].shape[0]
+    return rewards[:b], rewards[b:]
+
+
+def pair_logits(model, batch):
+    """(logit(chosen, rejected), logit(rejected, chosen)), each [B], from one backbone pass."""
+    tokens, mask = pair_tokens(batch, 'chosen', 'rejected')
+    e = model.embed(tokens, mask)
+    b = batch['prompt'].shape[0]
+    ec, er = e[:b], e[b:]
+    return model.score(ec, er) - model.score(er, ec), model.score(er, ec) - model.score(ec, er)
+
+
+def response_values(critic, prompt, prompt_mask, response, response_mask):
+    """Critic values V(x, y_<t) [B, R] at the positions that predict each response token."""
+    tokens = jnp.concatenate([prompt, response], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+    p = prompt.shape[1]
+    values = critic(tokens, mask)[:, p - 1:p - 1 + response.shape[1]]
+    return values * response_mask.astype(jnp.float32)

@@ -21,7 +21,6 @@ import json
 import os
 import time
 
-from alignjax import specs
 from alignjax.trainers import common
 
 import numpy as np
@@ -83,40 +82,22 @@ def run(workdir: str, spec: str, overrides: dict | None = None) -> dict:
 
 def _train(workdir: str, spec: str, overrides: dict | None) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
-    from alignjax import trainers  # pylint: disable=g-import-not-at-top
-    from alignjax.trainers import loop  # pylint: disable=g-import-not-at-top
+    from alignjax import runs  # pylint: disable=g-import-not-at-top
     config = config_of(spec, overrides)
     start = time.perf_counter()
     log(f'training {spec} {overrides or ""} -> {workdir}')
-    resolve_starting_points(config)
+    runs.train_starting_points(config, mesh_shape=ONE_DEVICE)
     with jax.set_mesh(common.make_mesh(config)):
-        summary = loop.train(config, workdir, trainers.get_builder(config.algo))
+        summary = runs.train(config, workdir)
     log(f'  done in {time.perf_counter() - start:.0f} s')
     return summary
 
 
-def resolve_starting_points(config) -> None:
-    """Trains (once, on one device) the cached `experiment:` starting points of a config."""
-    from alignjax import pretrained  # pylint: disable=g-import-not-at-top
-    starts = [
-        config.get('init_from', ''),
-        config.get('reference_from', ''),
-        config.get('backbone_from', '')
-    ]
-    if 'reward' in config and 'reward_from' in config.reward:
-        starts.append(config.reward.reward_from)
-    if 'nash' in config:
-        starts.append(config.nash.preference_from)
-    for spec in starts:
-        if specs.Start.parse(spec).kind == 'experiment':
-            pretrained.resolve(spec, mesh_shape=ONE_DEVICE)
-
-
 def starting_point(spec: str) -> str:
     """The workdir of a cached starting point ('sft.py:tiny'), trained once if missing."""
-    from alignjax import pretrained  # pylint: disable=g-import-not-at-top
+    from alignjax import runs  # pylint: disable=g-import-not-at-top
     experiments_dir()  # a clear error outside a repository checkout
-    return pretrained.resolve(f'experiment:experiments/{spec}', mesh_shape=ONE_DEVICE)
+    return runs.starting_point(f'experiment:experiments/{spec}', mesh_shape=ONE_DEVICE)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -139,12 +139,12 @@ def build(config, mesh) -> loop.Algorithm:
 
     loss_fn = make_loss_fn(config.loss)
     if config.loss.precompute_ref:
-        algo = loop.Algorithm(model=policy, loss_fn=loss_fn,
-                              batches=lambda step, model, algo_state: ref(stream[step]))
+        algo = loop.Algorithm(model=policy, loss_fn=loss_fn, batches=lambda step, model, algo_state:
+                              (ref(stream[step]), {}))
     else:
         frozen = {'reference': reference} if uses_reference(config.loss) else {}
         algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen,
-                              batches=lambda step, model, algo_state: stream[step])
+                              batches=loop.from_stream(stream))
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)

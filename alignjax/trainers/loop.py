@@ -51,8 +51,10 @@ class Algorithm:
     Attributes:
       model: the trainable model, already sharded.
       loss_fn: pure loss over a batch (see LossFn).
-      batches: `(step, model, algo_state) -> dict of process-local NumPy arrays`; offline sources
-        ignore the model, online ones sample from it. Deterministic in the step.
+      batches: `(step, model, algo_state) -> (batch, host figures)`: the update's batch as a dict
+        of process-local NumPy arrays, and a dict of figures measured on the host while making it
+        (rollout reward, lengths, throughput), logged with the update's metrics. Offline sources
+        ignore the model (`from_stream`), online ones sample from it. Deterministic in the step.
       frozen: models the loss reads but does not train (reference, reward); passed to the jitted
         update as arguments, never baked in as constants.
       evaluators: `evaluators.Evaluator`s, each run at its own period and at the end (the
@@ -68,14 +70,11 @@ class Algorithm:
       save_every: checkpoints only at multiples of this step (besides the last): algorithms whose
         batch source holds state between steps (Nash mirror prox's anchor policy) save only where
         that state is the current parameters; a preemption waits for the next such step.
-
-    `batches` may put a dict of host figures under the key 'metrics' (rollout reward, lengths,
-    throughput); the loop logs them with the update's metrics.
     """
 
     model: nnx.Module
     loss_fn: LossFn
-    batches: Callable[[int, nnx.Module, dict], dict]
+    batches: Callable[[int, nnx.Module, dict], tuple[dict, dict]]
     frozen: dict[str, nnx.Module] = dataclasses.field(default_factory=dict)
     evaluators: list[evaluators_lib.Evaluator] = dataclasses.field(default_factory=list)
     algo_state: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -87,6 +86,12 @@ class Algorithm:
     @property
     def updates_per_batch(self) -> int:
         return self.epochs * self.minibatches
+
+
+def from_stream(stream) -> Callable[[int, nnx.Module, dict], tuple[dict, dict]]:
+    """`Algorithm.batches` of an offline source: batch `step` of a random-access stream, no
+    host figures."""
+    return lambda step, model, algo_state: (stream[step], {})
 
 
 def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
@@ -399,8 +404,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
             with ckpt_lib.PreemptionGuard() as guard:
                 for step in range(start, config.total_steps):
                     algo_state = jax.device_get(state['algo'])
-                    host_batch = dict(algo.batches(step, model, algo_state))
-                    host_metrics = host_batch.pop('metrics', {})
+                    host_batch, host_metrics = algo.batches(step, model, algo_state)
                     tokens += _count_tokens(host_batch)  # on host: no device round trip per step
                     batch = sharding.shard_batch(host_batch, mesh)
                     state, metrics, finite = update(state, frozen_states, batch)

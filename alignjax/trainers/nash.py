@@ -117,19 +117,13 @@ def check_nash_config(config) -> None:
         raise ValueError("config.nash.preference='gold' needs a synthetic config.data.train")
 
 
-def group_preferences(oracle, raw: dict, k: int) -> np.ndarray:
+def group_preferences(oracle, raw: rollout_lib.Responses, k: int) -> np.ndarray:
     """[G, k, k] matrix of P(y_gi > y_gj) over the k samples of each prompt (rows contiguous)."""
-    n = len(raw['response'])
-    g = n // k
+    g = len(raw.response) // k
     i, j = np.triu_indices(k, 1)
     rows_a = (np.arange(g)[:, None] * k + i[None]).reshape(-1)
     rows_b = (np.arange(g)[:, None] * k + j[None]).reshape(-1)
-    take = lambda rows: {
-        key: raw[key][rows] for key in ('prompt', 'prompt_mask', 'response', 'response_mask')
-    }
-    texts = raw['response_texts']
-    p = oracle([raw['prompt_texts'][r] for r in rows_a], [texts[r] for r in rows_a],
-               [texts[r] for r in rows_b], take(rows_a), take(rows_b)).reshape(g, -1)
+    p = oracle(raw.take(rows_a), raw.take(rows_b)).reshape(g, -1)
     out = np.full((g, k, k), 0.5, np.float32)
     out[:, i, j] = p
     out[:, j, i] = 1.0 - p
@@ -186,8 +180,8 @@ class Opponents:
             self._seq_logps = jax.jit(lambda s, *a: jnp.sum(
                 scoring.response_logprobs(nnx.merge(graphdef, s), *a), axis=-1))
 
-    def anchor_logp(self, batch) -> np.ndarray:
-        args = [batch[k] for k in ('prompt', 'prompt_mask', 'response', 'response_mask')]
+    def anchor_logp(self, r: rollout_lib.Responses) -> np.ndarray:
+        args = (r.prompt, r.prompt_mask, r.response, r.response_mask)
         return np.asarray(self._seq_logps(nnx.state(self.anchor), *args))
 
 
@@ -210,8 +204,8 @@ def build(config, mesh) -> loop.Algorithm:
     mixture = sampling.geometric_mixture(float(n.mixture))
 
     def pg_batch(step, model, raw):
-        mask = raw['response_mask'].astype(np.float32)
-        logp, ref = raw['old_logp'].sum(1), raw['ref_logp'].sum(1)
+        mask = raw.response_mask.astype(np.float32)
+        logp, ref = raw.old_logp.sum(1), raw.ref_logp.sum(1)
         metrics = {}
         if method.opponent == 'group':
             pref = group_preferences(oracle, raw, k)
@@ -224,8 +218,7 @@ def build(config, mesh) -> loop.Algorithm:
             else:
                 opponents.refresh(step, model)
                 opp = rollout.sample_opponents(step, opponents.opponent, raw)
-            pref = oracle(raw['prompt_texts'], raw['response_texts'], opp['response_texts'], raw,
-                          opp)
+            pref = oracle(raw, opp)
             if method.opponent == 'mixture':
                 adv = np.asarray(nash_losses.nash_md_advantages(pref, logp, ref, tau=n.tau))
             else:
@@ -233,28 +226,28 @@ def build(config, mesh) -> loop.Algorithm:
                     nash_losses.proximal_advantages(pref, logp, ref, opponents.anchor_logp(raw),
                                                     tau=n.tau, eta=n.eta))
             metrics['rollout/win_rate_vs_opponent'] = float(np.mean(pref))
-        batch = {key: raw[key] for key in policy_gradient.TRAIN_KEYS}
+        batch = policy_gradient.train_arrays(raw)
         batch['advantages'] = np.asarray(adv_lib.sequence_to_tokens(adv, mask))
         return batch, metrics
 
     def pair_batch(raw):
-        g = len(raw['response']) // k
+        g = len(raw.response) // k
         group = lambda x: x.reshape(g, k, *x.shape[1:])
         pref = group_preferences(oracle, raw, k)
         win = np.asarray(nash_losses.group_win_rates(pref))
         batch = {
-            key: group(raw[key]) for key in ('prompt', 'prompt_mask', 'response', 'response_mask')
+            'prompt': group(raw.prompt), 'prompt_mask': group(raw.prompt_mask),
+            'response': group(raw.response), 'response_mask': group(raw.response_mask),
+            'ref_logp': group(raw.ref_logp.sum(1)), 'anchor_logp': group(raw.old_logp.sum(1)),
+            'pref': pref, 'win': win
         }
-        batch.update(ref_logp=group(raw['ref_logp'].sum(1)),
-                     anchor_logp=group(raw['old_logp'].sum(1)), pref=pref, win=win)
         return batch, {'rollout/win_rate_spread': float(np.mean(np.abs(win - 0.5)))}
 
     def batches(step, model, algo_state):
         del algo_state
-        raw = rollout(step, model)
-        batch, metrics = pair_batch(raw) if method.pair_loss else pg_batch(step, model, raw)
-        batch['metrics'] = {**raw['metrics'], **rollout_lib.global_metrics(metrics)}
-        return batch
+        raw, metrics = rollout(step, model)
+        batch, own = pair_batch(raw) if method.pair_loss else pg_batch(step, model, raw)
+        return batch, {**metrics, **rollout_lib.global_metrics(own)}
 
     loss_fn = (make_pair_loss_fn(config) if method.pair_loss else policy_gradient.make_loss_fn(
         config, critic=False))

@@ -126,7 +126,7 @@ def check_rl_config(config) -> None:
 
 
 def make_advantage_fn(config):
-    """Jitted (host batch, kl_coef) -> (advantages [N, R], returns or None, metrics)."""
+    """Jitted (rollout batch, kl_coef) -> (advantages [N, R], returns or None, metrics)."""
     rl, row = config.rl, ONLINE_ALGOS[config.algo]
     k = rl.samples_per_prompt
 
@@ -137,27 +137,25 @@ def make_advantage_fn(config):
         coef = kl_coef if rl.kl_in == 'reward' else 0.0
         return scores, kl, coef
 
-    def fn(b, kl_coef):
-        mask = b['response_mask'].astype(jnp.float32)
-        scores, kl, coef = penalised(b['scores'], b['has_eos'], b['old_logp'], b['ref_logp'], mask,
-                                     kl_coef)
+    def fn(b: rollout_lib.RolloutBatch, kl_coef):
+        mask = b.response_mask.astype(jnp.float32)
+        scores, kl, coef = penalised(b.scores, b.has_eos, b.old_logp, b.ref_logp, mask, kl_coef)
         metrics = {'rollout/kl_penalty': jnp.mean(jnp.sum(kl, axis=1)) * coef}
         returns = None
         if row.advantages is None:
             rewards = pg.token_rewards(scores, kl, mask, kl_coef=coef)
-            adv, returns = adv_lib.gae(rewards, b['old_values'], mask, gamma=rl.gamma, lam=rl.lam)
+            adv, returns = adv_lib.gae(rewards, b.old_values, mask, gamma=rl.gamma, lam=rl.lam)
             metrics['rollout/explained_variance'] = adv_lib.explained_variance(
-                b['old_values'], returns, mask)
-            metrics['rollout/value_mean'] = jnp.sum(b['old_values'] * mask) / jnp.maximum(
+                b.old_values, returns, mask)
+            metrics['rollout/value_mean'] = jnp.sum(b.old_values * mask) / jnp.maximum(
                 jnp.sum(mask), 1.0)
         else:
             seq = scores - coef * jnp.sum(kl, axis=1)
             baseline = None
             if row.greedy_baseline:
-                gmask = b['greedy_response_mask'].astype(jnp.float32)
-                g_scores, g_kl, _ = penalised(b['greedy_scores'], b['greedy_has_eos'],
-                                              b['greedy_old_logp'], b['greedy_ref_logp'], gmask,
-                                              kl_coef)
+                g = b.greedy
+                g_scores, g_kl, _ = penalised(g.scores, g.has_eos, g.old_logp, g.ref_logp,
+                                              g.response_mask.astype(jnp.float32), kl_coef)
                 baseline = jnp.repeat(g_scores - coef * jnp.sum(g_kl, axis=1), k)
             adv = row.advantages(seq, mask, k=k, rl=rl, baseline=baseline)
         if rl.whiten_advantages:
@@ -190,7 +188,7 @@ def make_loss_fn(config, *, critic: bool | None = None):
                                                 dual_clip=rl.dual_clip or None, mode=rl.aggregation)
         metrics = dict(metrics, policy_loss=(total, weight))
         if critic:
-            values = rollout_lib.response_values(model.critic, *args)
+            values = scoring.response_values(model.critic, *args)
             v_sum, _, v_metrics = pg.value_loss(values, batch['old_values'], batch['returns'], mask,
                                                 clip=rl.value_clip or None, mode=rl.aggregation)
             total = total + rl.vf_coef * v_sum
@@ -228,10 +226,20 @@ def build_critic(config, mesh, reward_model):
     return critic
 
 
-ADVANTAGE_KEYS = ('response_mask', 'scores', 'has_eos', 'old_logp', 'ref_logp', 'old_values',
-                  'greedy_response_mask', 'greedy_scores', 'greedy_has_eos', 'greedy_old_logp',
-                  'greedy_ref_logp')
+def advantage_inputs(raw: rollout_lib.RolloutBatch) -> rollout_lib.RolloutBatch:
+    """The rollout less what the advantages do not read (tokens, sampling log-probs, gold), which
+    then stays on the host."""
+    drop = dict(prompt=None, prompt_mask=None, response=None, sample_logp=None, gold=None)
+    greedy = None if raw.greedy is None else dataclasses.replace(raw.greedy, **drop)
+    return dataclasses.replace(raw, **drop, greedy=greedy)
+
+
 TRAIN_KEYS = ('prompt', 'prompt_mask', 'response', 'response_mask', 'old_logp', 'ref_logp')
+
+
+def train_arrays(raw: rollout_lib.RolloutBatch) -> dict:
+    """What the policy loss reads of a rollout (the update's batch adds its advantages)."""
+    return {k: getattr(raw, k) for k in TRAIN_KEYS}
 
 
 def online_setup(config, mesh):
@@ -296,21 +304,17 @@ def build(config, mesh) -> loop.Algorithm:
 
     def batches(step, model, algo_state):
         policy, critic = (model.policy, model.critic) if row.critic else (model, None)
-        raw = rollout(step, policy, critic)
+        raw, metrics = rollout(step, policy, critic)
         kl_coef = float(algo_state['kl_coef'])
-        # Only what the advantages read goes to the device (not tokens, texts or gold scores).
-        arrays = {k: raw[k] for k in ADVANTAGE_KEYS if k in raw}
-        adv, returns, adv_metrics = jax.device_get(advantage_fn(arrays, kl_coef))
-        batch = {k: raw[k] for k in TRAIN_KEYS}
+        adv, returns, adv_metrics = jax.device_get(advantage_fn(advantage_inputs(raw), kl_coef))
+        batch = train_arrays(raw)
         batch['advantages'] = np.asarray(adv)
         if row.critic:
-            batch['old_values'], batch['returns'] = raw['old_values'], np.asarray(returns)
+            batch['old_values'], batch['returns'] = raw.old_values, np.asarray(returns)
         batch['kl_coef'] = np.full((len(adv),), kl_coef, np.float32)
-        metrics = dict(raw['metrics'],
-                       **rollout_lib.global_metrics({k: float(v) for k, v in adv_metrics.items()}))
+        metrics.update(rollout_lib.global_metrics({k: float(v) for k, v in adv_metrics.items()}))
         metrics['kl_coef'] = kl_coef
-        batch['metrics'] = metrics
-        return batch
+        return batch, metrics
 
     def update_algo_state(algo_state, metrics):
         if not rl.adaptive_kl:

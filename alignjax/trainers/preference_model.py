@@ -18,19 +18,9 @@ from alignjax.data import inputs
 from alignjax.evaluators import preference_accuracy
 from alignjax.losses import preference as pref_losses
 from alignjax.losses import reward as reward_losses
-from alignjax.models import PreferenceModel
+from alignjax.models import PreferenceModel, scoring
 from alignjax.trainers import common
 from alignjax.trainers import loop
-from alignjax.trainers.reward_model import pair_tokens
-
-
-def pair_logits(model, batch):
-    """(logit(chosen, rejected), logit(rejected, chosen)), each [B], from one backbone pass."""
-    tokens, mask = pair_tokens(batch, 'chosen', 'rejected')
-    e = model.embed(tokens, mask)
-    b = batch['prompt'].shape[0]
-    ec, er = e[:b], e[b:]
-    return model.score(ec, er) - model.score(er, ec), model.score(er, ec) - model.score(ec, er)
 
 
 def build_preference_model(config, mesh):
@@ -56,18 +46,18 @@ def build(config, mesh) -> loop.Algorithm:
 
     def loss_fn(model, frozen, batch, rng):
         del frozen, rng
-        l_cr, l_rc = pair_logits(model, batch)
+        l_cr, l_rc = scoring.pair_logits(model, batch)
         loss_sum, count = pref_losses.preference_model_loss(l_cr, l_rc)
         correct, n = reward_losses.pairwise_accuracy(l_cr, jnp.zeros_like(l_cr))
         return loss_sum, count, {'accuracy': (correct, n)}
 
     graphdef = nnx.graphdef(model)
-    logits_jit = jax.jit(lambda state, batch: pair_logits(nnx.merge(graphdef, state), batch)[0])
+    logits_jit = jax.jit(
+        lambda state, batch: scoring.pair_logits(nnx.merge(graphdef, state), batch)[0])
     task = inputs.synthetic_task(config)
     available = {
         'preference_accuracy': lambda: preference_accuracy.make(config, held_out, tok, mesh, logits=
                                                                 logits_jit, task=task)
     }
-    return loop.Algorithm(model=model, loss_fn=loss_fn,
-                          batches=lambda step, model, algo_state: stream[step],
+    return loop.Algorithm(model=model, loss_fn=loss_fn, batches=loop.from_stream(stream),
                           evaluators=evaluators.select(config, available))

@@ -17,27 +17,9 @@ from alignjax import sharding
 from alignjax.data import inputs
 from alignjax.evaluators import reward_accuracy
 from alignjax.losses import reward as reward_losses
-from alignjax.models import RewardEnsemble, RewardModel
+from alignjax.models import RewardEnsemble, RewardModel, scoring
 from alignjax.trainers import common
 from alignjax.trainers import loop
-
-
-def pair_tokens(batch, first: str, second: str):
-    """[2B, P+R] tokens and mask: (prompt, first) rows, then (prompt, second) rows."""
-    prompt = jnp.concatenate([batch['prompt'], batch['prompt']], axis=0)
-    prompt_mask = jnp.concatenate([batch['prompt_mask'], batch['prompt_mask']], axis=0)
-    response = jnp.concatenate([batch[first], batch[second]], axis=0)
-    response_mask = jnp.concatenate([batch[f'{first}_mask'], batch[f'{second}_mask']], axis=0)
-    return (jnp.concatenate([prompt, response],
-                            axis=1), jnp.concatenate([prompt_mask, response_mask], axis=1))
-
-
-def chosen_rejected_rewards(model, batch):
-    """Member rewards [B, K] of the chosen and the rejected responses (one forward pass)."""
-    tokens, mask = pair_tokens(batch, 'chosen', 'rejected')
-    rewards = model(tokens, mask)
-    b = batch['prompt'].shape[0]
-    return rewards[:b], rewards[b:]
 
 
 def build_reward_model(config, mesh):
@@ -83,7 +65,7 @@ def build(config, mesh) -> loop.Algorithm:
 
     def loss_fn(model, frozen, batch, rng):
         del frozen, rng
-        rc, rr = chosen_rejected_rewards(model, batch)
+        rc, rr = scoring.chosen_rejected_rewards(model, batch)
         margin = batch['margin'] if r.use_margin else None
         loss_sum, count = reward_losses.bradley_terry_loss(rc, rr, margin=margin,
                                                            centering=r.centering)
@@ -96,12 +78,11 @@ def build(config, mesh) -> loop.Algorithm:
 
     graphdef = nnx.graphdef(model)
     score_jit = jax.jit(
-        lambda state, batch: chosen_rejected_rewards(nnx.merge(graphdef, state), batch))
+        lambda state, batch: scoring.chosen_rejected_rewards(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)
     available = {
         'reward_accuracy': lambda: reward_accuracy.make(config, held_out, tok, mesh, score=
                                                         score_jit, task=task)
     }
-    return loop.Algorithm(model=model, loss_fn=loss_fn,
-                          batches=lambda step, model, algo_state: stream[step],
+    return loop.Algorithm(model=model, loss_fn=loss_fn, batches=loop.from_stream(stream),
                           evaluators=evaluators.select(config, available))

@@ -38,8 +38,7 @@ def build(config, mesh) -> loop.Algorithm:
                                    process_count=jax.process_count())
     policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
-    algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn,
-                          batches=lambda step, model, algo_state: stream[step])
+    algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn, batches=loop.from_stream(stream))
     task = inputs.synthetic_task(config)
 
     def initial_policy():

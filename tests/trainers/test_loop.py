@@ -123,10 +123,11 @@ def test_non_finite_step_stops_before_its_checkpoint(tmp_path):
         batches, loss_fn = algo.batches, algo.loss_fn
 
         def with_poison(step, model, algo_state):
-            batch = dict(batches(step, model, algo_state))
+            batch, host_metrics = batches(step, model, algo_state)
+            batch = dict(batch)  # the stream's own dict stays as it was
             rows = len(batch['prompt'])
             batch['poison'] = np.full(rows, np.nan if step == 3 else 0.0, np.float32)
-            return batch
+            return batch, host_metrics
 
         def loss_with_poison(model, frozen, batch, rng):
             loss_sum, count, metrics = loss_fn(model, frozen, batch, rng)

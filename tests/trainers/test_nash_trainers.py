@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from alignjax import metrics as metrics_lib
-from alignjax import pretrained
+from alignjax import rollout as rollout_lib
+from alignjax import runs
 from alignjax.checkpoint import Checkpointer
 from alignjax.trainers import nash
 
@@ -14,7 +15,8 @@ from experiment_runs import run
 
 @pytest.fixture(scope='module', autouse=True)
 def starting_point():
-    pretrained.resolve('experiment:experiments/sft.py:tiny,task=intransitive', mesh_shape=(1, 1, 1))
+    runs.starting_point('experiment:experiments/sft.py:tiny,task=intransitive',
+                        mesh_shape=(1, 1, 1))
 
 
 @pytest.mark.parametrize('method', nash.METHODS)
@@ -35,16 +37,13 @@ def test_group_preferences_are_antisymmetric_and_in_row_order():
     k = 3
     texts = ['a', 'bb', 'ccc', 'dddd', 'eeeee', 'ffffff']  # two prompts, three samples each
 
-    def oracle(prompts, texts_a, texts_b, batch_a, batch_b):  # longer wins, by a known margin
-        del prompts, batch_a, batch_b
-        return np.array([0.5 + 0.05 * (len(a) - len(b)) for a, b in zip(texts_a, texts_b)],
+    def oracle(a, b):  # longer wins, by a known margin
+        return np.array([0.5 + 0.05 * (len(x) - len(y)) for x, y in zip(a.texts, b.texts)],
                         np.float32)
 
     zeros = np.zeros((6, 2), np.int32)
-    raw = {
-        'prompt': zeros, 'prompt_mask': zeros, 'response': zeros, 'response_mask': zeros,
-        'prompt_texts': ['p'] * 6, 'response_texts': texts
-    }
+    raw = rollout_lib.Responses(prompt=zeros, prompt_mask=zeros, response=zeros,
+                                response_mask=zeros, prompt_texts=['p'] * 6, texts=texts)
     m = nash.group_preferences(oracle, raw, k)
     assert m.shape == (2, 3, 3)
     np.testing.assert_allclose(m + m.transpose(0, 2, 1), 1.0, atol=1e-6)

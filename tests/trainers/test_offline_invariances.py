@@ -14,11 +14,9 @@ from alignjax import trainers
 from alignjax.data import pipeline
 from alignjax.data import synthetic
 from alignjax.data.tokenizer import ByteTokenizer
-from alignjax.models import Decoder, PreferenceModel, RewardModel, get_model_config
+from alignjax.models import Decoder, PreferenceModel, RewardModel, get_model_config, scoring
 from alignjax.trainers import dpo
 from alignjax.trainers import loop
-from alignjax.trainers import preference_model
-from alignjax.trainers import reward_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = get_model_config('tiny')
@@ -94,11 +92,10 @@ def test_reward_and_preference_scores_ignore_padding():
     rm = RewardModel(CFG, rngs=nnx.Rngs(1), num_heads=3)
     pm = PreferenceModel(CFG, rngs=nnx.Rngs(2))
     a, b = preference_batch(), preference_batch(prompt_len=13, response_len=20)
-    for x, y in zip(reward_model.chosen_rejected_rewards(rm, a),
-                    reward_model.chosen_rejected_rewards(rm, b), strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
-    for x, y in zip(preference_model.pair_logits(pm, a), preference_model.pair_logits(pm, b),
+    for x, y in zip(scoring.chosen_rejected_rewards(rm, a), scoring.chosen_rejected_rewards(rm, b),
                     strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    for x, y in zip(scoring.pair_logits(pm, a), scoring.pair_logits(pm, b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
@@ -119,7 +116,7 @@ def test_precomputed_reference_equals_per_step_reference(tmp_path):
         def capture(config, mesh):
             algo = build(config, mesh)
             captured['frozen'] = sorted(algo.frozen)
-            captured['batches'] = [algo.batches(s, None, {}) for s in range(3)]
+            captured['batches'] = [algo.batches(s, None, {})[0] for s in range(3)]
             algo.evaluators = []
             return algo
 

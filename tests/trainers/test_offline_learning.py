@@ -6,7 +6,7 @@ is trained once per session into the test cache (tests/conftest.py) and shared.
 
 import pytest
 
-from alignjax import pretrained
+from alignjax import runs
 
 from experiment_runs import cached_summary, run
 
@@ -14,7 +14,7 @@ from experiment_runs import cached_summary, run
 @pytest.fixture(scope='module', autouse=True)
 def sft_starting_points():
     """The SFT policies the :tiny presets start from, trained once on one device."""
-    pretrained.resolve('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
+    runs.starting_point('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
 
 
 @pytest.mark.parametrize('loss', ['sigmoid', 'ipo', 'hinge'])

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from alignjax import metrics as metrics_lib
-from alignjax import pretrained
-from alignjax import trainers
-from alignjax.trainers import loop
+from alignjax import runs
 
 from experiment_runs import config_of, run
 
@@ -21,9 +19,9 @@ from experiment_runs import config_of, run
 @pytest.fixture(scope='module', autouse=True)
 def starting_points():
     """The SFT policy and reward model the :tiny presets use, trained once on one device."""
-    pretrained.resolve('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
-    pretrained.resolve('experiment:experiments/reward_model.py:tiny,task=transitive',
-                       mesh_shape=(1, 1, 1))
+    runs.starting_point('experiment:experiments/sft.py:tiny,task=transitive', mesh_shape=(1, 1, 1))
+    runs.starting_point('experiment:experiments/reward_model.py:tiny,task=transitive',
+                        mesh_shape=(1, 1, 1))
 
 
 # (algorithm, margin over the SFT start's gold reward). Measured gold rewards at the :tiny
@@ -99,7 +97,7 @@ def test_sharded_iterations_equal_one_device(tmp_path):
     one = run(tmp_path / 'one', 'ppo.py:tiny', **over)
     config = config_of('ppo.py:tiny', **over)
     config.mesh.shape = (2, 2, 2)
-    eight = loop.train(config, str(tmp_path / 'eight'), trainers.get_builder('ppo'))
+    eight = runs.train(config, str(tmp_path / 'eight'))
     a = metrics_lib.read_metrics(str(tmp_path / 'one'))
     b = metrics_lib.read_metrics(str(tmp_path / 'eight'))
     timing = lambda k: k in metrics_lib.TIMING_KEYS or k.endswith(('tokens_per_s', 'seconds'))
