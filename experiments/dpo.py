@@ -11,7 +11,8 @@ and --config.init_from=<SFT workdir>):
   python -m alignjax.main --config=experiments/dpo.py:model=small --workdir=$WORKDIR
 
 Arguments: tiny, model, task, loss (sigmoid | robust | ipo | hinge | simpo, or several joined
-by '+', e.g. loss=sigmoid+ipo), beta, label_smoothing, rpo_alpha, steps, lr.
+by '+', e.g. loss=sigmoid+ipo), beta, label_smoothing, rpo_alpha, steps, lr, lora (rank R of adapters on the frozen SFT policy, which is also the
+reference with the adapters off; the learning rate x3; 0: full fine-tuning).
 """
 
 from alignjax import experiment_lib
@@ -20,7 +21,7 @@ from alignjax import experiment_lib
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', loss='sigmoid',
                                  beta=0.1, label_smoothing=0.0, rpo_alpha=0.0, gamma=0.5, steps=0,
-                                 lr=1e-4)
+                                 lr=1e-4, lora=0)
     c = experiment_lib.base_config(algo='dpo', model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.optim.lr = a.lr
@@ -42,7 +43,7 @@ def get_config(arg=None):
         c.ckpt_every = 500
     if a.steps:
         c.total_steps = a.steps
-    return c
+    return experiment_lib.with_lora(c, a.lora)
 
 
 def get_hyper(arg=None):

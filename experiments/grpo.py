@@ -13,8 +13,8 @@ Full scale (model=small on one GPU or a v5e-8, real prompts and reward model as 
   python -m alignjax.main --config=experiments/grpo.py:model=small,reward=rm --workdir=$WORKDIR
 
 Arguments: tiny, model, task, reward (gold | rm), ensemble, k (>= 2), kl (default 0.04, or 0.2
-with reward=rm), lr, steps,
-unnormalized.
+with reward=rm), lr, steps, unnormalized, lora (rank R of adapters on the frozen SFT policy, the
+reference with the adapters off; the learning rate x3; 0: full fine-tuning).
 """
 
 from alignjax import experiment_lib
@@ -22,7 +22,8 @@ from alignjax import experiment_lib
 
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', reward='gold',
-                                 ensemble=1, k=4, kl=-1.0, lr=3e-4, steps=0, unnormalized=False)
+                                 ensemble=1, k=4, kl=-1.0, lr=3e-4, steps=0, unnormalized=False,
+                                 lora=0)
     c = experiment_lib.online_base('grpo', a)
     c.reward = experiment_lib.reward(a)
     c.critic_from = ''  # the key PPO sets; no critic here
@@ -30,4 +31,4 @@ def get_config(arg=None):
                              grpo_normalize=not a.unnormalized)
     if a.kl < 0 and a.reward == 'gold':
         c.rl.kl_coef = 0.04
-    return c
+    return experiment_lib.with_lora(c, a.lora)

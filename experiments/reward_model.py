@@ -13,7 +13,8 @@ Full scale (model=small, one GPU or a v5e-8; real data with --config.data.train=
   python -m alignjax.main --config=experiments/reward_model.py:model=small --workdir=$WORKDIR
 
 Arguments: tiny, model, task, ensemble (K), ensemble_type (heads | models), aggregate
-(mean | min | mean_minus_std), steps, lr.
+(mean | min | mean_minus_std), steps, lr, lora (rank R of adapters on the frozen backbone, the
+reward heads trained whole; the learning rate x3; 0: full fine-tuning).
 """
 
 from alignjax import experiment_lib
@@ -21,7 +22,7 @@ from alignjax import experiment_lib
 
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', ensemble=1,
-                                 ensemble_type='heads', aggregate='mean', steps=0, lr=1e-3)
+                                 ensemble_type='heads', aggregate='mean', steps=0, lr=1e-3, lora=0)
     c = experiment_lib.base_config(algo='reward_model', model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.optim.lr = a.lr
@@ -39,4 +40,4 @@ def get_config(arg=None):
         c.ckpt_every = 1000
     if a.steps:
         c.total_steps = a.steps
-    return c
+    return experiment_lib.with_lora(c, a.lora)

@@ -256,8 +256,21 @@ def _semantics(cfg: ModelConfig) -> dict:
     local = tuple(cfg.is_local_layer(i) for i in range(cfg.num_layers))
     out = dataclasses.asdict(cfg)
     # How a config runs (dtypes, remat, layer layout) is not what it computes.
-    for key in ('param_dtype', 'dtype', 'remat', 'remat_policy', 'scan_layers', 'scan_unroll',
-                'attention', 'local_layer_period', 'rope_local_theta', 'rope_local_scaling'):
+    for key in (
+            'param_dtype',
+            'dtype',
+            'remat',
+            'remat_policy',
+            'scan_layers',
+            'scan_unroll',
+            'attention',
+            'local_layer_period',
+            'rope_local_theta',
+            'rope_local_scaling',
+            # Adapters sit beside the base weights a checkpoint holds (interop/peft.py).
+            'lora_rank',
+            'lora_alpha',
+            'lora_targets'):
         del out[key]
     out.update(
         local_layers=local, sliding_window=cfg.sliding_window if any(local) else None,

@@ -32,16 +32,16 @@ class Checkpoint:
     `read_block(name, ranges)` only those of a block of it (a host's shard), so that every
     process of a pod reads its own part of the checkpoint. `bytes_read` counts what was read.
     """
-    def __init__(self, directory: str):
-        index = os.path.join(directory, 'model.safetensors.index.json')
+    def __init__(self, directory: str, name: str = 'model'):
+        index = os.path.join(directory, f'{name}.safetensors.index.json')
         if os.path.exists(index):
             with open(index) as f:
                 files = sorted(set(json.load(f)['weight_map'].values()))
-        elif os.path.exists(os.path.join(directory, 'model.safetensors')):
-            files = ['model.safetensors']
+        elif os.path.exists(os.path.join(directory, f'{name}.safetensors')):
+            files = [f'{name}.safetensors']
         else:
-            raise FileNotFoundError(f'{directory}: no model.safetensors or '
-                                    'model.safetensors.index.json')
+            raise FileNotFoundError(f'{directory}: no {name}.safetensors or '
+                                    f'{name}.safetensors.index.json')
         self.entries = {}  # name -> (file, start of its data section, header entry)
         self.bytes_read = 0
         for name in files:

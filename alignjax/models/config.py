@@ -19,6 +19,8 @@ ATTENTION_IMPLS = ('auto', 'xla', 'blockwise', 'cudnn')
 ATTENTION_THRESHOLD = 2048
 # Models of at most this many layers run their layer scan unrolled by default (`scan_unroll`).
 SHALLOW_LAYERS = 4
+# The projections a low-rank adapter can adapt (`models/lora.py`).
+LORA_TARGETS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -72,6 +74,9 @@ class ModelConfig:
             least `ATTENTION_THRESHOLD` keys with more than one query, the dense one below),
             'xla' (always dense: [B, H, T, S] scores), 'blockwise' (always blockwise), 'cudnn'
             (`jax.nn.dot_product_attention` on GPU; no soft-cap or per-layer window).
+        lora_rank: rank r of low-rank adapters on the projections (`models/lora.py`); 0: none.
+        lora_alpha: the adapters' scale is lora_alpha / lora_rank (PEFT's convention).
+        lora_targets: the projections adapted, of 'q', 'k', 'v', 'o', 'gate', 'up', 'down'.
     """
 
     vocab_size: int = 264
@@ -105,6 +110,9 @@ class ModelConfig:
     scan_layers: bool = True
     scan_unroll: int = 0
     attention: str = 'auto'
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
 
     def __post_init__(self):
         # Stored as sorted (key, value) pairs so that the config stays hashable (a jit static).
@@ -123,6 +131,11 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f'model.remat_policy must be one of {REMAT_POLICIES}, '
                              f'got {self.remat_policy!r}')
+        object.__setattr__(self, 'lora_targets', tuple(self.lora_targets))
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if self.lora_rank < 0 or unknown:
+            raise ValueError(f'model.lora_rank must be >= 0 and model.lora_targets of '
+                             f'{LORA_TARGETS}, got {self.lora_rank} and {self.lora_targets}')
         if self.scan_unroll < 0:
             raise ValueError(f'model.scan_unroll must be >= 0, got {self.scan_unroll}')
         for key in ('param_dtype', 'dtype'):

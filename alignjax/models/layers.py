@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alignjax.models import attention as attention_lib
+from alignjax.models import lora as lora_lib
 from alignjax.models.config import ATTENTION_THRESHOLD, ModelConfig
 from alignjax.sharding import constrain
 
@@ -111,6 +112,16 @@ class Attention(nnx.Module):
                             dtype=pd)
         self.o_proj = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'), std=(h * hd)**-0.5,
                             dtype=pd)
+        lora = lambda t, i, ia, o, oa, ie, oe: lora_lib.adapter_for(cfg, t, i, ia, o, oa, ie, oe,
+                                                                    rngs)
+        self.q_lora = lora('q', (d,), ('embed',), (h, hd), ('heads', 'head_dim'), 'btd,dr->btr',
+                           'btr,rhk->bthk')
+        self.k_lora = lora('k', (d,), ('embed',), (kv, hd), ('kv_heads', 'head_dim'), 'btd,dr->btr',
+                           'btr,rhk->bthk')
+        self.v_lora = lora('v', (d,), ('embed',), (kv, hd), ('kv_heads', 'head_dim'), 'btd,dr->btr',
+                           'btr,rhk->bthk')
+        self.o_lora = lora('o', (h, hd), ('heads', 'head_dim'), (d,), ('embed',), 'bthk,hkr->btr',
+                           'btr,rd->btd')
         if cfg.attention_bias:
             self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), std=0.0, dtype=pd)
             self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
@@ -127,9 +138,9 @@ class Attention(nnx.Module):
         cfg = self.cfg
         dt = cfg.jnp_dtype
         x = x.astype(dt)
-        q = jnp.einsum('btd,dhk->bthk', x, self.q_proj[...].astype(dt))
-        k = jnp.einsum('btd,dhk->bthk', x, self.k_proj[...].astype(dt))
-        v = jnp.einsum('btd,dhk->bthk', x, self.v_proj[...].astype(dt))
+        q = _adapted(jnp.einsum('btd,dhk->bthk', x, self.q_proj[...].astype(dt)), self.q_lora, x)
+        k = _adapted(jnp.einsum('btd,dhk->bthk', x, self.k_proj[...].astype(dt)), self.k_lora, x)
+        v = _adapted(jnp.einsum('btd,dhk->bthk', x, self.v_proj[...].astype(dt)), self.v_lora, x)
         if cfg.attention_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -152,8 +163,7 @@ class Attention(nnx.Module):
         impl = self._kernel(t, t)
         if impl != 'xla':
             out = self._kernel_attention(q, k, v, jnp.arange(t), kv_mask, local, impl)
-            return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)),
-                             BTD), None
+            return constrain(self._out(out, dt), BTD), None
         # Keys and values kv-head-major [B, kv, S, hd]: each head's keys contiguous for the dots.
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
@@ -164,7 +174,12 @@ class Attention(nnx.Module):
         out = jnp.einsum('bkgts,bksh->btkgh', weights.astype(dt), v.astype(dt))
         out = (out.astype(jnp.float32) / jnp.transpose(total, (0, 3, 1, 2))[..., None]).astype(dt)
         out = constrain(out.reshape(b, t, cfg.num_heads, hd), BTHK)
-        return constrain(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), BTD), None
+        return constrain(self._out(out, dt), BTD), None
+
+    def _out(self, out, dt):
+        """The output projection of the heads [B, T, H, hd] (with its adapter)."""
+        return _adapted(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), self.o_lora,
+                        out)
 
     def _kernel(self, queries: int, keys: int) -> str:
         """The attention kernel of a call with this many queries and keys: `cfg.attention`,
@@ -238,7 +253,7 @@ class Attention(nnx.Module):
             kv_view = lambda x: jnp.swapaxes(x.reshape(b, kv, s, hd), 1, 2)
             out = self._kernel_attention(q, kv_view(keys), kv_view(values),
                                          cache_index + jnp.arange(t), kv_mask, local, impl)
-            out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
+            out = self._out(out, dt)
             return out, {'k': keys, 'v': values}
         q = q.reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * t, hd)
         logits = jnp.einsum('nqh,nsh->nqs', q, keys.astype(dt), preferred_element_type=jnp.float32)
@@ -249,7 +264,7 @@ class Attention(nnx.Module):
                          weights.reshape(b * kv, g * t, s).astype(dt), values.astype(dt))
         out = (out.reshape(b, kv, g, t, hd).astype(jnp.float32) / total[..., None]).astype(dt)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.num_heads, hd)
-        out = jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt))
+        out = self._out(out, dt)
         return out, {'k': keys, 'v': values}
 
 
@@ -261,15 +276,27 @@ class MLP(nnx.Module):
         self.gate_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d**-0.5, dtype=pd)
         self.up_proj = param(rngs, (d, f), ('embed', 'mlp'), std=d**-0.5, dtype=pd)
         self.down_proj = param(rngs, (f, d), ('mlp', 'embed'), std=f**-0.5, dtype=pd)
+        lora = lambda t, i, ia, o, oa: lora_lib.adapter_for(cfg, t, (i,), (ia,), (o,), (
+            oa,), f'bt{ia[0]},{ia[0]}r->btr', f'btr,r{oa[0]}->bt{oa[0]}', rngs)
+        self.gate_lora = lora('gate', d, 'embed', f, 'mlp')
+        self.up_lora = lora('up', d, 'embed', f, 'mlp')
+        self.down_lora = lora('down', f, 'mlp', d, 'embed')
 
     def __call__(self, x):
         dt = self.cfg.jnp_dtype
         x = x.astype(dt)
-        gate = constrain(x @ self.gate_proj[...].astype(dt), BTF)
+        proj = lambda y, name: _adapted(y @ getattr(self, f'{name}_proj')[...].astype(dt),
+                                        getattr(self, f'{name}_lora'), y)
+        gate = constrain(proj(x, 'gate'), BTF)
         act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(
             gate, approximate=True)
-        hidden = constrain(act * (x @ self.up_proj[...].astype(dt)), BTF)
-        return constrain(hidden @ self.down_proj[...].astype(dt), BTD)
+        hidden = constrain(act * proj(x, 'up'), BTF)
+        return constrain(proj(hidden, 'down'), BTD)
+
+
+def _adapted(y: jax.Array, adapter, x: jax.Array) -> jax.Array:
+    """y = x W, plus the adapter's scale * (x A) B when there is one."""
+    return y if adapter is None else y + adapter(x).astype(y.dtype)
 
 
 class Block(nnx.Module):

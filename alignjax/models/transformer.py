@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alignjax.models import lora
 from alignjax.models.config import ModelConfig
 from alignjax.models.layers import BTD, Block, RMSNorm, param, rope_inverse_frequencies, softcap
 from alignjax.sharding import constrain
@@ -322,3 +323,43 @@ class PreferenceModel(nnx.Module):
         """Logit of P(a > b), shape [B]."""
         ea, eb = self.embed(tokens_a, mask_a), self.embed(tokens_b, mask_b)
         return self.score(ea, eb) - self.score(eb, ea)
+
+
+def twin(model: nnx.Module, cfg: ModelConfig):
+    """(graphdef, abstract state) of a model of `model`'s class and head sizes on another config
+    (another adapter config: `cfg.lora_*`)."""
+    if isinstance(model, Decoder):
+        make = lambda: Decoder(cfg, rngs=nnx.Rngs(0), lm_head=model.has_lm_head)
+    elif isinstance(model, ValueModel):
+        make = lambda: ValueModel(cfg, rngs=nnx.Rngs(0))
+    elif isinstance(model, RewardModel):
+        make = lambda: RewardModel(cfg, rngs=nnx.Rngs(0), num_heads=model.reward_head.shape[-1])
+    elif isinstance(model, RewardEnsemble):
+        make = lambda: RewardEnsemble(cfg, seeds=tuple(range(len(model.members))))
+    elif isinstance(model, PreferenceModel):
+        make = lambda: PreferenceModel(cfg, rngs=nnx.Rngs(0), hidden_dim=model.pair_first.shape[-1])
+    else:
+        raise ValueError(f'{type(model).__name__} is not one of the models built on a Decoder')
+    return nnx.split(nnx.eval_shape(make))
+
+
+def config_of(model: nnx.Module) -> ModelConfig:
+    """The decoder config of a Decoder or of a model built on one."""
+    if isinstance(model, RewardEnsemble):
+        return model.members[0].backbone.cfg
+    return model.cfg if isinstance(model, Decoder) else model.backbone.cfg
+
+
+def base_model(model: nnx.Module) -> nnx.Module:
+    """`model` with its adapters switched off: a model of the same class without adapters whose
+    arrays are `model`'s base arrays, not copies (`models/lora.py`). What the frozen reference of
+    an adapted policy is."""
+    graphdef, _ = twin(model, config_of(model).replace(lora_rank=0))
+    return nnx.merge(graphdef, nnx.state(model, nnx.Param))
+
+
+def merged_model(model: nnx.Module) -> nnx.Module:
+    """`model` with its adapters folded into the base weights (W + scale A B), as a model without
+    adapters: what a merged export (`interop.save_hf`) writes."""
+    graphdef, _ = twin(model, config_of(model).replace(lora_rank=0))
+    return nnx.merge(graphdef, lora.merged_params(model))

@@ -17,7 +17,8 @@ import ml_collections
 import optax
 
 from alignjax import sharding
-from alignjax.models import Decoder
+from alignjax import pretrained
+from alignjax.models import Decoder, lora, transformer
 from alignjax.models import config as model_config
 
 
@@ -31,6 +32,20 @@ def model_config_from(c: ml_collections.ConfigDict) -> model_config.ModelConfig:
     if unknown:
         raise ValueError(f'Unknown config.model field(s) {unknown}')
     return model_config.ModelConfig(**fields)
+
+
+def model_config_of(c: ml_collections.ConfigDict, model=None) -> model_config.ModelConfig:
+    """The ModelConfig of a run's trainable models: config.model (or `model`, a model section of
+    another run's config) with config.lora's adapters."""
+    cfg = model_config_from(c.model if model is None else model)
+    lora = c.get('lora')
+    if lora is None or not lora.rank:
+        return cfg
+    return cfg.replace(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_targets=tuple(lora.targets))
+
+
+def uses_lora(c: ml_collections.ConfigDict) -> bool:
+    return bool(c.get('lora') and c.lora.rank)
 
 
 def make_mesh(c: ml_collections.ConfigDict):
@@ -69,10 +84,32 @@ def make_optimizer(o: ml_collections.ConfigDict, total_steps: int):
 
 
 def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
-    """The policy Decoder of config.model, created already sharded from config.seed."""
-    cfg = model_config_from(c.model)
+    """The policy Decoder of config.model (with config.lora's adapters), created already sharded
+    from config.seed."""
+    cfg = model_config_of(c)
     return sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(c.seed + seed_offset)), mesh,
                                    mesh_rules(c))
+
+
+def trainable(c: ml_collections.ConfigDict, model: nnx.Module):
+    """`loop.Algorithm.trainable` of a run: the adapters and heads with config.lora, else all."""
+    return lora.trainable(model) if uses_lora(c) else None
+
+
+def policy_and_reference(c: ml_collections.ConfigDict, mesh):
+    """The policy from config.init_from and its frozen reference from config.reference_from (''
+    -> init_from). With config.lora the reference is the policy with its adapters off (its base
+    arrays, not a copy), unless reference_from names another start."""
+    policy = build_policy(c, mesh)
+    pretrained.init_module(policy, c.init_from)
+    if uses_lora(c) and not c.reference_from:
+        return policy, transformer.base_model(policy)
+    reference = build_policy(c, mesh)
+    if uses_lora(c):  # a reference of another start: a plain model
+        reference = transformer.base_model(reference)
+    pretrained.init_module(reference, c.reference_from or c.init_from,
+                           key='reference_from' if c.reference_from else 'init_from')
+    return policy, reference
 
 
 def write_config(c: ml_collections.ConfigDict, workdir: str) -> None:

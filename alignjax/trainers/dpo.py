@@ -21,7 +21,6 @@ from absl import logging
 from flax import nnx
 
 from alignjax import evaluators
-from alignjax import pretrained
 from alignjax import sharding
 from alignjax.data import inputs
 from alignjax.evaluators import gold, heldout_preference
@@ -125,11 +124,7 @@ def build(config, mesh) -> loop.Algorithm:
     tok = inputs.make_tokenizer(config)
     train, held_out = inputs.train_eval_records(config, 'preference')
     stream = inputs.make_stream(config, 'preference', train, tok, with_index=True)
-    policy = common.build_policy(config, mesh)
-    pretrained.init_module(policy, config.init_from)
-    reference = common.build_policy(config, mesh)
-    pretrained.init_module(reference, config.reference_from or config.init_from,
-                           key='reference_from' if config.reference_from else 'init_from')
+    policy, reference = common.policy_and_reference(config, mesh)
     ref = ReferenceLogps(reference, mesh)
     if config.loss.precompute_ref:
         logging.info('Precomputing reference log-probs over %d records', len(train))
@@ -139,12 +134,13 @@ def build(config, mesh) -> loop.Algorithm:
 
     loss_fn = make_loss_fn(config.loss)
     if config.loss.precompute_ref:
-        algo = loop.Algorithm(model=policy, loss_fn=loss_fn, batches=lambda step, model, algo_state:
-                              (ref(stream[step]), {}))
+        batches = lambda step, model, algo_state: (ref(stream[step]), {})
+        frozen = {}
     else:
+        batches = loop.from_stream(stream)
         frozen = {'reference': reference} if uses_reference(config.loss) else {}
-        algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen,
-                              batches=loop.from_stream(stream))
+    algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen, batches=batches,
+                          trainable=common.trainable(config, policy))
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)

@@ -39,6 +39,9 @@ from alignjax import validation
 from alignjax import workdir as workdir_lib
 from alignjax.trainers import common
 
+# The key of an adapted model's frozen base among the update's frozen states (`Algorithm.trainable`).
+BASE = 'frozen_base'
+
 # loss_fn(model, frozen, batch, rng) -> (loss_sum, weight, {name: (sum, weight)}).
 # The loss minimised is sum(loss_sum) / sum(weight) over all microbatches: exact accumulation.
 LossFn = Callable[[nnx.Module, dict, dict, jax.Array], tuple[jax.Array, jax.Array, dict]]
@@ -67,6 +70,10 @@ class Algorithm:
         optimizer step per minibatch, all inside the one jitted update. The loop's step counts
         batches (rollouts); the learning-rate schedule counts optimizer updates.
 
+      trainable: a filter of the model's state (`models/lora.trainable` for an adapted model):
+        only what it selects trains and has optimizer state; the rest, the frozen base, is an
+        argument of the update (under `frozen_states[BASE]`), never donated or checkpointed.
+        None: the whole model trains.
       save_every: checkpoints only at multiples of this step (besides the last): algorithms whose
         batch source holds state between steps (Nash mirror prox's anchor policy) save only where
         that state is the current parameters; a preemption waits for the next such step.
@@ -82,6 +89,7 @@ class Algorithm:
     epochs: int = 1
     minibatches: int = 1
     save_every: int = 1
+    trainable: Any = None
 
     @property
     def updates_per_batch(self) -> int:
@@ -153,7 +161,7 @@ def float32_master(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
                 state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1,
-                skip_nonfinite: bool = False, frozen_shardings=None):
+                skip_nonfinite: bool = False, frozen_shardings=None, base_views=None):
     """The jitted update: (state, frozen_states, batch) -> (state, metrics, finite).
 
     With `skip_nonfinite` a step whose loss or gradient norm is not finite keeps the old
@@ -168,11 +176,25 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
     Metrics: the loss and the algorithm's own, `grad_norm` (after accumulation, before clipping),
     `update_norm` (the optimizer's step) and `param_norm` (after it).
     """
+    views = base_views or {}
+
+    def frozen_state(frozen_states, name):
+        if name not in views:
+            return frozen_states[name]
+        node = frozen_states[BASE]
+        for key in views[name]:
+            node = node[key]
+        return node
+
     def grads_of(params, frozen_states, batch, rng):
-        frozen = {k: nnx.merge(frozen_graphdefs[k], s) for k, s in frozen_states.items()}
+        frozen = {
+            k: nnx.merge(g, frozen_state(frozen_states, k)) for k, g in frozen_graphdefs.items()
+        }
+        base = frozen_states.get(BASE)
 
         def f(p):
-            loss_sum, weight, metrics = loss_fn(nnx.merge(graphdef, p), frozen, batch, rng)
+            model = nnx.merge(graphdef, p) if base is None else nnx.merge(graphdef, p, base)
+            loss_sum, weight, metrics = loss_fn(model, frozen, batch, rng)
             return loss_sum, (weight, metrics)
 
         (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
@@ -268,6 +290,26 @@ def _count_tokens(batch) -> int:
     return int(sum(np.sum(v) for k, v in batch.items() if k.endswith('mask')))
 
 
+@jax.jit
+def base_digest(base) -> jax.Array:
+    """Per-leaf float32 sums of a frozen base: which base a checkpoint's adapters were trained on
+    (stored in the train state of an adapted run, compared on resume)."""
+    return jnp.stack([jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(base)])
+
+
+def _check_base(config, ckpt_dir: str, restored: dict, fresh: dict) -> None:
+    """Refuses to resume adapters onto a base other than the one they were trained on."""
+    if 'base_digest' not in fresh:
+        return
+    saved, now = np.asarray(restored['base_digest']), np.asarray(fresh['base_digest'])
+    # Sums over a resharded base may round differently; another base differs far beyond that.
+    if saved.shape != now.shape or not np.allclose(saved, now, rtol=1e-5, atol=1e-5):
+        raise ckpt_lib.CheckpointError(
+            f'{ckpt_dir}: its adapters were trained on another base than config.init_from='
+            f'{config.get("init_from", "")!r} (or backbone_from) gives now; start a new workdir '
+            f'or restore the original starting point')
+
+
 @dataclasses.dataclass
 class Setup:
     """What `train` runs: the initial train state and the jitted update (benchmarks reuse it)."""
@@ -278,15 +320,31 @@ class Setup:
     frozen_states: dict
     update: Callable
 
+    def model(self, params) -> nnx.Module:
+        """The model of trainable `params` (with the frozen base of an adapted model)."""
+        base = self.frozen_states.get(BASE)
+        return nnx.merge(self.graphdef, params) if base is None else nnx.merge(
+            self.graphdef, params, base)
+
 
 def setup(config, algo: Algorithm, mesh) -> Setup:
     """The sharded initial train state of `algo` and its jitted update, under `mesh`."""
-    graphdef, params = nnx.split(algo.model)
-    params = nnx.to_pure_dict(params)
     frozen_graphdefs, frozen_states = {}, {}
+    if algo.trainable is None:
+        graphdef, params = nnx.split(algo.model)
+    else:
+        graphdef, params, base = nnx.split(algo.model, algo.trainable, ...)
+        frozen_states[BASE] = nnx.to_pure_dict(base)
+    params = nnx.to_pure_dict(params)
+    views = {}
     for name, m in algo.frozen.items():
         frozen_graphdefs[name], s = nnx.split(m)
-        frozen_states[name] = nnx.to_pure_dict(s)
+        s = nnx.to_pure_dict(s)
+        where = _where_in(frozen_states.get(BASE), s)
+        if where is None:
+            frozen_states[name] = s
+        else:  # the adapted model's base itself (its reference, adapters off): passed once
+            views[name] = where
     tx, schedule = common.make_optimizer(config.optim, config.total_steps * algo.updates_per_batch)
     if needs_master(params):
         logging.info('Low-precision trainable parameters: the optimizer updates a float32 '
@@ -295,21 +353,41 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
     algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
     shardings = state_shardings(params, tx, algo_state, mesh)
     shardings['nonfinite_skipped'] = sharding.replicated(mesh)  # checkpointed with the state
-    state = jax.device_put(
-        {
-            'params': params,
-            'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
-            'step': jnp.int32(0),
-            'rng': jax.random.key_data(jax.random.key(config.seed)),
-            'nonfinite_skipped': jnp.int32(0),
-            'algo': algo_state,
-        }, shardings)
+    state = {
+        'params': params,
+        'opt_state': jax.jit(tx.init, out_shardings=shardings['opt_state'])(params),
+        'step': jnp.int32(0),
+        'rng': jax.random.key_data(jax.random.key(config.seed)),
+        'nonfinite_skipped': jnp.int32(0),
+        'algo': algo_state,
+    }
+    if BASE in frozen_states:  # which base the checkpointed adapters belong to
+        shardings['base_digest'] = sharding.replicated(mesh)
+        state['base_digest'] = base_digest(frozen_states[BASE])
+    state = jax.device_put(state, shardings)
     update = make_update(graphdef, frozen_graphdefs, algo.loss_fn, tx, schedule,
                          config.optim.microbatches, shardings, mesh, epochs=algo.epochs,
                          minibatches=algo.minibatches,
                          skip_nonfinite=config.get('nonfinite', 'stop') == 'skip',
-                         frozen_shardings=jax.tree.map(lambda x: x.sharding, frozen_states))
+                         frozen_shardings=jax.tree.map(lambda x: x.sharding,
+                                                       frozen_states), base_views=views)
     return Setup(graphdef, state, shardings, frozen_states, update)
+
+
+def _where_in(base, state) -> tuple | None:
+    """The key path at which `base` holds `state`'s very arrays (a frozen model that is a view of
+    an adapted model's base: () for the policy's, ('policy',) inside PPO's actor-critic), else
+    None."""
+    if base is None:
+        return None
+    same = lambda a, b: (jax.tree.structure(a) == jax.tree.structure(b) and all(
+        x is y for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+    if same(base, state):
+        return ()
+    for key, sub in base.items():
+        if isinstance(sub, dict) and same(sub, state):
+            return (key,)
+    return None
 
 
 def train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
@@ -378,7 +456,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                 f'{algo.save_every} (this algorithm can only save at those steps)')
         common.write_config(config, workdir)
         run = setup(config, algo, mesh)
-        graphdef, state, shardings = run.graphdef, run.state, run.shardings
+        state, shardings = run.state, run.shardings
         frozen_states, update = run.frozen_states, run.update
         ckpt = ckpt_lib.Checkpointer(ckpt_dir, save_every=config.ckpt_every, keep=config.keep_ckpts,
                                      async_save=config.get('async_checkpoint', False))
@@ -388,15 +466,17 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                                            is_primary=primary, tracker=tracker)
         if found:
             logging.info('Restoring the latest of the checkpoints %s in %s', found, ckpt_dir)
+        fresh = state
         restored = ckpt.restore_latest(ckpt_lib.abstract_like(state))
         start = None
         if restored is not None:
             start, state, _ = restored
+            _check_base(config, ckpt_dir, state, fresh)
             logging.info('Resumed from %s at step %d', workdir, start)
         # Rows past the restored step (or any, killed before the first checkpoint) are redone.
         writer.truncate_after(start or 0)
         start = int(state['step'])
-        model = nnx.merge(graphdef, state['params'])
+        model = run.model(state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
         stop_requested = False
         tokens = 0
@@ -408,7 +488,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     tokens += _count_tokens(host_batch)  # on host: no device round trip per step
                     batch = sharding.shard_batch(host_batch, mesh)
                     state, metrics, finite = update(state, frozen_states, batch)
-                    model = nnx.merge(graphdef, state['params'])
+                    model = run.model(state['params'])
                     _check_finite(pending, policy)
                     pending = (step, metrics, finite)
                     # A skipped step's metrics must not move the controllers (an adaptive KL).

@@ -255,4 +255,5 @@ def build(config, mesh) -> loop.Algorithm:
         model=policy, loss_fn=loss_fn, batches=batches,
         evaluators=policy_gradient.online_evaluators(config, task, reference,
                                                      tok), epochs=rl.epochs,
-        minibatches=rl.minibatches, save_every=2 * n.phase_steps if method.phases else 1)
+        minibatches=rl.minibatches, save_every=2 * n.phase_steps if method.phases else 1,
+        trainable=common.trainable(config, policy))

@@ -210,10 +210,10 @@ def build_critic(config, mesh, reward_model):
     src = config.critic_from
     if src == 'reward_model':
         rm, rm_config = reward_model
-        cfg = common.model_config_from(rm_config.model)
+        cfg = common.model_config_of(config, rm_config.model)
         member = rm.members[0] if hasattr(rm, 'members') else rm
     else:
-        cfg = common.model_config_from(config.model)
+        cfg = common.model_config_of(config)
     critic = sharding.create_sharded(lambda: ValueModel(cfg, rngs=nnx.Rngs(config.seed + 17)), mesh,
                                      common.mesh_rules(config))
     if src == 'reward_model':
@@ -251,11 +251,7 @@ def online_setup(config, mesh):
     records = inputs.load_records(config, 'prompt', config.data.train,
                                   num_examples=config.data.num_examples, seed=config.seed)
     prompts = inputs.make_stream(config, 'prompt', records, tok)
-    policy = common.build_policy(config, mesh)
-    pretrained.init_module(policy, config.init_from)
-    reference = common.build_policy(config, mesh)
-    pretrained.init_module(reference, config.reference_from or config.init_from,
-                           key='reference_from' if config.reference_from else 'init_from')
+    policy, reference = common.policy_and_reference(config, mesh)
     return tok, task, records, prompts, policy, reference
 
 
@@ -330,4 +326,4 @@ def build(config, mesh) -> loop.Algorithm:
     return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
                           evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
                           update_algo_state=update_algo_state, epochs=rl.epochs,
-                          minibatches=rl.minibatches)
+                          minibatches=rl.minibatches, trainable=common.trainable(config, model))

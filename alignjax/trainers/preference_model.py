@@ -24,7 +24,7 @@ from alignjax.trainers import loop
 
 
 def build_preference_model(config, mesh):
-    cfg = common.model_config_from(config.model)
+    cfg = common.model_config_of(config)
     return sharding.create_sharded(lambda: PreferenceModel(cfg, rngs=nnx.Rngs(config.seed)), mesh,
                                    common.mesh_rules(config))
 
@@ -60,4 +60,5 @@ def build(config, mesh) -> loop.Algorithm:
                                                                 logits_jit, task=task)
     }
     return loop.Algorithm(model=model, loss_fn=loss_fn, batches=loop.from_stream(stream),
-                          evaluators=evaluators.select(config, available))
+                          evaluators=evaluators.select(config, available),
+                          trainable=common.trainable(config, model))

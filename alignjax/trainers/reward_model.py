@@ -24,7 +24,7 @@ from alignjax.trainers import loop
 
 def build_reward_model(config, mesh):
     """The (ensemble) reward model of config.model / config.reward, created sharded."""
-    cfg = common.model_config_from(config.model)
+    cfg = common.model_config_of(config)
     r = config.reward
     if r.ensemble < 1:
         raise ValueError(f'config.reward.ensemble must be >= 1, got {r.ensemble}')
@@ -85,4 +85,5 @@ def build(config, mesh) -> loop.Algorithm:
                                                         score_jit, task=task)
     }
     return loop.Algorithm(model=model, loss_fn=loss_fn, batches=loop.from_stream(stream),
-                          evaluators=evaluators.select(config, available))
+                          evaluators=evaluators.select(config, available),
+                          trainable=common.trainable(config, model))

@@ -38,7 +38,8 @@ def build(config, mesh) -> loop.Algorithm:
                                    process_count=jax.process_count())
     policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
-    algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn, batches=loop.from_stream(stream))
+    algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn, batches=loop.from_stream(stream),
+                          trainable=common.trainable(config, policy))
     task = inputs.synthetic_task(config)
 
     def initial_policy():
