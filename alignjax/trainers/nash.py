@@ -86,6 +86,7 @@ class NashMethod:
     pair_loss: Callable[..., tuple] | None = None
     min_samples: int = 1
     phases: bool = False  # Nash-MP's two proximal phases an outer step (saves at their ends)
+    uses_tau: bool = True  # the KL to the reference inside the objective (DNO and SPPO: none)
 
 
 METHODS: dict[str, NashMethod] = {
@@ -93,8 +94,8 @@ METHODS: dict[str, NashMethod] = {
     'nash_mp': NashMethod(opponent='anchor', phases=True),
     'spo': NashMethod(opponent='group', min_samples=2),
     'inpo': NashMethod(pair_loss=inpo_pairs, min_samples=2),
-    'dno': NashMethod(pair_loss=dno_pairs, min_samples=2),
-    'sppo': NashMethod(pair_loss=sppo_samples, min_samples=2),
+    'dno': NashMethod(pair_loss=dno_pairs, min_samples=2, uses_tau=False),
+    'sppo': NashMethod(pair_loss=sppo_samples, min_samples=2, uses_tau=False),
     'online_ipo': NashMethod(pair_loss=online_ipo_pairs, min_samples=2),
 }
 
@@ -107,7 +108,7 @@ def check_nash_config(config) -> None:
     if k < METHODS[algo].min_samples:
         raise ValueError(f'{algo} compares samples of a prompt: config.rl.samples_per_prompt must '
                          f'be >= {METHODS[algo].min_samples}, got {k}')
-    if n.tau <= 0:  # the table's bound is >= 0 (experiment_lib.NASH); these methods need > 0
+    if METHODS[algo].uses_tau and n.tau <= 0:  # the table's bound is >= 0 (experiment_lib.NASH)
         raise ValueError(f'config.nash.tau must be > 0, got {n.tau}')
     if METHODS[algo].phases and n.phase_steps < 1:
         raise ValueError(f'config.nash.phase_steps must be >= 1, got {n.phase_steps}')

@@ -10,7 +10,7 @@ from alignjax import runs
 from alignjax.checkpoint import Checkpointer
 from alignjax.trainers import nash
 
-from experiment_runs import run
+from experiment_runs import config_of, run
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -76,3 +76,10 @@ def test_nash_mp_saves_only_at_outer_step_boundaries(tmp_path):
 def test_bad_nash_config_names_the_key(tmp_path, override, match):
     with pytest.raises(ValueError, match=match):
         run(tmp_path, 'inpo.py:tiny,preference=gold', **{'eval.num_prompts': 16}, **override)
+
+
+def test_methods_without_a_kl_term_accept_tau_zero():
+    for method in ('dno', 'sppo'):  # neither objective has the KL to the reference
+        nash.check_nash_config(config_of(f'{method}.py:tiny', **{'nash.tau': 0.0}))
+    with pytest.raises(ValueError, match='config.nash.tau'):
+        nash.check_nash_config(config_of('spo.py:tiny', **{'nash.tau': 0.0}))
