@@ -63,7 +63,11 @@ def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
     else:
         cfg = model_config.get_model_config(preset, **overrides)
     # The adapters are config.lora's (one section for every trainable model), not a shape.
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith('lora_')}
+    fields = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if not k.startswith('lora_') and k != 'base_quant'
+    }
     for key in ('rope_scaling', 'rope_local_scaling'):
         if fields[key] is not None:
             fields[key] = dict(fields[key])
@@ -112,6 +116,8 @@ BASE: dict[str, Key] = {
     'lora.rank': _int(0, **NON_NEGATIVE),
     'lora.alpha': _num(16.0, **POSITIVE),
     'lora.targets': Key(model_config.LORA_TARGETS),
+    # The frozen base's projections stored int8 (alignjax/models/quant.py): QLoRA-style.
+    'lora.quantize': _one_of('', 'int8'),
     'mesh.shape': Key((1, -1, 1)),  # (data, fsdp, tensor); one entry may be -1
     'data.train': Key('synthetic:transitive', 'str'),
     # records to use: 0 = all of a file's, 4096 of a synthetic task

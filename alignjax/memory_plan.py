@@ -348,7 +348,9 @@ def _rollout_programs(config, mesh, rules, cfg):
 def programs(config, mesh):
     """[(name, jitted program, abstract args)] of every program `config`'s run compiles."""
     rules = common.mesh_rules(config)
-    cfg = common.model_config_of(config)  # with config.lora's adapters
+    cfg = common.model_config_of(config)  # with config.lora's adapters (and int8 base)
+    if common.quantized(config):
+        cfg = cfg.replace(base_quant=config.lora.quantize)
     out = [('update', *_update_program(config, mesh, rules, cfg))]
     if config.algo == 'dpo' and config.loss.precompute_ref:
         rdef, rstate = abstract_module(lambda: Decoder(cfg, rngs=nnx.Rngs(config.seed)), mesh,

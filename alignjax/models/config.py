@@ -77,6 +77,8 @@ class ModelConfig:
         lora_rank: rank r of low-rank adapters on the projections (`models/lora.py`); 0: none.
         lora_alpha: the adapters' scale is lora_alpha / lora_rank (PEFT's convention).
         lora_targets: the projections adapted, of 'q', 'k', 'v', 'o', 'gate', 'up', 'down'.
+        base_quant: '' or 'int8': how the projection weights are stored (`models/quant.py`;
+            int8 with a float32 scale per output channel, for a frozen base under adapters).
     """
 
     vocab_size: int = 264
@@ -113,6 +115,7 @@ class ModelConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+    base_quant: str = ''
 
     def __post_init__(self):
         # Stored as sorted (key, value) pairs so that the config stays hashable (a jit static).
@@ -136,6 +139,8 @@ class ModelConfig:
         if self.lora_rank < 0 or unknown:
             raise ValueError(f'model.lora_rank must be >= 0 and model.lora_targets of '
                              f'{LORA_TARGETS}, got {self.lora_rank} and {self.lora_targets}')
+        if self.base_quant not in ('', 'int8'):
+            raise ValueError(f"model.base_quant must be '' or 'int8', got {self.base_quant!r}")
         if self.scan_unroll < 0:
             raise ValueError(f'model.scan_unroll must be >= 0, got {self.scan_unroll}')
         for key in ('param_dtype', 'dtype'):

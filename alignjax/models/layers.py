@@ -15,6 +15,7 @@ from flax import nnx
 
 from alignjax.models import attention as attention_lib
 from alignjax.models import lora as lora_lib
+from alignjax.models import quant
 from alignjax.models.config import ATTENTION_THRESHOLD, ModelConfig
 from alignjax.sharding import constrain
 
@@ -122,6 +123,11 @@ class Attention(nnx.Module):
                            'btr,rhk->bthk')
         self.o_lora = lora('o', (h, hd), ('heads', 'head_dim'), (d,), ('embed',), 'bthk,hkr->btr',
                            'btr,rd->btd')
+        if cfg.base_quant:  # from the full-precision draws: the same base, stored int8
+            for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
+                q, scale = quant.quantized_param(getattr(self, name), quant.INPUT_AXES[name])
+                setattr(self, name, q)
+                setattr(self, f'{name}_scale', scale)
         if cfg.attention_bias:
             self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), std=0.0, dtype=pd)
             self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
@@ -138,9 +144,12 @@ class Attention(nnx.Module):
         cfg = self.cfg
         dt = cfg.jnp_dtype
         x = x.astype(dt)
-        q = _adapted(jnp.einsum('btd,dhk->bthk', x, self.q_proj[...].astype(dt)), self.q_lora, x)
-        k = _adapted(jnp.einsum('btd,dhk->bthk', x, self.k_proj[...].astype(dt)), self.k_lora, x)
-        v = _adapted(jnp.einsum('btd,dhk->bthk', x, self.v_proj[...].astype(dt)), self.v_lora, x)
+        q = _adapted(jnp.einsum('btd,dhk->bthk', x, quant.weight(self, 'q_proj', dt)), self.q_lora,
+                     x)
+        k = _adapted(jnp.einsum('btd,dhk->bthk', x, quant.weight(self, 'k_proj', dt)), self.k_lora,
+                     x)
+        v = _adapted(jnp.einsum('btd,dhk->bthk', x, quant.weight(self, 'v_proj', dt)), self.v_lora,
+                     x)
         if cfg.attention_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -178,8 +187,8 @@ class Attention(nnx.Module):
 
     def _out(self, out, dt):
         """The output projection of the heads [B, T, H, hd] (with its adapter)."""
-        return _adapted(jnp.einsum('bthk,hkd->btd', out, self.o_proj[...].astype(dt)), self.o_lora,
-                        out)
+        return _adapted(jnp.einsum('bthk,hkd->btd', out, quant.weight(self, 'o_proj', dt)),
+                        self.o_lora, out)
 
     def _kernel(self, queries: int, keys: int) -> str:
         """The attention kernel of a call with this many queries and keys: `cfg.attention`,
@@ -281,11 +290,16 @@ class MLP(nnx.Module):
         self.gate_lora = lora('gate', d, 'embed', f, 'mlp')
         self.up_lora = lora('up', d, 'embed', f, 'mlp')
         self.down_lora = lora('down', f, 'mlp', d, 'embed')
+        if cfg.base_quant:
+            for name in ('gate_proj', 'up_proj', 'down_proj'):
+                q, scale = quant.quantized_param(getattr(self, name), 1)
+                setattr(self, name, q)
+                setattr(self, f'{name}_scale', scale)
 
     def __call__(self, x):
         dt = self.cfg.jnp_dtype
         x = x.astype(dt)
-        proj = lambda y, name: _adapted(y @ getattr(self, f'{name}_proj')[...].astype(dt),
+        proj = lambda y, name: _adapted(y @ quant.weight(self, f'{name}_proj', dt),
                                         getattr(self, f'{name}_lora'), y)
         gate = constrain(proj(x, 'gate'), BTF)
         act = jax.nn.silu(gate) if self.cfg.activation == 'silu' else jax.nn.gelu(

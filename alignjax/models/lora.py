@@ -96,6 +96,9 @@ def merged_params(model: nnx.Module) -> dict:
             for p in parent:
                 node = node[p]
             weight = name.removesuffix('_lora') + '_proj'
+            if f'{weight}_scale' in node:
+                raise ValueError('merging adapters into an int8 base would round them away: '
+                                 'merge into its full-precision starting point instead')
             node[weight] = node[weight] + _delta(m).astype(node[weight].dtype)
     return params
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alignjax.models import lora
+from alignjax.models import lora, quant
 from alignjax.models.config import ModelConfig
 from alignjax.models.layers import BTD, Block, RMSNorm, param, rope_inverse_frequencies, softcap
 from alignjax.sharding import constrain
@@ -363,3 +363,14 @@ def merged_model(model: nnx.Module) -> nnx.Module:
     adapters: what a merged export (`interop.save_hf`) writes."""
     graphdef, _ = twin(model, config_of(model).replace(lora_rank=0))
     return nnx.merge(graphdef, lora.merged_params(model))
+
+
+def quantized_model(model: nnx.Module) -> nnx.Module:
+    """`model` (full precision, its base loaded) with its projections stored int8
+    (`models/quant.py`): a new module of the same class on `base_quant='int8'`; adapters and
+    heads carried over unchanged."""
+    cfg = config_of(model)
+    graphdef, _ = twin(model, cfg.replace(base_quant='int8'))
+    values = nnx.to_pure_dict(nnx.state(model))
+    quant.quantize_values(values.get('backbone', values), stacked=cfg.scan_layers)
+    return nnx.merge(graphdef, values)

@@ -48,6 +48,16 @@ def uses_lora(c: ml_collections.ConfigDict) -> bool:
     return bool(c.get('lora') and c.lora.rank)
 
 
+def quantized(c: ml_collections.ConfigDict) -> bool:
+    """Whether the policy's frozen base is stored int8 (config.lora.quantize; needs adapters)."""
+    if not (c.get('lora') and c.lora.get('quantize')):
+        return False
+    if not c.lora.rank:
+        raise ValueError("config.lora.quantize='int8' quantises a frozen base: it needs "
+                         'adapters (config.lora.rank > 0)')
+    return True
+
+
 def make_mesh(c: ml_collections.ConfigDict):
     return sharding.make_mesh(tuple(c.mesh.shape))
 
@@ -102,6 +112,8 @@ def policy_and_reference(c: ml_collections.ConfigDict, mesh):
     arrays, not a copy), unless reference_from names another start."""
     policy = build_policy(c, mesh)
     pretrained.init_module(policy, c.init_from)
+    if quantized(c):  # the frozen base stored int8, from its full-precision load
+        policy = transformer.quantized_model(policy)
     if uses_lora(c) and not c.reference_from:
         return policy, transformer.base_model(policy)
     reference = build_policy(c, mesh)
