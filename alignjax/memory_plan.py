@@ -154,9 +154,9 @@ def _with_shardings(tree, shardings):
 
 def abstract_module(ctor, mesh, rules, *, trainable: bool = False):
     """(graphdef, pure dict of sharded ShapeDtypeStructs) of `ctor()`, nothing allocated; with
-    `trainable`, (graphdef, what trains, the frozen base) of an adapted model (`lora.trainable`)."""
+    `trainable`, (graphdef, what trains, the frozen base) of an adapted model (`lora.TRAINABLE`)."""
     module = nnx.eval_shape(ctor)
-    parts = (lora.trainable(module), ...) if trainable else ()
+    parts = (lora.TRAINABLE, ...) if trainable else ()
     graphdef, *states = nnx.split(module, *parts)
     abstract = lambda state: _with_shardings(
         nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.state_shardings(state, mesh, rules)))
@@ -262,9 +262,8 @@ def _update_program(config, mesh, rules, cfg):
     }
     if loop.BASE in frozen_states:
         shardings['base_digest'] = rep
-        state['base_digest'] = jax.eval_shape(loop.base_digest, frozen_states[loop.BASE])
-        state['base_digest'] = jax.ShapeDtypeStruct(state['base_digest'].shape, jnp.float32,
-                                                    sharding=rep)
+        leaves = len(jax.tree.leaves(frozen_states[loop.BASE]))  # loop.base_digest's shape
+        state['base_digest'] = jax.ShapeDtypeStruct((leaves,), jnp.float32, sharding=rep)
     update = loop.make_update(graphdef, frozen_defs, loss_fn, tx, schedule,
                               config.optim.microbatches, shardings, mesh, epochs=epochs,
                               minibatches=minibatches,

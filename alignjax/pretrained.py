@@ -24,7 +24,6 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -143,23 +142,19 @@ def init_module(module: nnx.Module, spec: str, *, key: str = 'init_from') -> Non
         raise ValueError(f'config.{key}={spec!r} trained adapters on a from-scratch base, which '
                          f'its checkpoints do not hold: nothing to start from')
     init_module(module, source[base_key], key=f'{key} (its {base_key})')
-    adapted = transformer.config_of(module).replace(lora_rank=source['lora']['rank'],
-                                                    lora_alpha=source['lora']['alpha'],
-                                                    lora_targets=tuple(source['lora']['targets']))
-    graphdef, abstract = transformer.twin(module, adapted)
-    trained = nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract), lora.trainable(module)))
-    # Adapters and heads are small: read replicated on the module's mesh, then folded in.
-    mesh = jax.tree.leaves(nnx.state(module, nnx.Param))[0].sharding.mesh
-    on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    trained = load_params(
-        path,
-        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_mesh), trained),
-        key=key)
-    values = _deep_update(nnx.to_pure_dict(nnx.state(module, nnx.Param)), trained)
-    merged = lora.merged_params(nnx.merge(graphdef, values))
-    state = nnx.state(module, nnx.Param)
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(module, state)
+    lora_of = source['lora']
+
+    def from_checkpoint(twin_state):
+        # Adapters and heads are small: read replicated on the module's mesh, then folded in.
+        mesh = jax.tree.leaves(nnx.state(module, nnx.Param))[0].sharding.mesh
+        on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        trained = nnx.to_pure_dict(nnx.state(twin_state, lora.TRAINABLE))
+        return load_params(
+            path,
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_mesh),
+                         trained), key=key)
+
+    _fold_adapters(module, lora_of['rank'], lora_of['alpha'], lora_of['targets'], from_checkpoint)
 
 
 def _init_from_peft(module: nnx.Module, directory: str, *, key: str) -> None:
@@ -171,19 +166,23 @@ def _init_from_peft(module: nnx.Module, directory: str, *, key: str) -> None:
         raise FileNotFoundError(f'config.{key}=peft:{directory}: its base_model_name_or_path '
                                 f'{base!r} is not a local Hugging Face checkpoint directory')
     init_module(module, f'hf:{base}', key=key)
-    adapted = transformer.config_of(module).replace(lora_rank=config['r'],
-                                                    lora_alpha=float(config['lora_alpha']),
-                                                    lora_targets=config['alignjax_targets'])
-    graphdef, abstract = transformer.twin(module, adapted)
-    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
-                         nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, abstract), lora.LoRAParam)))
-    values = _deep_update(nnx.to_pure_dict(nnx.state(module, nnx.Param)), zeros)
-    twin = nnx.merge(graphdef, values)
-    peft.load_peft(twin, directory, key=key)
-    state = nnx.state(module, nnx.Param)
-    nnx.replace_by_pure_dict(state, lora.merged_params(twin))
-    nnx.update(module, state)
+    _fold_adapters(module, config['r'], float(config['lora_alpha']), config['alignjax_targets'],
+                   lambda twin: peft.read_adapters(twin, directory, key=key))
     logging.info('Loaded the PEFT adapter %s on %s (folded into the base)', directory, base)
+
+
+def _fold_adapters(module: nnx.Module, rank: int, alpha: float, targets, read) -> None:
+    """Folds adapters into `module`'s base parameters in place (W + scale A B): `read(twin)`
+    gives the pure-dict values (adapters, and heads if any) for the abstract `twin`, a model of
+    `module`'s class adapted with (rank, alpha, targets)."""
+    adapted = transformer.config_of(module).replace(lora_rank=rank, lora_alpha=alpha,
+                                                    lora_targets=tuple(targets))
+    graphdef, abstract = transformer.twin(module, adapted)
+    values = _deep_update(nnx.to_pure_dict(nnx.state(module, nnx.Param)),
+                          read(nnx.merge(graphdef, abstract)))
+    state = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(state, lora.merged_params(nnx.merge(graphdef, values)))
+    nnx.update(module, state)
 
 
 def _deep_update(into: dict, values: dict) -> dict:

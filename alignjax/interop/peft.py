@@ -55,9 +55,16 @@ def _adapters(model: Decoder):
         if isinstance(where[1], int):  # unrolled: ('layers', i, part, name)
             out.append((where[1], where[2], where[3], ab['a'], ab['b']))
         else:  # stacked: ('layers', part, name), [L, ...]
-            out += [(i, where[1], where[2], ab['a'][i], ab['b'][i]) for i in range(ab['a'].shape[0])
-                   ]
+            out += [(i, where[1], where[2], _layer(ab['a'], i), _layer(ab['b'], i))
+                    for i in range(ab['a'].shape[0])]
     return out
+
+
+def _layer(x, i: int):
+    """Layer i of a stacked array (of an abstract one: its shape)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    return x[i]
 
 
 def _name(layer: int, part: str, adapter: str, which: str) -> str:
@@ -126,35 +133,33 @@ def read_config(directory: str, *, key: str = 'init_from') -> dict:
     return config
 
 
-def load_peft(model: Decoder, directory: str, *, key: str = 'init_from') -> None:
-    """Reads a PEFT LoRA directory's adapters into `model`'s (same rank, alpha and targets)."""
+def read_adapters(model: Decoder, directory: str, *, key: str = 'init_from') -> dict:
+    """A PEFT LoRA directory's adapters as a pure dict (float32 NumPy) of `model`'s adapter
+    state; `model` (concrete or abstract) must be adapted with the same rank, alpha and targets."""
     config = read_config(directory, key=key)
     cfg = model.cfg
-    if (config['r'], float(config['lora_alpha']),
-            config['alignjax_targets']) != (cfg.lora_rank, float(cfg.lora_alpha),
-                                            tuple(sorted(cfg.lora_targets))):
+    ours = (cfg.lora_rank, float(cfg.lora_alpha), tuple(sorted(cfg.lora_targets)))
+    if (config['r'], float(config['lora_alpha']), config['alignjax_targets']) != ours:
         raise ValueError(f'config.{key}=peft:{directory}: r={config["r"]}, '
                          f'lora_alpha={config["lora_alpha"]}, targets '
-                         f'{config["alignjax_targets"]} differ from the model\'s adapters '
-                         f'({cfg.lora_rank}, {cfg.lora_alpha}, {tuple(sorted(cfg.lora_targets))})')
+                         f'{config["alignjax_targets"]} differ from the model\'s adapters {ours}')
     ckpt = safetensors_io.Checkpoint(directory, WEIGHTS)
-    state = nnx.state(model, lora.LoRAParam)
-    values = nnx.to_pure_dict(state)
+    values = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
+                          nnx.to_pure_dict(nnx.state(model, lora.LoRAParam)))
     for layer, part, adapter, a, b in _adapters(model):
-        got_a = ckpt.read(_name(layer, part, adapter, 'A')).T.reshape(a.shape)
-        got_b = ckpt.read(_name(layer, part, adapter, 'B')).T.reshape(b.shape)
-        node = values[LAYERS]
-        if isinstance(node, dict) and layer in node:  # unrolled
-            node = node[layer]
-            node[part][adapter] = {'a': got_a, 'b': got_b}
-        else:  # stacked: write layer `layer` of the [L, ...] arrays
-            entry = node[part][adapter]
-            entry['a'] = np.asarray(
-                entry['a']).copy() if not isinstance(entry['a'], np.ndarray) else entry['a']
-            entry['b'] = np.asarray(
-                entry['b']).copy() if not isinstance(entry['b'], np.ndarray) else entry['b']
-            entry['a'][layer], entry['b'][layer] = got_a, got_b
-    put = lambda x, old: jax.device_put(np.asarray(x, np.float32), old.sharding) if isinstance(
-        old, jax.Array) else np.asarray(x, np.float32)
+        blocks = values[LAYERS]
+        stacked = not (isinstance(blocks, dict) and layer in blocks)
+        entry = (blocks if stacked else blocks[layer])[part][adapter]
+        at = (layer,) if stacked else ()  # a stacked [L, ...] array's layer
+        entry['a'][at] = ckpt.read(_name(layer, part, adapter, 'A')).T.reshape(a.shape)
+        entry['b'][at] = ckpt.read(_name(layer, part, adapter, 'B')).T.reshape(b.shape)
+    return values
+
+
+def load_peft(model: Decoder, directory: str, *, key: str = 'init_from') -> None:
+    """Reads a PEFT LoRA directory's adapters into `model`'s (same rank, alpha and targets)."""
+    values = read_adapters(model, directory, key=key)
+    state = nnx.state(model, lora.LoRAParam)
+    put = lambda x, old: jax.device_put(x, old.sharding)
     nnx.replace_by_pure_dict(state, jax.tree.map(put, values, nnx.to_pure_dict(state)))
     nnx.update(model, state)

@@ -123,11 +123,8 @@ class Attention(nnx.Module):
                            'btr,rhk->bthk')
         self.o_lora = lora('o', (h, hd), ('heads', 'head_dim'), (d,), ('embed',), 'bthk,hkr->btr',
                            'btr,rd->btd')
-        if cfg.base_quant:  # from the full-precision draws: the same base, stored int8
-            for name in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
-                q, scale = quant.quantized_param(getattr(self, name), quant.INPUT_AXES[name])
-                setattr(self, name, q)
-                setattr(self, f'{name}_scale', scale)
+        if cfg.base_quant:
+            quant.store_int8(self, ('q_proj', 'k_proj', 'v_proj', 'o_proj'))
         if cfg.attention_bias:
             self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), std=0.0, dtype=pd)
             self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), std=0.0, dtype=pd)
@@ -291,10 +288,7 @@ class MLP(nnx.Module):
         self.up_lora = lora('up', d, 'embed', f, 'mlp')
         self.down_lora = lora('down', f, 'mlp', d, 'embed')
         if cfg.base_quant:
-            for name in ('gate_proj', 'up_proj', 'down_proj'):
-                q, scale = quant.quantized_param(getattr(self, name), 1)
-                setattr(self, name, q)
-                setattr(self, f'{name}_scale', scale)
+            quant.store_int8(self, ('gate_proj', 'up_proj', 'down_proj'))
 
     def __call__(self, x):
         dt = self.cfg.jnp_dtype

@@ -10,7 +10,7 @@ i.e. U(-1/sqrt(in), 1/sqrt(in))).
 
 The adapters are `LoRAParam`s, a Variable type apart from `nnx.Param`: `nnx.state(m, nnx.Param)`
 is the base alone (what starting points and Hugging Face checkpoints load and save), and
-`trainable(model)` selects the adapters and, for reward, value and preference models, their
+`TRAINABLE` selects the adapters and, for reward, value and preference models, their
 small heads (which start fresh and so must train, as PEFT's `modules_to_save`). With stacked
 layers the adapters are stacked too ([L, ...]), scanned beside the weights they adapt.
 
@@ -51,6 +51,7 @@ class Adapter(nnx.Module):
         self.b = LoRAParam(jnp.zeros((rank, *out_shape), jnp.float32), axes=(None, *out_axes))
         self.scale = float(alpha) / rank
         self.in_eq, self.out_eq = in_eq, out_eq
+        self.inputs = len(in_shape)  # A's input axes: W = [*in, *out] in every projection
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
@@ -79,10 +80,8 @@ def has_adapters(model: nnx.Module) -> bool:
     return bool(jax.tree.leaves(nnx.state(model, LoRAParam)))
 
 
-def trainable(model: nnx.Module):
-    """The filter of what trains in an adapted model: the adapters and the heads (`HEADS`)."""
-    del model
-    return nnx.Any(LoRAParam, *(nnx.PathContains(h) for h in HEADS))
+# The filter of what trains in an adapted model: the adapters and the heads (`HEADS`).
+TRAINABLE = nnx.Any(LoRAParam, *(nnx.PathContains(h) for h in HEADS))
 
 
 def merged_params(model: nnx.Module) -> dict:
@@ -104,10 +103,10 @@ def merged_params(model: nnx.Module) -> dict:
 
 
 def _delta(m: Adapter) -> jax.Array:
-    """scale * A B in the weight's layout ([L, ...] when stacked)."""
-    a, b = m.a[...], m.b[...]
-    w_in = m.in_eq.split(',')[1].split('->')[0]  # 'dr': A's letters, the rank last
-    w_out = m.out_eq.split(',')[1].split('->')[0]  # 'rhk': B's letters, the rank first
-    lead = 'L' if a.ndim > len(w_in) else ''  # stacked layers
-    eq = f'{lead}{w_in},{lead}{w_out}->{lead}{w_in[:-1]}{w_out[1:]}'
-    return jnp.einsum(eq, a.astype(jnp.float32), b.astype(jnp.float32)) * m.scale
+    """scale * A B in the weight's layout [*in, *out] ([L, ...] when stacked)."""
+    a, b = m.a[...].astype(jnp.float32), m.b[...].astype(jnp.float32)
+    lead = a.shape[:a.ndim - m.inputs - 1]  # a stacked layers axis, or none
+    ins, outs = a.shape[len(lead):-1], b.shape[len(lead) + 1:]
+    rank = a.shape[-1]
+    ab = a.reshape(*lead, -1, rank) @ b.reshape(*lead, rank, -1)
+    return ab.reshape(*lead, *ins, *outs) * m.scale

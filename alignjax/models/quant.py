@@ -34,11 +34,16 @@ def quantize(w: jax.Array, inputs: int, *, lead: int = 0) -> tuple[jax.Array, ja
     return q, scale
 
 
-def quantized_param(p: nnx.Param, inputs: int) -> tuple[nnx.Param, nnx.Param]:
-    """A projection's Param as (int8 Param, scale Param), with the matching logical axes."""
-    axes = p.get_metadata().get('axes') or (None,) * p[...].ndim
-    q, scale = quantize(p[...], inputs)
-    return nnx.Param(q, axes=tuple(axes)), nnx.Param(scale, axes=tuple(axes[inputs:]))
+def store_int8(module: nnx.Module, names) -> None:
+    """Replaces `module`'s projection Params `names` by their int8 values and a `<name>_scale`
+    Param each, with the matching logical axes (from the full-precision draws: the same base)."""
+    for name in names:
+        p = getattr(module, name)
+        inputs = INPUT_AXES[name]
+        axes = tuple(p.get_metadata().get('axes') or (None,) * p[...].ndim)
+        q, scale = quantize(p[...], inputs)
+        setattr(module, name, nnx.Param(q, axes=axes))
+        setattr(module, f'{name}_scale', nnx.Param(scale, axes=axes[inputs:]))
 
 
 def weight(module: nnx.Module, name: str, dtype) -> jax.Array:

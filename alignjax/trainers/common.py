@@ -101,9 +101,9 @@ def build_policy(c: ml_collections.ConfigDict, mesh, *, seed_offset: int = 0):
                                    mesh_rules(c))
 
 
-def trainable(c: ml_collections.ConfigDict, model: nnx.Module):
+def trainable(c: ml_collections.ConfigDict):
     """`loop.Algorithm.trainable` of a run: the adapters and heads with config.lora, else all."""
-    return lora.trainable(model) if uses_lora(c) else None
+    return lora.TRAINABLE if uses_lora(c) else None
 
 
 def policy_and_reference(c: ml_collections.ConfigDict, mesh):

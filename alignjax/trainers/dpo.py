@@ -140,7 +140,7 @@ def build(config, mesh) -> loop.Algorithm:
         batches = loop.from_stream(stream)
         frozen = {'reference': reference} if uses_reference(config.loss) else {}
     algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen, batches=batches,
-                          trainable=common.trainable(config, policy))
+                          trainable=common.trainable(config))
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))
     task = inputs.synthetic_task(config)

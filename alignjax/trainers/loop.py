@@ -70,7 +70,7 @@ class Algorithm:
         optimizer step per minibatch, all inside the one jitted update. The loop's step counts
         batches (rollouts); the learning-rate schedule counts optimizer updates.
 
-      trainable: a filter of the model's state (`models/lora.trainable` for an adapted model):
+      trainable: a filter of the model's state (`models/lora.TRAINABLE` for an adapted model):
         only what it selects trains and has optimizer state; the rest, the frozen base, is an
         argument of the update (under `frozen_states[BASE]`), never donated or checkpointed.
         None: the whole model trains.

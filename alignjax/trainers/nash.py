@@ -254,7 +254,6 @@ def build(config, mesh) -> loop.Algorithm:
         config, critic=False))
     return loop.Algorithm(
         model=policy, loss_fn=loss_fn, batches=batches,
-        evaluators=policy_gradient.online_evaluators(config, task, reference,
-                                                     tok), epochs=rl.epochs,
-        minibatches=rl.minibatches, save_every=2 * n.phase_steps if method.phases else 1,
-        trainable=common.trainable(config, policy))
+        evaluators=policy_gradient.online_evaluators(config, task, reference, tok),
+        epochs=rl.epochs, minibatches=rl.minibatches,
+        save_every=2 * n.phase_steps if method.phases else 1, trainable=common.trainable(config))

@@ -326,4 +326,4 @@ def build(config, mesh) -> loop.Algorithm:
     return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
                           evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
                           update_algo_state=update_algo_state, epochs=rl.epochs,
-                          minibatches=rl.minibatches, trainable=common.trainable(config, model))
+                          minibatches=rl.minibatches, trainable=common.trainable(config))

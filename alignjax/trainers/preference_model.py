@@ -61,4 +61,4 @@ def build(config, mesh) -> loop.Algorithm:
     }
     return loop.Algorithm(model=model, loss_fn=loss_fn, batches=loop.from_stream(stream),
                           evaluators=evaluators.select(config, available),
-                          trainable=common.trainable(config, model))
+                          trainable=common.trainable(config))

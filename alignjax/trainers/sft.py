@@ -39,7 +39,7 @@ def build(config, mesh) -> loop.Algorithm:
     policy = common.build_policy(config, mesh)
     pretrained.init_module(policy, config.init_from)
     algo = loop.Algorithm(model=policy, loss_fn=sft_loss_fn, batches=loop.from_stream(stream),
-                          trainable=common.trainable(config, policy))
+                          trainable=common.trainable(config))
     task = inputs.synthetic_task(config)
 
     def initial_policy():

@@ -138,12 +138,12 @@ def test_base_model_shares_the_arrays_and_drops_the_adapters():
 def test_reward_model_trains_adapters_and_its_head_only():
     cfg = get_model_config('tiny', lora_rank=2)
     rm = RewardModel(cfg, rngs=nnx.Rngs(0), num_heads=2)
-    trained = nnx.to_pure_dict(nnx.state(rm, lora.trainable(rm)))
+    trained = nnx.to_pure_dict(nnx.state(rm, lora.TRAINABLE))
     assert set(trained) == {'backbone', 'reward_head', 'reward_bias'}
     assert set(
         jax.tree.leaves(
             jax.tree.map(lambda x: type(x).__name__,
-                         nnx.state(rm, lora.trainable(rm))['backbone'],
+                         nnx.state(rm, lora.TRAINABLE)['backbone'],
                          is_leaf=lambda x: isinstance(x, nnx.Variable)))) == {'LoRAParam'}
 
 

@@ -35,8 +35,7 @@ def test_update_moves_only_the_adapters():
     with jax.set_mesh(mesh):
         algo = dpo.build(config, mesh)
         run = loop.setup(config, algo, mesh)
-        trained = jax.tree.map(lambda x: type(x).__name__,
-                               nnx.state(algo.model, lora.trainable(algo.model)),
+        trained = jax.tree.map(lambda x: type(x).__name__, nnx.state(algo.model, lora.TRAINABLE),
                                is_leaf=lambda x: isinstance(x, nnx.Variable))
         assert set(jax.tree.leaves(trained)) == {'LoRAParam'}
         # The reference is the policy with its adapters off: its arrays are the base's own.
