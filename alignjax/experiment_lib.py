@@ -77,12 +77,14 @@ def model_config_dict(preset: str, **overrides) -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Key:
     """A config key's default and what validation accepts of it: its type ('int', 'number',
-    'str'; '' unchecked), a lower bound (`strict`: excluded) or a set of choices."""
+    'str'; '' unchecked), a lower bound (`strict`: excluded), an excluded upper bound or a set
+    of choices."""
     default: Any
     kind: str = ''
     low: float | None = None
     strict: bool = False
     choices: tuple = ()
+    below: float | None = None
 
 
 def _int(default, low=None, strict=False):
@@ -115,7 +117,10 @@ BASE: dict[str, Key] = {
     # of reward, value and preference models), scaled by alpha / r.
     'lora.rank': _int(0, **NON_NEGATIVE),
     'lora.alpha': _num(16.0, **POSITIVE),
-    'lora.targets': Key(model_config.LORA_TARGETS),
+    'lora.targets': Key(model_config.DEFAULT_LORA_TARGETS),  # of model_config.LORA_TARGETS
+    # Dropout on each adapter's input in the update only (PEFT's lora_dropout): one mask per
+    # update microbatch, adapter and layer.
+    'lora.dropout': Key(0.0, 'number', low=0, below=1),
     # The frozen base's projections stored int8 (alignjax/models/quant.py): QLoRA-style.
     'lora.quantize': _one_of('', 'int8'),
     'mesh.shape': Key((1, -1, 1)),  # (data, fsdp, tensor); one entry may be -1

@@ -82,12 +82,13 @@ def check_fields(config) -> None:
                 v, str)
         }[kind] and not isinstance(v, bool)
         sign = '' if low is None else ('positive ' if strict else 'non-negative ')
-        expected = f'a {sign}{kind}'
+        expected = f'a {sign}{kind}' + ('' if spec.below is None else f' below {spec.below}')
         if not ok_type:
             raise ValidationError(f'config.{key} must be {expected}, got {v!r} '
                                   f'({type(v).__name__})')
         if low is not None and (v <= low if strict else v < low) or \
-                kind == 'number' and not math.isfinite(v):
+                kind == 'number' and not math.isfinite(v) or \
+                spec.below is not None and v >= spec.below:
             raise ValidationError(f'config.{key} must be {expected}, got {v!r}')
     if config.get('tracker'):  # its package, before any compute
         require(config.tracker, f'config.tracker={config.tracker}', 'track')

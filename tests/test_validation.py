@@ -175,6 +175,8 @@ CONFIGS = [
      r'config.rl.max_new_tokens=250: .* 258 positions, beyond the context of 256'),
     ('unknown_truncation_policy', 'sft.py:tiny', {'data.truncation': 'middle'},
      r"config.data.truncation='middle': expected one of \('left', 'skip', 'error'\)"),
+    ('lora_dropout_of_one', 'dpo.py:tiny,lora=4', {'lora.dropout': 1.0},
+     r'config.lora.dropout must be a non-negative number below 1, got 1.0'),
     ('unknown_nonfinite_policy', 'sft.py:tiny', {'nonfinite': 'ignore'},
      r"config.nonfinite='ignore': expected one of \('stop', 'skip'\)"),
 ]

@@ -3,7 +3,8 @@
 A PEFT LoRA directory is `adapter_config.json` (r, lora_alpha, target_modules, ...) and
 `adapter_model.safetensors`, one pair of tensors per adapted Linear of the transformers model:
 `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` [r, in] and `...lora_B.weight`
-[out, r], the update being (lora_alpha / r) B A x. alignjax's adapters (`models/lora.py`) are the
+[out, r] (and `base_model.model.lm_head.lora_A.weight` for the output head), the update being
+(lora_alpha / r) B A x. alignjax's adapters (`models/lora.py`) are the
 same matrices in the projections' own layouts: A [*in, r] is lora_A transposed with its input
 axes unflattened, B [r, *out] is lora_B transposed with its output axes unflattened, in the
 order `interop.hf` flattens the weights (heads major). `peft.PeftModel.from_pretrained` loads
@@ -34,28 +35,34 @@ _MODULES = {
     **{('attn', f'{x}_lora'): f'self_attn.{x}_proj' for x in 'qkvo'},
     **{('mlp', f'{x}_lora'): f'mlp.{x}_proj' for x in ('gate', 'up', 'down')},
 }
-_TARGETS = {name.split('_')[0]: module.split('.')[-1] for (_, name), module in _MODULES.items()}
-PREFIX = 'base_model.model.model.layers'
+_TARGETS = {
+    **{
+        name.split('_')[0]: module.split('.')[-1] for (_, name), module in _MODULES.items()
+    }, 'lm_head': 'lm_head'
+}
+PREFIX = 'base_model.model'
 CONFIG = 'adapter_config.json'
 WEIGHTS = 'adapter_model'
 
 
 def _adapters(model: Decoder):
-    """(layer, block part, adapter name, A [*in, r], B [r, *out]) of every adapter, one layer at a
-    time (stacked layers split)."""
+    """(module, entry, at, A [*in, r], B [r, *out]) of every adapter, one layer at a time
+    (stacked layers split): `module` the transformers module it adapts, `entry` its path in the
+    adapter state and `at` its layer's index in a stacked array (() when not stacked)."""
     pairs = {}
     for path, var in nnx.state(model, lora.LoRAParam).flat_state():
-        path = tuple(path)
-        if path[0] != LAYERS:
-            raise ValueError(f'adapter {"/".join(map(str, path))} is outside the decoder blocks')
-        *where, which = path
+        *where, which = tuple(path)
         pairs.setdefault(tuple(where), {})[which] = var.get_value()
     out = []
     for where, ab in sorted(pairs.items(), key=str):
-        if isinstance(where[1], int):  # unrolled: ('layers', i, part, name)
-            out.append((where[1], where[2], where[3], ab['a'], ab['b']))
+        if where == ('lm_head_lora',):
+            out.append(('lm_head', where, (), ab['a'], ab['b']))
+        elif where[0] != LAYERS:
+            raise ValueError(f'adapter {"/".join(map(str, where))} has no transformers module')
+        elif isinstance(where[1], int):  # unrolled: ('layers', i, part, name)
+            out.append((_module(*where[1:]), where, (), ab['a'], ab['b']))
         else:  # stacked: ('layers', part, name), [L, ...]
-            out += [(i, where[1], where[2], _layer(ab['a'], i), _layer(ab['b'], i))
+            out += [(_module(i, *where[1:]), where, (i,), _layer(ab['a'], i), _layer(ab['b'], i))
                     for i in range(ab['a'].shape[0])]
     return out
 
@@ -67,8 +74,12 @@ def _layer(x, i: int):
     return x[i]
 
 
-def _name(layer: int, part: str, adapter: str, which: str) -> str:
-    return f'{PREFIX}.{layer}.{_MODULES[(part, adapter)]}.lora_{which}.weight'
+def _module(layer: int, part: str, adapter: str) -> str:
+    return f'model.layers.{layer}.{_MODULES[(part, adapter)]}'
+
+
+def _name(module: str, which: str) -> str:
+    return f'{PREFIX}.{module}.lora_{which}.weight'
 
 
 def save_peft(model: Decoder, directory: str, *, base_model_name_or_path: str = '') -> None:
@@ -81,21 +92,21 @@ def save_peft(model: Decoder, directory: str, *, base_model_name_or_path: str = 
     config = {
         'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': cfg.lora_rank,
         'lora_alpha': cfg.lora_alpha, 'target_modules': sorted(_TARGETS[t] for t in cfg.lora_targets
-                                                              ), 'lora_dropout': 0.0,
+                                                              ), 'lora_dropout': cfg.lora_dropout,
         'bias': 'none', 'fan_in_fan_out': False, 'use_rslora': False, 'use_dora': False,
         'init_lora_weights': True, 'modules_to_save': None,
         'base_model_name_or_path': base_model_name_or_path, 'inference_mode': True
     }
     tensors = []
-    for layer, part, adapter, a, b in _adapters(model):
+    for module, _, _, a, b in _adapters(model):
         rank = a.shape[-1]
         a_t = lambda a=a, r=rank: np.asarray(sharding_lib.to_global_host(a), np.float32).reshape(
             -1, r).T
         b_t = lambda b=b, r=rank: np.asarray(sharding_lib.to_global_host(b), np.float32).reshape(
             r, -1).T
-        tensors.append((_name(layer, part, adapter,
+        tensors.append((_name(module,
                               'A'), (rank, math.prod(a.shape[:-1])), np.dtype(np.float32), a_t))
-        tensors.append((_name(layer, part, adapter,
+        tensors.append((_name(module,
                               'B'), (math.prod(b.shape[1:]), rank), np.dtype(np.float32), b_t))
     writer = jax.process_index() == 0
     if writer:
@@ -146,13 +157,12 @@ def read_adapters(model: Decoder, directory: str, *, key: str = 'init_from') -> 
     ckpt = safetensors_io.Checkpoint(directory, WEIGHTS)
     values = jax.tree.map(lambda x: np.zeros(x.shape, np.float32),
                           nnx.to_pure_dict(nnx.state(model, lora.LoRAParam)))
-    for layer, part, adapter, a, b in _adapters(model):
-        blocks = values[LAYERS]
-        stacked = not (isinstance(blocks, dict) and layer in blocks)
-        entry = (blocks if stacked else blocks[layer])[part][adapter]
-        at = (layer,) if stacked else ()  # a stacked [L, ...] array's layer
-        entry['a'][at] = ckpt.read(_name(layer, part, adapter, 'A')).T.reshape(a.shape)
-        entry['b'][at] = ckpt.read(_name(layer, part, adapter, 'B')).T.reshape(b.shape)
+    for module, where, at, a, b in _adapters(model):
+        entry = values
+        for key in where:
+            entry = entry[key]
+        entry['a'][at] = ckpt.read(_name(module, 'A')).T.reshape(a.shape)
+        entry['b'][at] = ckpt.read(_name(module, 'B')).T.reshape(b.shape)
     return values
 
 

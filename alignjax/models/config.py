@@ -19,8 +19,10 @@ ATTENTION_IMPLS = ('auto', 'xla', 'blockwise', 'cudnn')
 ATTENTION_THRESHOLD = 2048
 # Models of at most this many layers run their layer scan unrolled by default (`scan_unroll`).
 SHALLOW_LAYERS = 4
-# The projections a low-rank adapter can adapt (`models/lora.py`).
-LORA_TARGETS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+# The projections a low-rank adapter can adapt (`models/lora.py`), and those adapted by default
+# (every projection of the blocks, PEFT's 'all-linear'; the output head is opt-in).
+LORA_TARGETS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down', 'lm_head')
+DEFAULT_LORA_TARGETS = LORA_TARGETS[:-1]
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
@@ -76,7 +78,10 @@ class ModelConfig:
             (`jax.nn.dot_product_attention` on GPU; no soft-cap or per-layer window).
         lora_rank: rank r of low-rank adapters on the projections (`models/lora.py`); 0: none.
         lora_alpha: the adapters' scale is lora_alpha / lora_rank (PEFT's convention).
-        lora_targets: the projections adapted, of 'q', 'k', 'v', 'o', 'gate', 'up', 'down'.
+        lora_targets: the projections adapted, of 'q', 'k', 'v', 'o', 'gate', 'up', 'down' and
+            'lm_head' (the output projection, tied or not).
+        lora_dropout: dropout rate on each adapter's input in the training update (PEFT's
+            lora_dropout); the sampler, scorer and evaluation run without it.
         base_quant: '' or 'int8': how the projection weights are stored (`models/quant.py`;
             int8 with a float32 scale per output channel, for a frozen base under adapters).
     """
@@ -114,7 +119,8 @@ class ModelConfig:
     attention: str = 'auto'
     lora_rank: int = 0
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    lora_dropout: float = 0.0
     base_quant: str = ''
 
     def __post_init__(self):
@@ -139,6 +145,8 @@ class ModelConfig:
         if self.lora_rank < 0 or unknown:
             raise ValueError(f'model.lora_rank must be >= 0 and model.lora_targets of '
                              f'{LORA_TARGETS}, got {self.lora_rank} and {self.lora_targets}')
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f'model.lora_dropout must be in [0, 1), got {self.lora_dropout}')
         if self.base_quant not in ('', 'int8'):
             raise ValueError(f"model.base_quant must be '' or 'int8', got {self.base_quant!r}")
         if self.scan_unroll < 0:

@@ -14,6 +14,12 @@ is the base alone (what starting points and Hugging Face checkpoints load and sa
 small heads (which start fresh and so must train, as PEFT's `modules_to_save`). With stacked
 layers the adapters are stacked too ([L, ...]), scanned beside the weights they adapt.
 
+Adapter dropout (PEFT's lora_dropout) is inverted dropout on the adapter's input x before A, in
+the training update only: the loop gives each adapter of the model it differentiates a key
+(`with_dropout`); a model without keys (the sampler, the scorer, evaluation, the reference) runs
+the adapters deterministically. One mask per update microbatch, adapter and layer: calls of the
+same shape within one loss (a DPO loss's chosen and rejected when scored apart) share it.
+
 `transformer.base_model(model)` is the model with its adapters switched off: a model of the same
 class without adapters whose arrays *are* the adapted model's base arrays (no copy), used as the
 frozen reference of DPO, Nash and PPO.
@@ -37,6 +43,11 @@ class LoRAParam(nnx.Variable):
     """An adapter weight (A or B of one projection)."""
 
 
+class DropoutKey(nnx.Variable):
+    """An adapter's dropout key data for one update ([L, 2] when stacked), set by `with_dropout`
+    on a model merged inside the update and never stored."""
+
+
 class Adapter(nnx.Module):
     """A [*in, r] and B [r, *out] of one projection, applied as scale * (x A) B.
 
@@ -44,7 +55,7 @@ class Adapter(nnx.Module):
     projection keeps its own layout.
     """
     def __init__(self, in_shape, in_axes, out_shape, out_axes, *, rank: int, alpha: float,
-                 in_eq: str, out_eq: str, name: str, rngs: nnx.Rngs):
+                 in_eq: str, out_eq: str, name: str, rngs: nnx.Rngs, dropout: float = 0.0):
         bound = 1.0 / math.sqrt(math.prod(in_shape))
         a = jax.random.uniform(_key(rngs, name), (*in_shape, rank), jnp.float32, -bound, bound)
         self.a = LoRAParam(a, axes=(*in_axes, None))
@@ -52,9 +63,15 @@ class Adapter(nnx.Module):
         self.scale = float(alpha) / rank
         self.in_eq, self.out_eq = in_eq, out_eq
         self.inputs = len(in_shape)  # A's input axes: W = [*in, *out] in every projection
+        self.dropout = float(dropout)
+        self.dropout_key = nnx.data(None)  # a DropoutKey inside an update (`with_dropout`)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
+        if self.dropout_key is not None:
+            keep = jax.random.bernoulli(jax.random.wrap_key_data(self.dropout_key[...]),
+                                        1.0 - self.dropout, x.shape)
+            x = jnp.where(keep, x / jnp.asarray(1.0 - self.dropout, dt), jnp.zeros((), dt))
         xa = jnp.einsum(self.in_eq, x, self.a[...].astype(dt))
         return jnp.einsum(self.out_eq, xa, self.b[...].astype(dt)) * jnp.asarray(self.scale, dt)
 
@@ -73,7 +90,23 @@ def adapter_for(cfg, target: str, in_shape, in_axes, out_shape, out_axes, in_eq:
     if not cfg.lora_rank or target not in cfg.lora_targets:
         return None
     return Adapter(in_shape, in_axes, out_shape, out_axes, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                   in_eq=in_eq, out_eq=out_eq, name=target, rngs=rngs)
+                   in_eq=in_eq, out_eq=out_eq, name=target, rngs=rngs,
+                   dropout=0.0 if target == 'lm_head' else cfg.lora_dropout)
+
+
+def with_dropout(model: nnx.Module, rng: jax.Array) -> nnx.Module:
+    """`model` with a dropout key on each of its adapters that has a dropout rate (in place;
+    returned for chaining): a key per adapter (folded from its path) and per layer (split along
+    a stacked layers axis). A model without such adapters is returned untouched."""
+    for path, m in model.iter_modules():
+        if isinstance(m, Adapter) and m.dropout > 0:
+            key = jax.random.fold_in(jax.random.fold_in(rng, 0xD50),
+                                     zlib.crc32('/'.join(map(str, path)).encode()))
+            lead = m.a.shape[:m.a.ndim - m.inputs - 1]  # a stacked layers axis, or none
+            if lead:
+                key = jax.random.split(key, lead)
+            m.dropout_key = DropoutKey(jax.random.key_data(key))
+    return model
 
 
 def has_adapters(model: nnx.Module) -> bool:
@@ -94,15 +127,21 @@ def merged_params(model: nnx.Module) -> dict:
             node = params
             for p in parent:
                 node = node[p]
+            if name == 'lm_head_lora':
+                if 'lm_head' not in node:
+                    raise ValueError('an adapter on a tied output head cannot be merged: the '
+                                     'merged head would differ from the input embedding')
+                node['lm_head'] = node['lm_head'] + delta(m).astype(node['lm_head'].dtype)
+                continue
             weight = name.removesuffix('_lora') + '_proj'
             if f'{weight}_scale' in node:
                 raise ValueError('merging adapters into an int8 base would round them away: '
                                  'merge into its full-precision starting point instead')
-            node[weight] = node[weight] + _delta(m).astype(node[weight].dtype)
+            node[weight] = node[weight] + delta(m).astype(node[weight].dtype)
     return params
 
 
-def _delta(m: Adapter) -> jax.Array:
+def delta(m: Adapter) -> jax.Array:
     """scale * A B in the weight's layout [*in, *out] ([L, ...] when stacked)."""
     a, b = m.a[...].astype(jnp.float32), m.b[...].astype(jnp.float32)
     lead = a.shape[:a.ndim - m.inputs - 1]  # a stacked layers axis, or none

@@ -137,6 +137,10 @@ class Decoder(nnx.Module):
         if lm_head and not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.embed_dim, cfg.vocab_size), ('embed', 'vocab'),
                                  std=cfg.embed_dim**-0.5, dtype=pd)
+        # An adapter on the output projection (tied or not) when cfg.lora_targets names it.
+        self.lm_head_lora = lora.adapter_for(cfg, 'lm_head', (cfg.embed_dim,), ('embed',),
+                                             (cfg.vocab_size,), ('vocab',), 'btd,dr->btr',
+                                             'btr,rv->btv', rngs) if lm_head else None
 
     def hidden(self, tokens, *, positions, kv_mask, cache=None, cache_index=None):
         """Final-norm hidden states [B, T, D] and the updated cache (None without one).
@@ -227,10 +231,15 @@ class Decoder(nnx.Module):
         return nnx.merge(graphdef, unstack_layers(nnx.state(self), self.cfg.num_layers))
 
     def output_weight(self) -> jax.Array:
-        """The output projection [D, V] in the compute dtype (the embedding's transpose if tied)."""
-        if self.cfg.tie_embeddings:
-            return self.embedding[...].astype(self.cfg.jnp_dtype).T
-        return self.lm_head[...].astype(self.cfg.jnp_dtype)
+        """The output projection [D, V] in the compute dtype (the embedding's transpose if tied),
+        with its adapter folded in when it has one."""
+        dt = self.cfg.jnp_dtype
+        w = self.embedding[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+        if self.lm_head_lora is None:
+            return w.astype(dt)
+        # Merged on the fly, in float32 (every path through the head, the vocabulary-parallel
+        # ones included, uses this weight); no dropout on this adapter.
+        return (w.astype(jnp.float32) + lora.delta(self.lm_head_lora)).astype(dt)
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Output logits in float32, soft-capped if configured."""

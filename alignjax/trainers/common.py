@@ -41,7 +41,8 @@ def model_config_of(c: ml_collections.ConfigDict, model=None) -> model_config.Mo
     lora = c.get('lora')
     if lora is None or not lora.rank:
         return cfg
-    return cfg.replace(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_targets=tuple(lora.targets))
+    return cfg.replace(lora_rank=lora.rank, lora_alpha=lora.alpha, lora_targets=tuple(lora.targets),
+                       lora_dropout=lora.get('dropout', 0.0))
 
 
 def uses_lora(c: ml_collections.ConfigDict) -> bool:

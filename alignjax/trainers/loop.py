@@ -37,6 +37,7 @@ from alignjax import sharding
 from alignjax import tracking
 from alignjax import validation
 from alignjax import workdir as workdir_lib
+from alignjax.models import lora
 from alignjax.trainers import common
 
 # The key of an adapted model's frozen base among the update's frozen states (`Algorithm.trainable`).
@@ -194,6 +195,7 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
 
         def f(p):
             model = nnx.merge(graphdef, p) if base is None else nnx.merge(graphdef, p, base)
+            model = lora.with_dropout(model, rng)  # adapter dropout in the update only
             loss_sum, weight, metrics = loss_fn(model, frozen, batch, rng)
             return loss_sum, (weight, metrics)
 

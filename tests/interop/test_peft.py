@@ -23,7 +23,9 @@ COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_
               tie_word_embeddings=False)
 FAMILIES = {'llama': {}, 'qwen2': {}}
 RANK, ALPHA = 4, 8.0
-TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
+# Every projection and the output head.
+TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'lm_head']
+OURS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down', 'lm_head')
 TOKENS = np.random.RandomState(0).randint(1, 256, (2, 11)).astype(np.int32)
 
 
@@ -48,7 +50,8 @@ def logits_of(model):
 
 
 def adapted_model(directory, scan=True):
-    cfg = hf.read_config(str(directory)).replace(lora_rank=RANK, lora_alpha=ALPHA, scan_layers=scan)
+    cfg = hf.read_config(str(directory)).replace(lora_rank=RANK, lora_alpha=ALPHA, scan_layers=scan,
+                                                 lora_targets=OURS)
     model = Decoder(cfg, rngs=nnx.Rngs(0))
     hf.load_into(model, str(directory))
     return model

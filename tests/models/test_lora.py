@@ -124,6 +124,30 @@ def test_targets_choose_the_projections():
         get_model_config('tiny', lora_rank=2, lora_targets=('q', 'ffn'))
 
 
+@pytest.mark.parametrize('tied', [True, False])
+def test_output_head_adapter_against_numpy(tied):
+    base, adapted = models(tie_embeddings=tied, lora_targets=('lm_head',))
+    base = Decoder(base.cfg.replace(tie_embeddings=tied), rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(adapted(TOKENS)), np.asarray(base(TOKENS)))
+    randomise_b(adapted)
+    ab = nnx.to_pure_dict(nnx.state(adapted, lora.LoRAParam))['lm_head_lora']
+    a, b = np.asarray(ab['a'], np.float64), np.asarray(ab['b'], np.float64)
+    params = nnx.to_pure_dict(nnx.state(adapted, nnx.Param))
+    w = (np.asarray(params['embedding'], np.float64).T if tied else np.asarray(
+        params['lm_head'], np.float64))
+    w = w + adapted.cfg.lora_alpha / adapted.cfg.lora_rank * a @ b  # [D, V]
+    mask = jnp.ones(TOKENS.shape, jnp.int32)
+    hidden, _ = adapted.hidden(TOKENS, positions=transformer.positions_from_mask(mask),
+                               kv_mask=mask, cache=None, cache_index=None)
+    hidden = np.asarray(hidden, np.float64)
+    np.testing.assert_allclose(np.asarray(adapted(TOKENS)), hidden @ w, rtol=1e-5, atol=1e-5)
+    if tied:
+        with pytest.raises(ValueError, match='tied output head'):
+            lora.merged_params(adapted)
+    else:
+        np.testing.assert_allclose(lora.merged_params(adapted)['lm_head'], w, rtol=1e-6, atol=1e-6)
+
+
 def test_base_model_shares_the_arrays_and_drops_the_adapters():
     base, adapted = models()
     randomise_b(adapted)
@@ -171,3 +195,58 @@ def test_int8_base_is_close_and_its_reference_exact(scan):
     assert all(jax.tree.leaves(same))
     off = transformer.base_model(quantised)
     np.testing.assert_array_equal(np.asarray(off(TOKENS)), np.asarray(quantised(TOKENS)))
+
+
+def one_adapter(rate, d=64, r=4):
+    """A lone adapter y = s (x A) B with a dropout rate and random A and B."""
+    adapter = lora.Adapter((d,), ('embed',), (d,), ('embed',), rank=r, alpha=2.0 * r,
+                           in_eq='btd,dr->btr', out_eq='btr,ro->bto', name='q', rngs=nnx.Rngs(0),
+                           dropout=rate)
+    adapter.b[...] = jax.random.normal(jax.random.key(1), adapter.b[...].shape)
+    return adapter
+
+
+def test_adapter_dropout_against_numpy_with_the_same_mask():
+    rate = 0.3
+    adapter = one_adapter(rate)
+    x = np.random.RandomState(0).randn(2, 5, 64).astype(np.float32)
+    a, b = np.asarray(adapter.a[...], np.float64), np.asarray(adapter.b[...], np.float64)
+    # Without a key (the sampler, the scorer, evaluation) the adapter is deterministic.
+    np.testing.assert_allclose(np.asarray(adapter(jnp.asarray(x))), 2.0 * x @ a @ b, atol=1e-5,
+                               rtol=1e-5)
+    model = lora.with_dropout(adapter, jax.random.key(7))
+    key = jax.random.wrap_key_data(model.dropout_key[...])
+    keep = np.asarray(jax.random.bernoulli(key, 1 - rate, x.shape))
+    expect = 2.0 * (np.where(keep, x / (1 - rate), 0.0) @ a) @ b
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), expect, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_dropout_rate_and_scaling():
+    """With x = 1, A = 1 and B = 1 the output is the mask itself: a fraction 1 - p of the inputs
+    kept, each scaled by 1 / (1 - p), so the mean is unchanged (inverted dropout)."""
+    rate = 0.25
+    adapter = lora.Adapter((1,), ('embed',), (1,), ('embed',), rank=1, alpha=1.0,
+                           in_eq='btd,dr->btr', out_eq='btr,ro->bto', name='q', rngs=nnx.Rngs(0),
+                           dropout=rate)
+    adapter.a[...] = jnp.ones((1, 1))
+    adapter.b[...] = jnp.ones((1, 1))
+    out = np.asarray(lora.with_dropout(adapter, jax.random.key(0))(jnp.ones((40, 500, 1))))
+    assert set(np.unique(out)) <= {0.0, np.float32(1 / (1 - rate))}
+    assert abs((out > 0).mean() - (1 - rate)) < 0.01  # 20,000 draws: 6 standard errors
+    assert abs(out.mean() - 1.0) < 0.015
+
+
+@pytest.mark.parametrize('scan', [True, False])
+def test_dropout_keys_differ_by_adapter_and_layer(scan):
+    _, adapted = models(scan=scan, lora_dropout=0.1)
+    lora.with_dropout(adapted, jax.random.key(3))
+    keys = [np.asarray(v[...]) for _, v in nnx.state(adapted, lora.DropoutKey).flat_state()]
+    rows = np.concatenate([k.reshape(-1, 2) for k in keys])
+    assert len(keys) == (7 if scan else 7 * adapted.cfg.num_layers)
+    assert len(rows) == 7 * adapted.cfg.num_layers == len({tuple(r) for r in rows})
+    # The keyed model's output changes (B randomised), the unkeyed twin's does not.
+    randomise_b(adapted)
+    twin = models(scan=scan, lora_dropout=0.1)[1]
+    nnx.update(twin, nnx.state(adapted, nnx.Any(nnx.Param, lora.LoRAParam)))
+    assert not np.allclose(np.asarray(adapted(TOKENS)), np.asarray(twin(TOKENS)))
+    np.testing.assert_array_equal(np.asarray(twin(TOKENS)), np.asarray(twin(TOKENS)))

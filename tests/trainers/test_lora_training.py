@@ -57,9 +57,48 @@ def test_update_moves_only_the_adapters():
     assert np.isfinite(float(metrics['loss']))
 
 
+def _three_updates(**overrides):
+    """The adapters after three updates from the same start, each update's loss, and the
+    trained policy's logits on a fixed batch, computed twice."""
+    config = experiment_runs.config_of(SPEC, **SHORT, **overrides)
+    mesh = common.make_mesh(config)
+    with jax.set_mesh(mesh):
+        algo = dpo.build(config, mesh)
+        run = loop.setup(config, algo, mesh)
+        state, losses = run.state, []
+        for step in range(3):
+            host, _ = algo.batches(step, run.model(state['params']), {})
+            state, metrics, _ = run.update(state, run.frozen_states,
+                                           sharding.shard_batch(host, mesh))
+            losses.append(float(metrics['loss']))
+        model = run.model(state['params'])
+        assert not jax.tree.leaves(nnx.state(model, lora.DropoutKey))
+        tokens = np.random.RandomState(0).randint(1, 200, (2, 12))
+        scores = [np.asarray(model(tokens)) for _ in range(2)]
+        return jax.tree.map(np.array, state['params']), losses, scores
+
+
+def test_adapter_dropout_acts_in_the_update_only_and_is_seeded():
+    plain, plain_losses, plain_scores = _three_updates()
+    dropped, losses, scores = _three_updates(**{'lora.dropout': 0.5})
+    again, again_losses, _ = _three_updates(**{'lora.dropout': 0.5})
+    # B = 0 at the start: the masked adapters still add nothing to the first loss ...
+    assert losses[0] == plain_losses[0]
+    # ... but their gradients see the masked inputs, so the adapters move differently.
+    diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), plain, dropped)
+    assert max(jax.tree.leaves(diff)) > 1e-4
+    # Outside the update (the model a run evaluates and samples with) nothing is dropped.
+    np.testing.assert_array_equal(*scores)
+    np.testing.assert_array_equal(*plain_scores)
+    # The masks come from the run's seed and step: the same run twice is bitwise the same.
+    jax.tree.map(np.testing.assert_array_equal, dropped, again)
+    assert losses == again_losses
+
+
 def test_checkpoint_holds_the_adapters_and_resume_is_bitwise(tmp_path):
+    short = {**SHORT, 'lora.dropout': 0.1}  # the dropout masks are redrawn exactly on resume
     straight = tmp_path / 'straight'
-    experiment_runs.run(straight, SPEC, **SHORT)
+    experiment_runs.run(straight, SPEC, **short)
     ckpt = ckpt_lib.Checkpointer(str(straight / 'checkpoints'), save_every=1, keep=10)
     saved = ckpt.restore_params(4)
     ckpt.close()
@@ -74,7 +113,7 @@ def test_checkpoint_holds_the_adapters_and_resume_is_bitwise(tmp_path):
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / 'checkpoints' / '4')
     os.remove(resumed / 'summary.json')
-    experiment_runs.run(resumed, SPEC, **SHORT)
+    experiment_runs.run(resumed, SPEC, **short)
     timed = lambda k: k in metrics_lib.TIMING_KEYS or k.endswith(('_per_s', 'seconds'))
     rows = lambda d: [{k: v
                        for k, v in r.items()
