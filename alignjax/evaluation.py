@@ -81,10 +81,12 @@ def _ref_logprobs(graphdef):
 
 def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt_len: int,
                     max_new_tokens: int, temperature: float, seed: int, with_kl: bool = False,
-                    scorer=None) -> dict[str, float]:
+                    scorer=None, pass_k: int = 4) -> dict[str, float]:
     """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), with_kl
     the sampled KL(policy || reference) per sequence, and with a `scorer` (a learned reward model,
-    see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref."""
+    see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref.
+    On a verifiable task (one with `verify`, e.g. `data.arithmetic`) also pass@1 and pass@k of
+    `pass_k` samples a prompt, the format-error rate and the response length."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
     kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -102,6 +104,12 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
     }
     if with_kl:
         out['kl_to_ref'] = kl_to_reference(samples, ref_model)
+    if hasattr(task, 'verify'):  # a verifiable task: pass@1 and pass@k, format errors
+        more = [
+            sample_responses(model, prompts, tok, **dict(kw, key=jax.random.fold_in(key, j)))
+            for j in range(1, pass_k)
+        ]
+        out.update(task.verify(prompts, [ys, *more]))
     if hasattr(task, 'exploitability'):  # intransitive: the Nash figures, policy and reference
         out.update(task.exploitability(prompts, ys))
         ref_figures = task.exploitability(prompts, refs)

@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from alignjax import rewards
 from alignjax import specs
 from alignjax.interop import hf
 from alignjax.models import config as model_config
@@ -199,9 +200,18 @@ RL: dict[str, Key] = {
     'kl_target': Key(1.0),
     'kl_horizon': Key(10_000),
     'whiten_advantages': Key(False),
-    'aggregation': _one_of('token_mean', 'sequence_mean', 'sequence_sum'),
+    'aggregation': _one_of('token_mean', 'sequence_mean', 'sequence_sum', 'constant_length'),
     'missing_eos_penalty': Key(0.0),
     'grpo_normalize': Key(True),
+    # GSPO: 'sequence' gives every token its response's length-normalised ratio.
+    'importance_level': _one_of('token', 'sequence'),
+    # DAPO's soft overlong punishment: a ramp to -overlong_penalty over the last overlong_buffer
+    # tokens before max_new_tokens (0: off).
+    'overlong_buffer': _int(0, **NON_NEGATIVE),
+    'overlong_penalty': _num(1.0, **NON_NEGATIVE),
+    # DAPO's dynamic sampling: groups whose scores are all equal are replaced by groups of fresh
+    # prompts, up to dynamic_sampling_rounds more rollouts a step (0: off).
+    'dynamic_sampling_rounds': _int(0, **NON_NEGATIVE),
     # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
     # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
     'generation_sharding': Key('train'),
@@ -428,11 +438,18 @@ def reward(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     rm_args = f'tiny,task={a.task}' + (f',ensemble={a.ensemble}' if a.ensemble > 1 else '')
     section = ml_collections.ConfigDict(
         dict(
-            source='gold' if a.reward == 'gold' else 'reward_model',
+            source={'gold': 'gold', 'rm': 'reward_model'}.get(a.reward, a.reward),
             reward_from=(f'experiment:experiments/reward_model.py:{rm_args}'
-                         if a.reward == 'rm' and a.tiny else ''), aggregate='mean', lam=1.0))
-    if a.reward not in ('gold', 'rm'):
-        raise ValueError(f"reward must be 'gold' or 'rm', got {a.reward!r}")
+                         if a.reward == 'rm' and a.tiny else ''),
+            aggregate='mean',
+            lam=1.0,
+            # Reward functions (alignjax/rewards.py): a pool of processes, a limit a call, and
+            # what a failure does ('stop' the run in one line, or score 'penalty').
+            workers=1,
+            timeout_s=60.0,
+            on_error='stop',
+            error_penalty=-1.0))
+    rewards.parse(section.source)  # a one-line refusal of a bad term, now
     return section
 
 

@@ -42,6 +42,7 @@ from alignjax import experiment_lib
 from alignjax import resharding
 from alignjax import sampling
 from alignjax import sharding
+from alignjax import rewards
 from alignjax.data import inputs
 from alignjax.data import pipeline
 from alignjax.losses import reward as reward_losses
@@ -324,7 +325,8 @@ def _rollout_programs(config, mesh, rules, cfg):
     out.append((name, jax.jit(teacher_forced), (pstate, pstate, cstate, batch)))
     cat = lambda b: (jnp.concatenate([b['prompt'], b['response']], axis=1),
                      jnp.concatenate([b['prompt_mask'], b['response_mask']], axis=1))
-    if algo != 'nash_md' and config.reward.source == 'reward_model':
+    with_rm = 'reward_model' in {t.kind for t in rewards.parse(config.reward.source)}
+    if algo != 'nash_md' and with_rm:
         rdef, rstate = abstract_module(lambda: RewardModel(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
         r = config.reward
 

@@ -54,7 +54,8 @@ class RolloutConfig:
     greedy_baseline: bool = False
 
 
-_TEXTS = ('prompt_texts', 'texts')
+_TEXTS = ('prompt_texts', 'texts', 'records')
+REFILL_STRIDE = 1_000_003  # prompt batches between a step's refill rounds (dynamic sampling)
 
 
 def _pytree_of_arrays(cls):
@@ -74,8 +75,10 @@ class Responses:
     """Responses to prompts, one a row, as host NumPy arrays: what a scorer or a judge reads.
 
     prompt, prompt_mask: [N, P] (left-padded); response, response_mask: [N, R]. prompt_texts and
-    texts are the decoded prompt and response of each row; a pytree of Responses holds only its
-    arrays (a jitted function sees no text, and its cache does not key on them).
+    texts are the decoded prompt and response of each row, records its prompt record (what a
+    reward function reads besides: a reference answer, test cases; may be empty); a pytree of
+    Responses holds only its arrays (a jitted function sees no text, and its cache does not key
+    on them).
     """
 
     prompt: np.ndarray
@@ -84,6 +87,7 @@ class Responses:
     response_mask: np.ndarray
     prompt_texts: Sequence[str] = ()
     texts: Sequence[str] = ()
+    records: Sequence[dict] = ()
 
     def tokens(self) -> Responses:
         """The four token arrays alone (what a model pass reads)."""
@@ -95,7 +99,8 @@ class Responses:
         return Responses(prompt=self.prompt[rows], prompt_mask=self.prompt_mask[rows],
                          response=self.response[rows], response_mask=self.response_mask[rows],
                          prompt_texts=[self.prompt_texts[r] for r in rows],
-                         texts=[self.texts[r] for r in rows])
+                         texts=[self.texts[r] for r in rows],
+                         records=[self.records[r] for r in rows] if self.records else ())
 
 
 @_pytree_of_arrays
@@ -311,13 +316,13 @@ class Rollout:
                          response_mask=out['mask'], prompt_texts=batch.prompt_texts,
                          texts=[self.tok.decode(t) for t in out['tokens']])
 
-    def _scored(self, policy, critic, prompt, prompt_mask, prompt_texts, sample,
+    def _scored(self, policy, critic, prompt, prompt_mask, records, sample,
                 group=1) -> RolloutBatch:
         """The sampled responses decoded, scored and passed through the policy, the reference
         and the critic (`group` > 1: rows are groups of one prompt's samples)."""
         r = Responses(prompt=prompt, prompt_mask=prompt_mask, response=sample['tokens'],
-                      response_mask=sample['mask'], prompt_texts=prompt_texts,
-                      texts=[self.tok.decode(t) for t in sample['tokens']])
+                      response_mask=sample['mask'], prompt_texts=[x['prompt'] for x in records],
+                      texts=[self.tok.decode(t) for t in sample['tokens']], records=records)
         policy_def, policy_state = nnx.split(policy)
         critic_def, critic_state = nnx.split(critic) if critic is not None else (None, None)
         fn = _teacher_forced(policy_def, self.ref_def, critic_def, group)
@@ -335,29 +340,36 @@ class Rollout:
                             ref_logp=out['ref_logp'], has_eos=has_eos, scores=scores, gold=gold,
                             old_values=out.get('old_values'))
 
-    def __call__(self, step: int, policy, critic=None) -> tuple[RolloutBatch, dict]:
-        """The rollout of `step` and its host figures (rollout/score, lengths, throughput, ...)."""
+    def __call__(self, step: int, policy, critic=None, *,
+                 refill: int = 0) -> tuple[RolloutBatch, dict]:
+        """The rollout of `step` and its host figures (rollout/score, lengths, throughput, ...).
+
+        refill = j > 0 is the j-th extra rollout of the step (DAPO's dynamic sampling): prompt
+        batch `REFILL_STRIDE * j + step` of the stream (fresh prompts from far later epochs) and
+        its own key, both fixed by (seed, step, j), so that a resumed run redraws them."""
         c = self.config
         jax.block_until_ready(nnx.state(policy))  # the previous update is done: time it apart
         start = time.perf_counter()
-        update_s = None if self._last_end is None else start - self._last_end[0]
-        pb = self.prompts[step]
+        update_s = None if self._last_end is None or refill else start - self._last_end[0]
+        pb = self.prompts[step + REFILL_STRIDE * refill]
         k = c.samples_per_prompt
-        prompt_texts = [self.records[int(i)]['prompt'] for i in pb['index']]
+        records = [self.records[int(i)] for i in pb['index']]
         prompt = np.repeat(pb['prompt'], k, axis=0)
         prompt_mask = np.repeat(pb['prompt_mask'], k, axis=0)
         key = jax.random.fold_in(self.key, step)
+        if refill:
+            key = jax.random.fold_in(jax.random.fold_in(key, 2), refill)
         moved_before = self.reshard_s
         sampler = policy if self.generation is None else self.to_generation(policy)
         sample = self._sample(sampler, prompt, prompt_mask, key, self._sampling, placed=True)
         gen_s = time.perf_counter() - start - (self.reshard_s - moved_before)  # sampling only
         batch = self._scored(policy, critic, prompt, prompt_mask,
-                             [t for t in prompt_texts for _ in range(k)], sample, group=k)
-        metrics = {}
+                             [r for r in records for _ in range(k)], sample, group=k)
+        metrics = getattr(self.scorer, 'metrics', dict)()  # a sum's per-term means, its errors
         if c.greedy_baseline:
             greedy = self._sample(sampler, pb['prompt'], pb['prompt_mask'], key, self._greedy,
                                   placed=True)
-            g = self._scored(policy, None, pb['prompt'], pb['prompt_mask'], prompt_texts, greedy)
+            g = self._scored(policy, None, pb['prompt'], pb['prompt_mask'], records, greedy)
             batch = dataclasses.replace(batch, greedy=g)
             if g.scores is not None:
                 metrics['rollout/greedy_score'] = float(np.mean(g.scores))
@@ -381,5 +393,39 @@ class Rollout:
         if self.generation is not None:
             metrics['rollout/reshard_s'] = self.reshard_s
             self.reshard_s = 0.0
-        self._last_end = (time.perf_counter(), int(prompt_mask.sum()) + new_tokens)
+        if not refill:
+            self._last_end = (time.perf_counter(), int(prompt_mask.sum()) + new_tokens)
         return batch, global_metrics(metrics)
+
+
+def concat_rows(batches: Sequence[RolloutBatch]) -> RolloutBatch:
+    """Row-wise concatenation of rollouts of one shape (no greedy baselines)."""
+    first = batches[0]
+    out = {}
+    for f in dataclasses.fields(first):
+        values = [getattr(b, f.name) for b in batches]
+        if f.name == 'greedy':
+            if any(v is not None for v in values):
+                raise ValueError('concat_rows: rollouts with greedy baselines do not concatenate')
+            out[f.name] = None
+        elif values[0] is None:
+            out[f.name] = None
+        elif f.name in _TEXTS:
+            out[f.name] = [x for v in values for x in v]
+        else:
+            out[f.name] = np.concatenate(values, axis=0)
+    return RolloutBatch(**out)
+
+
+def take_rows(batch: RolloutBatch, rows: np.ndarray) -> RolloutBatch:
+    """The rows `rows` of a rollout (arrays and texts; no greedy baseline)."""
+    out = {}
+    for f in dataclasses.fields(batch):
+        v = getattr(batch, f.name)
+        if v is None or f.name == 'greedy':
+            out[f.name] = None
+        elif f.name in _TEXTS:
+            out[f.name] = [v[r] for r in rows] if len(v) else v
+        else:
+            out[f.name] = v[rows]
+    return RolloutBatch(**out)

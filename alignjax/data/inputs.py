@@ -16,7 +16,7 @@ import numpy as np
 from alignjax import specs
 from alignjax.data import lengths
 from alignjax.data import pipeline
-from alignjax.data import synthetic
+from alignjax.data import tasks
 from alignjax.data.tokenizer import ByteTokenizer
 from alignjax.interop import tokenizer as hf_tokenizer
 
@@ -38,7 +38,7 @@ def make_tokenizer(c: ml_collections.ConfigDict):
 def synthetic_task(c: ml_collections.ConfigDict):
     """The synthetic task behind config.data.train, or None for real data."""
     name = specs.Data.parse(c.data.train).synthetic_task
-    return None if name is None else synthetic.get_task(name)
+    return None if name is None else tasks.get_task(name)
 
 
 def load_records(c: ml_collections.ConfigDict, kind: str, spec: str, *, with_counts=False,

@@ -32,7 +32,7 @@ from alignjax import specs
 from alignjax.data import chat as chat_lib
 from alignjax.data import records as records_lib
 from alignjax.data import sources
-from alignjax.data import synthetic
+from alignjax.data import tasks
 from alignjax.data import tfds_builder
 from alignjax.data.tokenizer import ByteTokenizer
 
@@ -102,7 +102,7 @@ def load_records(
         return tfds_builder.open_tfds_source(name, split=split, kind=kind, data_dir=data_dir)
     if prefix == 'synthetic':
         try:
-            task = synthetic.get_task(rest)
+            task = tasks.get_task(rest)
         except ValueError as e:
             raise DataError(f'{spec}: {e}') from None
         n = num_examples or DEFAULT_SYNTHETIC_EXAMPLES

@@ -106,6 +106,8 @@ class Task:
     """
 
     name: str = ''
+    train_prompts: tuple[str, ...] = TRAIN_PROMPTS
+    eval_prompts: tuple[str, ...] = EVAL_PROMPTS
 
     # --- prompts and records -------------------------------------------
     def prompts(self, n: int, *, seed: int, split: str = 'train') -> list[str]:
@@ -114,11 +116,11 @@ class Task:
         each eval prompt appears equally often and the list is fixed for a
         seed."""
         if split == 'train':
-            idx = _rng(seed, 'train', self.name).integers(len(TRAIN_PROMPTS), size=n)
-            return [TRAIN_PROMPTS[i] for i in idx]
+            idx = _rng(seed, 'train', self.name).integers(len(self.train_prompts), size=n)
+            return [self.train_prompts[i] for i in idx]
         if split == 'eval':
-            order = _rng(seed, 'eval', self.name).permutation(len(EVAL_PROMPTS))
-            return [EVAL_PROMPTS[order[i % len(order)]] for i in range(n)]
+            order = _rng(seed, 'eval', self.name).permutation(len(self.eval_prompts))
+            return [self.eval_prompts[order[i % len(order)]] for i in range(n)]
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
 
     def reference_response(self, prompt: str, rng: np.random.Generator) -> str:
@@ -144,7 +146,7 @@ class Task:
         out = []
         for i in range(n):
             rng = _rng(seed, 'sft', self.name, i)
-            p = TRAIN_PROMPTS[rng.integers(len(TRAIN_PROMPTS))]
+            p = self.train_prompts[rng.integers(len(self.train_prompts))]
             response = self.reference_response(p, rng)
             out.append({'prompt': p, 'response': response})
         return out
@@ -155,7 +157,7 @@ class Task:
         out = []
         for i in range(n):
             rng = _rng(seed, 'preference', self.name, i)
-            p = TRAIN_PROMPTS[rng.integers(len(TRAIN_PROMPTS))]
+            p = self.train_prompts[rng.integers(len(self.train_prompts))]
             y1 = self.reference_response(p, rng)
             y2 = self.reference_response(p, rng)
             if rng.random() < self.gold_preference(p, y1, y2):
@@ -282,7 +284,7 @@ _TASKS = {'transitive': TransitiveTask, 'intransitive': IntransitiveTask}
 
 
 def get_task(name: str) -> Task:
-    """Returns the synthetic task called ``name``."""
+    """Returns the letter task called ``name`` (every synthetic task: `data.tasks.get_task`)."""
     if name not in _TASKS:
         raise ValueError(f'unknown synthetic task {name!r}; expected one of '
                          f'{sorted(_TASKS)}')

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 KL_KINDS = ('k1', 'k2', 'k3')
-AGGREGATE_MODES = ('token_mean', 'sequence_mean', 'sequence_sum')
+AGGREGATE_MODES = ('token_mean', 'sequence_mean', 'sequence_sum', 'constant_length')
 
 
 def _f32(x):
@@ -94,6 +94,31 @@ def missing_eos_penalty(scores, has_eos, *, penalty):
     return jnp.where(jnp.asarray(has_eos, bool), scores, scores - penalty)
 
 
+def overlong_penalty(scores, lengths, *, max_len: int, buffer: int, penalty: float = 1.0):
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13): with L the response length,
+    L_max the generation limit and B the buffer,
+
+        R_len = 0                          for L <= L_max - B
+              = ((L_max - B) - L) / B      for L_max - B < L <= L_max   (a ramp from 0 to -1)
+              = -1                         for L > L_max,
+
+    added to the score times `penalty`. A response the sampler cut at L_max gets the full -1.
+
+    Args:
+      scores: [B] rewards.
+      lengths: [B] response lengths in tokens (EOS included).
+      max_len: L_max (rl.max_new_tokens).
+      buffer: B, the ramp's width in tokens (0 < B <= L_max).
+      penalty: its scale.
+    """
+    if not 0 < buffer <= max_len:
+        raise ValueError(f'overlong_penalty: buffer must lie in (0, {max_len}], got {buffer}')
+    start = max_len - buffer
+    excess = jnp.clip((_f32(lengths) - start) / buffer, 0.0, 1.0)
+    excess = jnp.where(_f32(lengths) > max_len, 1.0, excess)
+    return _f32(scores) - penalty * excess
+
+
 def aggregate(per_token, mask, *, mode: str):
     """Reduce [B, T] per-token values to (sum, weight); the quantity meant is sum / weight.
 
@@ -104,6 +129,10 @@ def aggregate(per_token, mask, *, mode: str):
     - 'sequence_sum': (sum of valid values, number of rows with at least one valid token): the
       REINFORCE convention of summing log-probs over a sequence, with no length normalisation
       (as in Dr. GRPO, up to its constant divisor).
+    - 'constant_length': (sum of valid values, rows with a valid token times T, the padded
+      response length): Dr. GRPO's length-unbiased aggregation exactly (Liu et al. 2025,
+      "Understanding R1-Zero-Like Training"), every token weighted 1 / (G * T) whatever its
+      response's length, so long wrong answers are not penalised less per token than short ones.
 
     Rows with no valid token (batch padding) contribute to neither the sum nor the weight, so
     padding a microbatch with empty rows changes nothing.
@@ -121,6 +150,8 @@ def aggregate(per_token, mask, *, mode: str):
         return jnp.sum(masked), jnp.sum(mask)
     if mode == 'sequence_sum':
         return jnp.sum(masked), rows
+    if mode == 'constant_length':
+        return jnp.sum(masked), rows * mask.shape[1]
     row_means = jnp.sum(masked, axis=1) / jnp.maximum(row_tokens, 1.0)
     return jnp.sum(row_means), rows
 
@@ -133,8 +164,9 @@ def _token_metric(value, mask):
 
 def policy_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2,
                 clip_high: float | None = None, dual_clip: float | None = None,
-                mode: str = 'token_mean'):
-    """PPO clipped-ratio policy loss, with asymmetric ("clip-higher") and dual clipping.
+                mode: str = 'token_mean', level: str = 'token'):
+    """PPO clipped-ratio policy loss, with asymmetric ("clip-higher") and dual clipping, per
+    token or (GSPO) per sequence.
 
     Schulman et al. 2017, "Proximal Policy Optimization Algorithms". Per token, with
     r = pi(y_t) / pi_old(y_t) = exp(logp - old_logp) and advantage A:
@@ -148,6 +180,16 @@ def policy_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2,
 
         l = min(l, -c * A)   where A < 0
 
+    level='sequence' is GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): every
+    token of response i takes the sequence's length-normalised ratio
+
+        s_i = exp((1 / |y_i|) sum_t (logp_t - old_logp_t)),   r_{i,t} = sg(s_i) * pi_t / sg(pi_t),
+
+    whose value is s_i at every token and whose gradient is s_i * grad log pi_t (GSPO-token's
+    form; with a sequence advantage and 'sequence_mean' it is GSPO's gradient exactly). Clipping
+    then acts on s_i: a whole response is in or out of the trust region (the paper's ranges are
+    small: clip_low 3e-4, clip_high 4e-4).
+
     At r = 1 (logp == old_logp) the 'token_mean' loss is minus the mean advantage over valid
     tokens and its gradient w.r.t. logp is -A / n: the REINFORCE gradient.
 
@@ -160,6 +202,7 @@ def policy_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2,
       clip_high: the ratio is clipped above at 1 + clip_high (default: clip_low).
       dual_clip: None, or c > 1 for dual clipping.
       mode: the reduction, see aggregate.
+      level: 'token' (PPO's per-token ratio) or 'sequence' (GSPO's).
 
     Returns:
       (loss_sum, weight, metrics); metrics are (sum, number of valid tokens) of:
@@ -169,15 +212,22 @@ def policy_loss(logp, old_logp, advantages, mask, *, clip_low: float = 0.2,
       dual bound -c * A is the one selected).
 
     Raises:
-      ValueError: on dual_clip <= 1 or an unknown mode.
+      ValueError: on dual_clip <= 1, an unknown mode or level.
     """
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f'policy_loss: dual_clip must be > 1, got {dual_clip}')
+    if level not in ('token', 'sequence'):
+        raise ValueError(f"policy_loss: level must be 'token' or 'sequence', got {level!r}")
     if clip_high is None:
         clip_high = clip_low
     mask = _f32(mask)
     advantages = jax.lax.stop_gradient(_f32(advantages))
     log_ratio = _masked_log_ratio(logp, jax.lax.stop_gradient(_f32(old_logp)), mask)
+    if level == 'sequence':  # sg(s_i) * exp(logp - sg(logp)): value s_i, gradient s_i dlogp
+        seq = jnp.sum(log_ratio, axis=1, keepdims=True) / jnp.maximum(
+            jnp.sum(mask, axis=1, keepdims=True), 1.0)
+        own = _f32(logp)
+        log_ratio = (jax.lax.stop_gradient(seq) + own - jax.lax.stop_gradient(own)) * mask
     ratio = jnp.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)

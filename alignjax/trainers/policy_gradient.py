@@ -34,6 +34,7 @@ from flax import nnx
 from alignjax import evaluators
 from alignjax import pretrained
 from alignjax import resharding
+from alignjax import rewards
 from alignjax import rollout as rollout_lib
 from alignjax import sharding
 from alignjax.data import inputs
@@ -108,19 +109,21 @@ def check_rl_config(config) -> None:
         raise ValueError(f'{algo} needs config.rl.samples_per_prompt >= '
                          f'{ONLINE_ALGOS[algo].min_samples} (a group of samples per prompt), '
                          f'got {rl.samples_per_prompt}')
+    if rl.get('dynamic_sampling_rounds', 0) and (ONLINE_ALGOS[algo].min_samples < 2
+                                                 or ONLINE_ALGOS[algo].critic):
+        raise ValueError(f'config.rl.dynamic_sampling_rounds needs a group algorithm (grpo, rloo, '
+                         f'reinforce_pp), not {algo}')
     rows = config.data.batch_size * rl.samples_per_prompt
     if rows % rl.minibatches:
         raise ValueError(f'config.rl.minibatches={rl.minibatches} does not divide the rollout of '
                          f'{rows} rows (data.batch_size * rl.samples_per_prompt)')
-    if config.reward.source not in ('gold', 'reward_model'):
-        raise ValueError("config.reward.source must be 'gold' or 'reward_model', "
-                         f'got {config.reward.source!r}')
-    if config.reward.source == 'gold' and inputs.synthetic_task(config) is None:
-        raise ValueError("config.reward.source='gold' needs a synthetic config.data.train")
+    kinds = {t.kind for t in rewards.parse(config.reward.source)}
+    if 'gold' in kinds and inputs.synthetic_task(config) is None:
+        raise ValueError("config.reward.source: 'gold' needs a synthetic config.data.train")
     if config.get('critic_from', '') not in ('reward_model', 'policy', ''):
         raise ValueError("config.critic_from must be 'reward_model', 'policy' or '', "
                          f'got {config.critic_from!r}')
-    if config.get('critic_from', '') == 'reward_model' and config.reward.source != 'reward_model':
+    if config.get('critic_from', '') == 'reward_model' and 'reward_model' not in kinds:
         raise ValueError("config.critic_from='reward_model' needs "
                          "config.reward.source='reward_model'")
 
@@ -133,6 +136,9 @@ def make_advantage_fn(config):
     def penalised(scores, has_eos, logp, ref_logp, mask, kl_coef):
         if rl.missing_eos_penalty:
             scores = pg.missing_eos_penalty(scores, has_eos, penalty=rl.missing_eos_penalty)
+        if rl.get('overlong_buffer', 0):
+            scores = pg.overlong_penalty(scores, jnp.sum(mask, axis=1), max_len=rl.max_new_tokens,
+                                         buffer=rl.overlong_buffer, penalty=rl.overlong_penalty)
         kl = pg.kl_estimate(logp, ref_logp, kind=rl.kl_estimator) * mask
         coef = kl_coef if rl.kl_in == 'reward' else 0.0
         return scores, kl, coef
@@ -185,7 +191,8 @@ def make_loss_fn(config, *, critic: bool | None = None):
                                                        with_entropy=True)
         total, weight, metrics = pg.policy_loss(logp, batch['old_logp'], batch['advantages'], mask,
                                                 clip_low=rl.clip, clip_high=rl.clip_high or None,
-                                                dual_clip=rl.dual_clip or None, mode=rl.aggregation)
+                                                dual_clip=rl.dual_clip or None, mode=rl.aggregation,
+                                                level=rl.get('importance_level', 'token'))
         metrics = dict(metrics, policy_loss=(total, weight))
         if critic:
             values = scoring.response_values(model.critic, *args)
@@ -226,6 +233,47 @@ def build_critic(config, mesh, reward_model):
     return critic
 
 
+def dynamic_sampling(rollout, step, policy, critic, first, *, k: int, rounds: int):
+    """DAPO's dynamic sampling (Yu et al. 2025, "DAPO", section 3.2): a group whose k scores are
+    all equal has zero group-relative advantage and teaches nothing, so it is replaced by an
+    informative group of fresh prompts (`Rollout(..., refill=j)`, up to `rounds` more rollouts);
+    the batch keeps its size, and if the rounds run out, the first rollout's degenerate groups
+    fill what is left. Returns (batch, metrics): the groups found degenerate, refilled, left
+    unfilled, and the extra rollouts taken. On several processes every process takes as many
+    rounds as the neediest one (the rollout's metrics are collectives)."""
+    def informative(b):
+        g = np.asarray(b.scores).reshape(-1, k)
+        return np.any(g != g[:, :1], axis=1)
+
+    def rows(groups):
+        return (np.asarray(groups)[:, None] * k + np.arange(k)).reshape(-1)
+
+    groups = len(first.scores) // k
+    found = [(first, np.flatnonzero(informative(first)))]
+    have, used = len(found[0][1]), 0
+    while used < rounds and sharding.process_sum(np.float32(have < groups)) > 0:
+        used += 1
+        extra, _ = rollout(step, policy, critic, refill=used)
+        found.append((extra, np.flatnonzero(informative(extra))))
+        have += len(found[-1][1])
+    parts, filled = [], 0
+    for b, idx in found:
+        take = idx[:groups - filled]
+        filled += len(take)
+        if len(take):
+            parts.append(rollout_lib.take_rows(b, rows(take)))
+    if filled < groups:
+        rest = np.flatnonzero(~informative(first))[:groups - filled]
+        parts.append(rollout_lib.take_rows(first, rows(rest)))
+    first_ok = len(found[0][1])
+    return rollout_lib.concat_rows(parts), rollout_lib.global_metrics({
+        'dynamic_sampling/degenerate_groups': float(groups - first_ok),
+        'dynamic_sampling/refilled_groups': float(filled - first_ok),
+        'dynamic_sampling/unfilled_groups': float(groups - filled),
+        'dynamic_sampling/rounds': float(used),
+    })
+
+
 def advantage_inputs(raw: rollout_lib.RolloutBatch) -> rollout_lib.RolloutBatch:
     """The rollout less what the advantages do not read (tokens, sampling log-probs, gold), which
     then stays on the host."""
@@ -240,6 +288,41 @@ TRAIN_KEYS = ('prompt', 'prompt_mask', 'response', 'response_mask', 'old_logp', 
 def train_arrays(raw: rollout_lib.RolloutBatch) -> dict:
     """What the policy loss reads of a rollout (the update's batch adds its advantages)."""
     return {k: getattr(raw, k) for k in TRAIN_KEYS}
+
+
+def make_scorer(config, mesh, task):
+    """The scorer of config.reward.source (`alignjax.rewards`: the gold reward, the reward model,
+    reward functions, or a weighted sum of them) and the reward model with its config (or None)."""
+    r = config.reward
+    terms = rewards.parse(r.source)
+    reward_model, scorers = None, []
+    for t in terms:
+        if t.kind == 'gold':
+            scorers.append((t.weight, rollout_lib.GoldScorer(task)))
+        elif t.kind == 'reward_model':
+            reward_model = load_reward_model(r.reward_from, mesh)
+            scorers.append((t.weight,
+                            rollout_lib.RewardModelScorer(reward_model[0], mesh,
+                                                          aggregate=r.aggregate, lam=r.lam)))
+        else:
+            scorers.append(
+                (t.weight,
+                 rewards.FunctionScorer(t.path, workers=r.get('workers', 1),
+                                        timeout_s=r.get('timeout_s',
+                                                        60.0), on_error=r.get('on_error', 'stop'),
+                                        error_penalty=r.get('error_penalty', -1.0))))
+    if len(scorers) == 1 and scorers[0][0] == 1.0 and terms[0].kind != 'fn':
+        return scorers[0][1], reward_model  # as before: no sum, no per-term metrics
+    return rewards.SumScorer(scorers), reward_model
+
+
+def proxy_scorer(scorer):
+    """The reward-model scorer in `scorer` (alone or a term of a sum), or None: what the gold
+    evaluation reports as the proxy reward."""
+    for _, s in getattr(scorer, 'scorers', [(1.0, scorer)]):
+        if isinstance(s, rollout_lib.RewardModelScorer):
+            return s
+    return None
 
 
 def online_setup(config, mesh):
@@ -277,14 +360,7 @@ def build(config, mesh) -> loop.Algorithm:
     check_rl_config(config)
     rl, row = config.rl, ONLINE_ALGOS[config.algo]
     tok, task, records, prompts, policy, reference = online_setup(config, mesh)
-    reward_model = None
-    if config.reward.source == 'gold':
-        scorer = rollout_lib.GoldScorer(task)
-    else:
-        reward_model = load_reward_model(config.reward.reward_from, mesh)
-        scorer = rollout_lib.RewardModelScorer(reward_model[0], mesh,
-                                               aggregate=config.reward.aggregate,
-                                               lam=config.reward.lam)
+    scorer, reward_model = make_scorer(config, mesh, task)
     model = policy
     if row.critic:
         model = ActorCritic(policy, build_critic(config, mesh, reward_model))
@@ -301,6 +377,11 @@ def build(config, mesh) -> loop.Algorithm:
     def batches(step, model, algo_state):
         policy, critic = (model.policy, model.critic) if row.critic else (model, None)
         raw, metrics = rollout(step, policy, critic)
+        if rl.get('dynamic_sampling_rounds', 0):
+            raw, refills = dynamic_sampling(rollout, step, policy, critic, raw,
+                                            k=rl.samples_per_prompt,
+                                            rounds=rl.dynamic_sampling_rounds)
+            metrics.update(refills)
         kl_coef = float(algo_state['kl_coef'])
         adv, returns, adv_metrics = jax.device_get(advantage_fn(advantage_inputs(raw), kl_coef))
         batch = train_arrays(raw)
@@ -322,7 +403,7 @@ def build(config, mesh) -> loop.Algorithm:
 
     evals = online_evaluators(config, task, reference, tok,
                               policy_of=(lambda m: m.policy) if row.critic else (lambda m: m),
-                              scorer=scorer if reward_model is not None else None)
+                              scorer=proxy_scorer(scorer))
     return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
                           evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
                           update_algo_state=update_algo_state, epochs=rl.epochs,

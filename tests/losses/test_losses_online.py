@@ -272,6 +272,8 @@ def np_aggregate(x, lengths, mode):
         return sum(float(x[b, t]) for b, n in enumerate(lengths) for t in range(n)), sum(lengths)
     if mode == 'sequence_sum':
         return sum(float(x[b, t]) for b, n in enumerate(lengths) for t in range(n)), rows
+    if mode == 'constant_length':  # Dr. GRPO: every token / (rows * T)
+        return sum(float(x[b, t]) for b, n in enumerate(lengths) for t in range(n)), rows * T
     return sum(sum(float(x[b, t]) for t in range(n)) / n for b, n in enumerate(lengths) if n), rows
 
 
@@ -352,6 +354,60 @@ def test_policy_loss_matches_numpy(mode, clip_low, clip_high, dual_clip):
     else:
         assert n_dual > 0
         close(ratio_of(metrics['dual_clip_fraction']), n_dual / n)
+
+
+@pytest.mark.parametrize('mode', ['sequence_mean', 'token_mean'])
+def test_gspo_sequence_ratio_value_and_gradient_match_numpy(mode):
+    """Every token takes s_i = exp(mean_t log r_t), clipped per sequence; the gradient w.r.t.
+    logp_t is d loss / d s_i * s_i / |y_i| (GSPO's), zero where s_i is clipped."""
+    mask = make_mask()
+    old = -np.abs(randn(40, scale=2.0))
+    # Rows 0 and 1 leave the trust region on the side their advantage's sign clips, the others not.
+    offset = np.array([0.05, -0.05, 0.0, 0.0, 0.01, -0.04], np.float32)[:, None]
+    logp = old + offset + randn(41, scale=0.01)
+    logp[mask == 0] = 100.0
+    a_seq = np.abs(randn(42, shape=(B,))) * np.array([1, -1, 1, 1, -1, 1], np.float32)
+    a = np.repeat(a_seq[:, None], T, axis=1)
+    clip_low, clip_high = 0.02, 0.03
+    loss = lambda lp: pg.policy_loss(lp, old, a, mask, clip_low=clip_low, clip_high=clip_high, mode=
+                                     mode, level='sequence')[0]
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(logp)), np.float64)
+    per_token, expected_grad, clipped = np.zeros((B, T)), np.zeros((B, T)), 0
+    for b, n in enumerate(LENGTHS):
+        if not n:
+            continue
+        s_i = math.exp(np.mean([float(logp[b, t]) - float(old[b, t]) for t in range(n)]))
+        value, is_clipped, _ = np_policy_token(s_i, float(a_seq[b]), clip_low, clip_high, None)
+        clipped += is_clipped
+        for t in range(n):
+            per_token[b, t] = value
+            # d/d logp_t of the loss sum: -A s_i per token, weighted as the mode weighs tokens
+            w = 1.0 / n if mode == 'sequence_mean' else 1.0
+            expected_grad[b, t] = 0.0 if is_clipped else -float(a_seq[b]) * s_i * w
+    total, _ = np_aggregate(per_token, LENGTHS, mode)
+    close(loss(jnp.asarray(logp)), total, rtol=1e-4)
+    assert 0 < clipped < sum(1 for n in LENGTHS if n)  # both branches are exercised
+    close(grad * mask, expected_grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match='level'):
+        pg.policy_loss(logp, old, a, mask, level='tokens')
+
+
+def test_overlong_penalty_matches_dapo():
+    lengths = np.array([0, 5, 8, 9, 11, 12, 13])
+    scores = np.linspace(-1, 1, 7).astype(np.float32)
+    max_len, buffer = 12, 4
+
+    def ref(n):  # DAPO Eq. 13
+        if n <= max_len - buffer:
+            return 0.0
+        if n <= max_len:
+            return ((max_len - buffer) - n) / buffer
+        return -1.0
+
+    out = pg.overlong_penalty(scores, lengths, max_len=max_len, buffer=buffer, penalty=0.5)
+    close(out, scores + 0.5 * np.array([ref(n) for n in lengths]))
+    with pytest.raises(ValueError, match='buffer'):
+        pg.overlong_penalty(scores, lengths, max_len=max_len, buffer=13)
 
 
 def test_policy_loss_at_ratio_one_is_reinforce():
