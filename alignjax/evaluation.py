@@ -86,7 +86,8 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
     the sampled KL(policy || reference) per sequence, and with a `scorer` (a learned reward model,
     see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref.
     On a verifiable task (one with `verify`, e.g. `data.arithmetic`) also pass@1 and pass@k of
-    `pass_k` samples a prompt, the format-error rate and the response length."""
+    `pass_k` samples a prompt, the format-error rate and the response length, of the policy and
+    (suffix _ref) of the reference."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
     kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -105,11 +106,12 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
     if with_kl:
         out['kl_to_ref'] = kl_to_reference(samples, ref_model)
     if hasattr(task, 'verify'):  # a verifiable task: pass@1 and pass@k, format errors
-        more = [
-            sample_responses(model, prompts, tok, **dict(kw, key=jax.random.fold_in(key, j)))
-            for j in range(1, pass_k)
-        ]
-        out.update(task.verify(prompts, [ys, *more]))
+        for m, first, suffix in ((model, ys, ''), (ref_model, refs, '_ref')):
+            more = [
+                sample_responses(m, prompts, tok, **dict(kw, key=jax.random.fold_in(key, j)))
+                for j in range(1, pass_k)
+            ]
+            out.update({k + suffix: v for k, v in task.verify(prompts, [first, *more]).items()})
     if hasattr(task, 'exploitability'):  # intransitive: the Nash figures, policy and reference
         out.update(task.exploitability(prompts, ys))
         ref_figures = task.exploitability(prompts, refs)

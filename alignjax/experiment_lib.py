@@ -212,6 +212,11 @@ RL: dict[str, Key] = {
     # DAPO's dynamic sampling: groups whose scores are all equal are replaced by groups of fresh
     # prompts, up to dynamic_sampling_rounds more rollouts a step (0: off).
     'dynamic_sampling_rounds': _int(0, **NON_NEGATIVE),
+    # The group losses (losses/group.py): the KL strength of online DPO and CoPG, online DPO's
+    # pairing rule, and P3O's clipping of each trajectory ('separate') or of the pair's ratio.
+    'beta': _num(0.1, **POSITIVE),
+    'pairing': _one_of('best_worst', 'best_random'),
+    'p3o_joint': Key(False),
     # The sampler's sharding: 'train' (the update's), 'replicated' (whole copies over 'data'),
     # 'tensor' (tensor-parallel) or a mesh shape 'D,F,T'; see alignjax/resharding.py.
     'generation_sharding': Key('train'),

@@ -54,6 +54,7 @@ SLOW_MODULES = {
     'test_notebooks',
     'test_offline_invariances',
     'test_offline_learning',
+    'test_online_groups',
     'test_online_learning',
     'test_peft',
     'test_quickstart',
@@ -63,6 +64,7 @@ SLOW_MODULES = {
     'test_workdir',
 }
 SLOW_TESTS = {  # the slowest single tests of otherwise fast modules (10-50 s each on two cores)
+    'test_a_nan_reward_mid_run_stops_it_and_keeps_the_workdir',
     'test_blockwise_grouped_scoring_and_sampling_equal_dense',
     'test_blockwise_logits_and_gradients_equal_dense',
     'test_generation_sharding_gives_the_training_sharding_rollout',

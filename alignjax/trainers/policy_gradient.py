@@ -43,8 +43,9 @@ from alignjax.losses import advantages as adv_lib
 from alignjax.losses import policy_gradient as pg
 from alignjax.models import ValueModel, scoring
 from alignjax.trainers import common
+from alignjax.trainers import group_rows
 from alignjax.trainers import loop
-from alignjax.trainers.reward_model import load_reward_model
+from alignjax.trainers import scorers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +55,16 @@ class OnlineAlgo:
     advantages: (returns [N], response mask [N, R], *, k, rl, baseline) -> token advantages
       [N, R], pure; `returns` are the sequence returns (score minus the in-reward KL), `baseline`
       the greedy responses' returns repeated per sample (None unless `greedy_baseline`). None:
-      GAE from the critic's values.
+      GAE from the critic's values, or a group loss.
     """
     advantages: Callable[..., jax.Array] | None
     critic: bool = False  # a value model trained beside the policy (ActorCritic)
     min_samples: int = 1  # rl.samples_per_prompt at least
+    max_samples: int = 0  # and at most (0: any)
     greedy_baseline: bool = False  # the rollout also decodes each prompt greedily
+    # A loss over each prompt's group of samples (losses/group.py) instead of the clipped ratio
+    # on advantages: (g: group_rows.GroupInputs, rl) -> (sum, count, metrics).
+    group_loss: Callable[..., tuple] | None = None
 
 
 def _remax(returns, mask, *, k, rl, baseline):
@@ -89,6 +94,10 @@ ONLINE_ALGOS: dict[str, OnlineAlgo] = {
     'rloo': OnlineAlgo(_rloo, min_samples=2),
     'grpo': OnlineAlgo(_grpo, min_samples=2),
     'reinforce_pp': OnlineAlgo(_reinforce_pp, min_samples=2),
+    'p3o': OnlineAlgo(None, min_samples=2, max_samples=2, group_loss=group_rows.p3o),
+    'copg': OnlineAlgo(None, min_samples=2, max_samples=2, group_loss=group_rows.copg),
+    'raft': OnlineAlgo(None, min_samples=2, group_loss=group_rows.raft),
+    'online_dpo': OnlineAlgo(None, min_samples=2, group_loss=group_rows.online_dpo),
 }
 
 
@@ -105,10 +114,17 @@ def check_rl_config(config) -> None:
     rl, algo = config.rl, config.algo
     if algo not in ONLINE_ALGOS:
         raise ValueError(f'config.algo={algo!r} is not one of {tuple(ONLINE_ALGOS)}')
-    if rl.samples_per_prompt < ONLINE_ALGOS[algo].min_samples:
+    row = ONLINE_ALGOS[algo]
+    if rl.samples_per_prompt < row.min_samples:
         raise ValueError(f'{algo} needs config.rl.samples_per_prompt >= '
-                         f'{ONLINE_ALGOS[algo].min_samples} (a group of samples per prompt), '
+                         f'{row.min_samples} (a group of samples per prompt), '
                          f'got {rl.samples_per_prompt}')
+    if row.max_samples and rl.samples_per_prompt > row.max_samples:
+        raise ValueError(f'{algo} reads pairs: config.rl.samples_per_prompt must be '
+                         f'{row.max_samples}, got {rl.samples_per_prompt}')
+    if row.group_loss is not None and config.data.batch_size % rl.minibatches:
+        raise ValueError(f'config.rl.minibatches={rl.minibatches} does not divide the '
+                         f'{config.data.batch_size} prompt groups of a rollout (data.batch_size)')
     if rl.get('dynamic_sampling_rounds', 0) and (ONLINE_ALGOS[algo].min_samples < 2
                                                  or ONLINE_ALGOS[algo].critic):
         raise ValueError(f'config.rl.dynamic_sampling_rounds needs a group algorithm (grpo, rloo, '
@@ -148,6 +164,8 @@ def make_advantage_fn(config):
         scores, kl, coef = penalised(b.scores, b.has_eos, b.old_logp, b.ref_logp, mask, kl_coef)
         metrics = {'rollout/kl_penalty': jnp.mean(jnp.sum(kl, axis=1)) * coef}
         returns = None
+        if row.group_loss is not None:  # the loss reads the sequence returns, no advantages
+            return None, scores - coef * jnp.sum(kl, axis=1), metrics
         if row.advantages is None:
             rewards = pg.token_rewards(scores, kl, mask, kl_coef=coef)
             adv, returns = adv_lib.gae(rewards, b.old_values, mask, gamma=rl.gamma, lam=rl.lam)
@@ -176,6 +194,9 @@ def make_loss_fn(config, *, critic: bool | None = None):
     what config.algo's row says), the KL as a loss term when config.rl.kl_in == 'loss'. Nash's
     policy-gradient methods use it with critic=False."""
     rl = config.rl
+    row = ONLINE_ALGOS.get(config.algo)
+    if row is not None and row.group_loss is not None:
+        return group_rows.make_loss_fn(config, row.group_loss)
     if critic is None:
         critic = ONLINE_ALGOS[config.algo].critic
     # One update per rollout keeps the rollout's row order (groups of a prompt's samples
@@ -290,41 +311,6 @@ def train_arrays(raw: rollout_lib.RolloutBatch) -> dict:
     return {k: getattr(raw, k) for k in TRAIN_KEYS}
 
 
-def make_scorer(config, mesh, task):
-    """The scorer of config.reward.source (`alignjax.rewards`: the gold reward, the reward model,
-    reward functions, or a weighted sum of them) and the reward model with its config (or None)."""
-    r = config.reward
-    terms = rewards.parse(r.source)
-    reward_model, scorers = None, []
-    for t in terms:
-        if t.kind == 'gold':
-            scorers.append((t.weight, rollout_lib.GoldScorer(task)))
-        elif t.kind == 'reward_model':
-            reward_model = load_reward_model(r.reward_from, mesh)
-            scorers.append((t.weight,
-                            rollout_lib.RewardModelScorer(reward_model[0], mesh,
-                                                          aggregate=r.aggregate, lam=r.lam)))
-        else:
-            scorers.append(
-                (t.weight,
-                 rewards.FunctionScorer(t.path, workers=r.get('workers', 1),
-                                        timeout_s=r.get('timeout_s',
-                                                        60.0), on_error=r.get('on_error', 'stop'),
-                                        error_penalty=r.get('error_penalty', -1.0))))
-    if len(scorers) == 1 and scorers[0][0] == 1.0 and terms[0].kind != 'fn':
-        return scorers[0][1], reward_model  # as before: no sum, no per-term metrics
-    return rewards.SumScorer(scorers), reward_model
-
-
-def proxy_scorer(scorer):
-    """The reward-model scorer in `scorer` (alone or a term of a sum), or None: what the gold
-    evaluation reports as the proxy reward."""
-    for _, s in getattr(scorer, 'scorers', [(1.0, scorer)]):
-        if isinstance(s, rollout_lib.RewardModelScorer):
-            return s
-    return None
-
-
 def online_setup(config, mesh):
     """What every online trainer starts from: tokenizer, synthetic task (or None), prompt records
     and their batch stream, and the policy and frozen reference (from init_from /
@@ -360,7 +346,7 @@ def build(config, mesh) -> loop.Algorithm:
     check_rl_config(config)
     rl, row = config.rl, ONLINE_ALGOS[config.algo]
     tok, task, records, prompts, policy, reference = online_setup(config, mesh)
-    scorer, reward_model = make_scorer(config, mesh, task)
+    scorer, reward_model = scorers.make_scorer(config, mesh, task)
     model = policy
     if row.critic:
         model = ActorCritic(policy, build_critic(config, mesh, reward_model))
@@ -385,10 +371,15 @@ def build(config, mesh) -> loop.Algorithm:
         kl_coef = float(algo_state['kl_coef'])
         adv, returns, adv_metrics = jax.device_get(advantage_fn(advantage_inputs(raw), kl_coef))
         batch = train_arrays(raw)
-        batch['advantages'] = np.asarray(adv)
+        batch['kl_coef'] = np.full((len(raw.scores),), kl_coef, np.float32)
+        if row.group_loss is not None:  # [G, k, ...]: an epoch's shuffle moves whole groups
+            batch['returns'] = np.asarray(returns)
+            k = rl.samples_per_prompt
+            batch = {key: v.reshape(-1, k, *v.shape[1:]) for key, v in batch.items()}
+        else:
+            batch['advantages'] = np.asarray(adv)
         if row.critic:
             batch['old_values'], batch['returns'] = raw.old_values, np.asarray(returns)
-        batch['kl_coef'] = np.full((len(adv),), kl_coef, np.float32)
         metrics.update(rollout_lib.global_metrics({k: float(v) for k, v in adv_metrics.items()}))
         metrics['kl_coef'] = kl_coef
         return batch, metrics
@@ -403,7 +394,7 @@ def build(config, mesh) -> loop.Algorithm:
 
     evals = online_evaluators(config, task, reference, tok,
                               policy_of=(lambda m: m.policy) if row.critic else (lambda m: m),
-                              scorer=proxy_scorer(scorer))
+                              scorer=scorers.proxy_scorer(scorer))
     return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
                           evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
                           update_algo_state=update_algo_state, epochs=rl.epochs,

@@ -2,7 +2,9 @@
 
 PPO, ReMax, RLOO and GRPO each start from the cached tiny SFT policy and must raise the gold
 reward over it, optimising the gold reward itself and optimising a learned proxy (the tiny
-Bradley-Terry reward model); REINFORCE++ (a row added to the family's table) the gold reward. A resumed run must continue the uninterrupted one exactly.
+Bradley-Terry reward model); REINFORCE++ (a row added to the family's table) and the group
+losses (online DPO, RAFT, P3O, CoPG) the gold reward. A resumed run must continue the
+uninterrupted one exactly.
 """
 
 import json
@@ -43,6 +45,31 @@ def test_raises_gold_reward_optimising_gold(tmp_path, algo, margin):
         assert key in last, key
     if algo == 'ppo':
         assert {'value_loss', 'rollout/explained_variance'} <= set(last)
+
+
+# The group losses (online DPO, RAFT, P3O, CoPG): measured gold rewards 0.856 / 0.837 / 0.823 /
+# 0.701 against the start's 0.319 (PPO 0.710), seed 0.
+GROUP_MARGINS = [('online_dpo', 0.3), ('raft', 0.3), ('p3o', 0.3), ('copg', 0.25)]
+
+
+@pytest.mark.parametrize('algo,margin', GROUP_MARGINS)
+def test_group_losses_raise_gold_reward(tmp_path, algo, margin):
+    s = run(tmp_path, f'{algo}.py:tiny')
+    assert s['gold_reward'] > s['gold_reward_ref'] + margin, s
+    assert s['gold_win_rate'] > 0.65, s
+    rows = metrics_lib.read_metrics(str(tmp_path))
+    assert rows[-1]['rollout/gold_reward'] > rows[0]['rollout/gold_reward']
+
+
+def test_grpo_with_a_reward_function_raises_pass_at_1_on_addition(tmp_path):
+    """A Python reward function in its worker pool, on the verifiable task: measured pass@1
+    0.344 -> 0.557 at 300 iterations (0.627 at 600, docs/results.md)."""
+    s = run(tmp_path, 'grpo.py:tiny,task=addition,steps=300',
+            **{'reward.source': 'fn:alignjax.data.arithmetic:exact_match'})
+    assert s['pass@1'] > s['pass@1_ref'] + 0.15, s
+    assert s['format_error_rate'] < 0.02, s
+    last = metrics_lib.read_metrics(str(tmp_path))[-1]
+    assert last['reward/errors'] == 0 and 'reward/fn:alignjax.data.arithmetic:exact_match' in last
 
 
 PROXY_MARGINS = [('ppo', 0.15), ('remax', 0.15), ('rloo', 0.15), ('grpo', 0.15)]
