@@ -238,6 +238,7 @@ NASH: dict[str, Key] = {
 ELSEWHERE: dict[str, Key] = {
     'loss.beta': _num(None, **POSITIVE),
     'loss.label_smoothing': _num(None, **NON_NEGATIVE),
+    'loss.discopop_tau': _num(None, **POSITIVE),  # DiscoPOP's temperature (default 0.05)
     **{
         f'model.{k}': _int(None, **POSITIVE) for k in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
     },

@@ -10,9 +10,12 @@ Full scale (model=small on one GPU or a v5e-8; real data with --config.data.trai
 and --config.init_from=<SFT workdir>):
   python -m alignjax.main --config=experiments/dpo.py:model=small --workdir=$WORKDIR
 
-Arguments: tiny, model, task, loss (sigmoid | robust | ipo | hinge | simpo, or several joined
-by '+', e.g. loss=sigmoid+ipo), beta, label_smoothing, rpo_alpha, steps, lr, lora (rank R of adapters on the frozen SFT policy, which is also the
-reference with the adapters off; the learning rate x3; 0: full fine-tuning).
+Arguments: tiny, model, task, loss (a type of alignjax/losses/preference.PAIR_LOSSES: sigmoid,
+ipo, hinge, simpo, robust, exo_pair, nca_pair, sppo_hard, apo_zero, apo_down, bco_pair, aot,
+aot_unpaired, discopop, sft, sigmoid_norm; or several joined by '+', e.g. loss=sigmoid+sft),
+beta, label_smoothing, rpo_alpha, discopop_tau, steps, lr, lora (rank R of adapters on the
+frozen SFT policy, which is also the reference with the adapters off; the learning rate x3; 0:
+full fine-tuning).
 """
 
 from alignjax import experiment_lib
@@ -20,8 +23,8 @@ from alignjax import experiment_lib
 
 def get_config(arg=None):
     a = experiment_lib.parse_arg(arg, tiny=False, model='tiny', task='transitive', loss='sigmoid',
-                                 beta=0.1, label_smoothing=0.0, rpo_alpha=0.0, gamma=0.5, steps=0,
-                                 lr=1e-4, lora=0)
+                                 beta=0.1, label_smoothing=0.0, rpo_alpha=0.0, gamma=0.5,
+                                 discopop_tau=0.05, steps=0, lr=1e-4, lora=0)
     c = experiment_lib.base_config(algo='dpo', model=a.model, tiny=a.tiny)
     c.data.train = f'synthetic:{a.task}'
     c.optim.lr = a.lr
@@ -30,7 +33,8 @@ def get_config(arg=None):
     c.reference_from = ''  # '' -> the same as init_from
     c.loss = dict(types=tuple(a.loss.split('+')), weights=(), beta=a.beta,
                   label_smoothing=a.label_smoothing, gamma=a.gamma, rpo_alpha=a.rpo_alpha,
-                  reference_free=False, length_normalize=False, precompute_ref=False)
+                  discopop_tau=a.discopop_tau, reference_free=False, length_normalize=False,
+                  precompute_ref=False)
     c.eval_every = 150 if a.tiny else 1000  # held-out figures into metrics.jsonl too
     if a.tiny:
         c.total_steps = 300

@@ -1,9 +1,17 @@
 """The DPO family: preference pairs as the batch source, a direct-alignment loss.
 
-`config.loss.types` (a weighted list with `config.loss.weights`) picks sigmoid (DPO, cDPO with
-label smoothing), robust, ipo, hinge (SLiC) or simpo; `rpo_alpha > 0` adds RPO's NLL term;
-`reference_free` drops the reference; `length_normalize` uses per-token average log-probs (TRL's
-IPO convention; SimPO always does).
+`config.loss.types` (a weighted list with `config.loss.weights`) picks rows of
+`losses.preference.PAIR_LOSSES`: sigmoid (DPO, cDPO with label smoothing), robust, ipo, hinge
+(SLiC), simpo, exo_pair, nca_pair, sppo_hard, apo_zero, apo_down, bco_pair, aot, aot_unpaired,
+discopop (`loss.discopop_tau`), sft (the chosen NLL's token mean) and sigmoid_norm; `rpo_alpha > 0`
+adds RPO's NLL term; `reference_free` drops the reference; `length_normalize` uses per-token
+average log-probs (TRL's IPO convention). simpo and sigmoid_norm are defined on averages: the
+trainer averages for them, and refuses a list that mixes sigmoid_norm with a type on sums unless
+`length_normalize` averages for all (sft reads token NLLs and mixes with either).
+
+bco_pair's reward shift is the paper's running mean of the implicit rewards, kept in the
+algorithm's state (checkpointed like PPO's KL coefficient) and passed to the loss as a batch
+column: step s uses the mean over the batches before it (`preference.bco_running_shift`).
 
 Reference log-probs are computed inside the jitted update from the frozen reference (one program
 a step), or, with `config.loss.precompute_ref`, once over the whole dataset before training and
@@ -57,6 +65,13 @@ def _check_loss_config(loss) -> tuple[str, ...]:
     if loss.weights and len(loss.weights) != len(types):
         raise ValueError(f'config.loss.weights has {len(loss.weights)} entries for '
                          f'{len(types)} config.loss.types')
+    rows = {t: pref_losses.PAIR_LOSSES[t] for t in types}
+    averaged = [t for t, row in rows.items() if row.length_normalized]
+    summed = [t for t, row in rows.items() if not (row.length_normalized or row.token_level)]
+    if averaged and summed and not loss.length_normalize:
+        raise ValueError(f'config.loss.types: {averaged[0]!r} reads per-token average log-probs, '
+                         f'{summed[0]!r} sums; set config.loss.length_normalize=True to average '
+                         'for every type')
     return types  # loss.beta > 0: validation's table (experiment_lib.BOUNDS)
 
 
@@ -65,11 +80,16 @@ def uses_reference(loss) -> bool:
                 or all(pref_losses.PAIR_LOSSES[t].reference_free for t in loss.types))
 
 
+BCO_DELTA = 'bco_delta'  # the batch column of bco_pair's reward shift (one value, every row)
+
+
 def make_loss_fn(loss):
     types = _check_loss_config(loss)
     normalize = loss.length_normalize or any(
         pref_losses.PAIR_LOSSES[t].length_normalized for t in types)
     no_ref = not uses_reference(loss)
+    sft = 'sft' in types
+    tau = loss.get('discopop_tau', pref_losses.DISCOPOP_TAU)
 
     def loss_fn(model, frozen, batch, rng):
         del rng
@@ -81,15 +101,38 @@ def make_loss_fn(loss):
         else:
             rc, rr = jax.lax.stop_gradient(pair_logps(frozen['reference'], batch)[:2])
         chosen_nll = -pc / lc
+        # sft's token mean counts the real tokens (lc is at least 1): TRL's, empty responses too.
+        tokens = jnp.sum(batch['chosen_mask'], axis=-1).astype(jnp.float32) if sft else None
+        # Absent where the batch is not the trainer's own (memory_plan's abstract batches): 0.
+        delta = batch[BCO_DELTA][0] if BCO_DELTA in batch else 0.0
         if normalize:
             pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
         return pref_losses.dpo_loss(pc, pr, rc, rr, loss_types=types,
                                     loss_weights=tuple(loss.weights) or None, beta=loss.beta,
                                     label_smoothing=loss.label_smoothing, gamma=loss.gamma,
-                                    rpo_alpha=loss.rpo_alpha,
-                                    chosen_nll=chosen_nll if loss.rpo_alpha else None)
+                                    discopop_tau=tau, bco_delta=delta, rpo_alpha=loss.rpo_alpha,
+                                    chosen_nll=chosen_nll if loss.rpo_alpha or sft else None,
+                                    chosen_lengths=tokens)
 
     return loss_fn
+
+
+def with_bco_shift(batches):
+    """bco_pair's running reward shift: the batch source with the shift as a column, its state
+    and the host update after each step (`loop.Algorithm`'s batches, algo_state and
+    update_algo_state)."""
+    def shifted(step, model, algo_state):
+        batch, figures = batches(step, model, algo_state)
+        column = np.full((len(batch['chosen']),), algo_state[BCO_DELTA], np.float32)
+        return {**batch, BCO_DELTA: column}, {**figures, 'bco/delta': float(column[0])}
+
+    def update(algo_state, metrics):
+        mean = 0.5 * (float(metrics['rewards/chosen']) + float(metrics['rewards/rejected']))
+        delta, seen = pref_losses.bco_running_shift(algo_state[BCO_DELTA],
+                                                    algo_state['bco_batches'], mean)
+        return {BCO_DELTA: np.float32(delta), 'bco_batches': np.int32(seen)}
+
+    return shifted, {BCO_DELTA: np.float32(0.0), 'bco_batches': np.int32(0)}, update
 
 
 class ReferenceLogps:
@@ -120,7 +163,13 @@ class ReferenceLogps:
 
 
 def build(config, mesh) -> loop.Algorithm:
-    _check_loss_config(config.loss)  # before the starting points: a typo costs no SFT run
+    types = _check_loss_config(config.loss)  # before the starting points: a typo costs no SFT run
+    batch_level = [t for t in types if pref_losses.PAIR_LOSSES[t].batch_level]
+    if batch_level and config.optim.microbatches > 1:
+        logging.warning(
+            'config.loss.types %s sort or average across the batch: with '
+            'config.optim.microbatches=%d each microbatch is its own batch for them', batch_level,
+            config.optim.microbatches)
     tok = inputs.make_tokenizer(config)
     train, held_out = inputs.train_eval_records(config, 'preference')
     stream = inputs.make_stream(config, 'preference', train, tok, with_index=True)
@@ -139,7 +188,11 @@ def build(config, mesh) -> loop.Algorithm:
     else:
         batches = loop.from_stream(stream)
         frozen = {'reference': reference} if uses_reference(config.loss) else {}
+    algo_state, update_algo_state = {}, None
+    if 'bco_pair' in types:
+        batches, algo_state, update_algo_state = with_bco_shift(batches)
     algo = loop.Algorithm(model=policy, loss_fn=loss_fn, frozen=frozen, batches=batches,
+                          algo_state=algo_state, update_algo_state=update_algo_state,
                           trainable=common.trainable(config))
     graphdef = nnx.graphdef(policy)
     policy_logps = jax.jit(lambda state, batch: pair_logps(nnx.merge(graphdef, state), batch))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alignjax import sharding
 from alignjax.losses import preference, reward
 
 RTOL = 1e-5
@@ -168,14 +169,30 @@ def test_preference_model_loss_antisymmetric_logits():
 # --- DPO family: NumPy references -----------------------------------------------------------------
 
 
-def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0):
-    """Per-example losses in float64, each written from its paper's equation."""
+def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0, *, tau=0.05, delta=0.0,
+                         nll=None, lengths=None):
+    """Per-example losses in float64, each written from its paper's equation; the batch-level
+    rows ('aot', 'aot_unpaired': one term per rank; 'sft': each pair's share of the token mean)
+    over the whole batch given."""
     pc, pr, rc, rr = (np.asarray(a, np.float64) for a in (pc, pr, rc, rr))
     m = (pc - rc) - (pr - rr)
     h = beta * m
     softplus = lambda x: np.logaddexp(0.0, x)  # -log sigmoid(-x)
-    if loss_type == 'sigmoid':
+    if loss_type in ('sigmoid', 'sigmoid_norm'):  # sigmoid_norm: the caller passes averages
         return (1 - e) * softplus(-h) + e * softplus(h)
+    if loss_type == 'discopop':  # the paper's mixture, as written (float64 has the range)
+        w = np_sigmoid(h / tau)
+        return (1 - w) * softplus(-h) + w * np.exp(-h)
+    if loss_type in ('aot', 'aot_unpaired'):
+        # Quantiles matched rank by rank: the k-th smallest of each side.
+        a, b = ((pc - pr, rc - rr) if loss_type == 'aot' else (pc - rc, pr - rr))
+        d = beta * (np.sort(a) - np.sort(b))
+        return (1 - e) * softplus(-d) + e * softplus(d)
+    if loss_type == 'sft':
+        nll = np.asarray(nll, np.float64)
+        lengths = np.ones_like(nll) if lengths is None else np.asarray(lengths, np.float64)
+        # Shares whose mean over the pairs is the token mean, sum(L * nll) / sum(L).
+        return len(nll) * lengths * nll / np.sum(lengths)
     if loss_type == 'robust':
         return ((1 - e) * softplus(-h) - e * softplus(h)) / (1 - 2 * e)
     if loss_type == 'ipo':
@@ -199,6 +216,8 @@ def np_preference_losses(pc, pr, rc, rr, loss_type, beta, e=0.0, gamma=0.0):
         return (1 - np_sigmoid(r_c)) + np_sigmoid(r_r)
     if loss_type == 'apo_down':
         return np_sigmoid(r_c) + (1 - np_sigmoid(h))
+    if loss_type == 'bco_pair':  # a classifier of chosen (label 1) and rejected (label 0)
+        return softplus(-(r_c - delta)) + softplus(r_r - delta)
     raise AssertionError(loss_type)
 
 
@@ -216,6 +235,14 @@ CASES = [
     ('sppo_hard', 0.0),
     ('apo_zero', 0.0),
     ('apo_down', 0.0),
+    ('bco_pair', 0.0),
+    ('aot', 0.0),
+    ('aot', 0.2),
+    ('aot_unpaired', 0.0),
+    ('aot_unpaired', 0.2),
+    ('discopop', 0.0),
+    ('sft', 0.0),
+    ('sigmoid_norm', 0.0),
 ]
 
 
@@ -223,17 +250,42 @@ def test_every_loss_type_has_a_case():
     assert sorted({t for t, _ in CASES}) == sorted(preference.LOSS_TYPES)
 
 
+def chosen_nll_and_lengths(seed, b=B):
+    """What 'sft' reads: per-pair mean token NLL of the chosen response and its token count."""
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(0.2, 4.0, b).astype(np.float32), rng.integers(1, 40, b).astype(np.float32))
+
+
 @pytest.mark.parametrize('loss_type,e', CASES)
 @pytest.mark.parametrize('beta', [0.1, 1.0])
 def test_preference_losses_match_numpy(loss_type, e, beta):
     pc, pr, rc, rr = logps(seed=5)
+    nll, lengths = chosen_nll_and_lengths(seed=5)
     gamma = 0.5 if loss_type == 'simpo' else 0.0
     out = preference.preference_losses(pc, pr, rc, rr, loss_type=loss_type, beta=beta,
-                                       label_smoothing=e, gamma=gamma)
-    expected = np_preference_losses(pc, pr, rc, rr, loss_type, beta, e, gamma)
+                                       label_smoothing=e, gamma=gamma, chosen_nll=nll,
+                                       chosen_lengths=lengths)
+    expected = np_preference_losses(pc, pr, rc, rr, loss_type, beta, e, gamma, nll=nll,
+                                    lengths=lengths)
     assert out.shape == (16,)
     # Squared losses reach ~1e5 here: compare relatively. The others are O(|h|) ~ 100.
     close(out, expected, rtol=2e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('loss_type,e', CASES)
+@pytest.mark.parametrize('beta', [0.1, 1.0])
+def test_preference_losses_match_numpy_in_float64(loss_type, e, beta):
+    pc, pr, rc, rr = (a.astype(np.float64) for a in logps(seed=16))
+    nll, lengths = (a.astype(np.float64) for a in chosen_nll_and_lengths(seed=16))
+    gamma = 0.5 if loss_type == 'simpo' else 0.0
+    with jax.enable_x64(True):
+        out = preference.preference_losses(pc, pr, rc, rr, loss_type=loss_type, beta=beta,
+                                           label_smoothing=e, gamma=gamma, discopop_tau=0.3,
+                                           bco_delta=0.7, chosen_nll=nll, chosen_lengths=lengths)
+        assert out.dtype == jnp.float64
+    expected = np_preference_losses(pc, pr, rc, rr, loss_type, beta, e, gamma, tau=0.3, delta=0.7,
+                                    nll=nll, lengths=lengths)
+    close(out, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize('loss_type,e', CASES)
@@ -241,12 +293,14 @@ def test_preference_losses_stable_at_large_margins(loss_type, e):
     # h = +-100 and +-200: finite values and finite gradients, no inf - inf.
     m = jnp.tile(jnp.array([100.0, -100.0, 200.0, -200.0]), B // 4)
     zeros = jnp.zeros_like(m)
-    fn = lambda pc: jnp.sum(
-        preference.preference_losses(pc, zeros, zeros, zeros, loss_type=loss_type, beta=1.0,
-                                     label_smoothing=e))
-    out = preference.preference_losses(m, zeros, zeros, zeros, loss_type=loss_type, beta=1.0,
-                                       label_smoothing=e)
-    close(out, np_preference_losses(m, zeros, zeros, zeros, loss_type, 1.0, e), rtol=1e-5)
+    nll, lengths = chosen_nll_and_lengths(seed=17)
+    kw = dict(loss_type=loss_type, beta=1.0, label_smoothing=e, chosen_nll=nll,
+              chosen_lengths=lengths)
+    fn = lambda pc: jnp.sum(preference.preference_losses(pc, zeros, zeros, zeros, **kw))
+    out = preference.preference_losses(m, zeros, zeros, zeros, **kw)
+    close(out,
+          np_preference_losses(m, zeros, zeros, zeros, loss_type, 1.0, e, nll=nll, lengths=lengths),
+          rtol=1e-5)
     assert np.all(np.isfinite(np.asarray(jax.grad(fn)(m))))
 
 
@@ -309,6 +363,127 @@ def test_simpo_without_margin_is_reference_free_dpo(e):
     ignored = preference.preference_losses(pc, pr, rc, rr, loss_type='simpo', beta=2.0,
                                            label_smoothing=e, gamma=0.75)
     close(ignored, with_margin, rtol=0, atol=0)
+
+
+def test_bco_shift_is_a_constant_offset_of_the_rewards():
+    pc, pr, rc, rr = logps(seed=18, scale=5.0)
+    beta, delta = 0.5, 1.3
+    bco = lambda c, r, d: preference.preference_losses(c, r, rc, rr, loss_type='bco_pair', beta=
+                                                       beta, bco_delta=d)
+    # Shifting both rewards by delta and delta itself leaves the classifier's logits unchanged.
+    close(bco(pc + delta / beta, pr + delta / beta, delta), bco(pc, pr, 0.0), rtol=1e-5)
+    # At the reference with delta = 0 each side is log 2.
+    close(bco(rc, rr, 0.0), np.full(B, 2 * np.log(2.0)), rtol=1e-6)
+    # delta is a constant to the gradient, as in the paper.
+    grad = jax.grad(lambda d: jnp.sum(bco(pc, pr, d)))(jnp.float32(delta))
+    assert float(grad) == 0.0
+
+
+def test_bco_running_shift_is_the_mean_of_batch_means():
+    means = np.random.default_rng(19).normal(0.0, 2.0, 7)
+    delta, seen = 0.0, 0
+    for k, m in enumerate(means):
+        delta, seen = preference.bco_running_shift(delta, seen, m)
+        assert seen == k + 1
+        assert delta == pytest.approx(np.mean(means[:k + 1]), rel=1e-12, abs=1e-12)
+
+
+def test_aot_sorts_across_the_batch():
+    pc, pr, rc, rr = logps(seed=20, scale=5.0)
+    perm = np.random.default_rng(20).permutation(B)
+    kw = dict(beta=0.5, label_smoothing=0.1)
+    total = lambda t, *a: float(preference.dpo_loss(*a, loss_types=(t,), **kw)[0])
+    # aot compares the policy's margin distribution with the reference's: pairing policy and
+    # reference rows differently changes nothing; unpaired, the chosen side may be permuted alone.
+    close(total('aot', pc[perm], pr[perm], rc, rr), total('aot', pc, pr, rc, rr), rtol=1e-5)
+    close(total('aot_unpaired', pc[perm], pr, rc[perm], rr), total('aot_unpaired', pc, pr, rc, rr),
+          rtol=1e-5)
+    # A per-example loss does see the pairing (so the two checks above can fail).
+    assert abs(total('sigmoid', pc[perm], pr[perm], rc, rr)
+               - total('sigmoid', pc, pr, rc, rr)) > 1e-2
+    # Margins already in the same order on both sides: aot is DPO (conservative, e) pair by pair.
+    u, v = np.sort(pc - pr), np.sort(rc - rr)
+    zeros = np.zeros(B, np.float32)
+    aot = preference.preference_losses(u, zeros, v, zeros, loss_type='aot', **kw)
+    dpo = preference.preference_losses(u, zeros, v, zeros, loss_type='sigmoid', **kw)
+    close(aot, dpo, rtol=1e-6)
+
+
+@pytest.mark.parametrize('loss_type', ['aot', 'aot_unpaired', 'sft'])
+def test_batch_level_rows_ignore_padding(loss_type):
+    pc, pr, rc, rr = logps(seed=21)
+    nll, lengths = chosen_nll_and_lengths(seed=21)
+    real = np.arange(B) % 3 != 1  # padding rows spread through the batch
+    kw = dict(loss_types=(loss_type,), beta=0.3, label_smoothing=0.1)
+    clean = preference.dpo_loss(*(a[real] for a in (pc, pr, rc, rr)), chosen_nll=nll[real],
+                                chosen_lengths=lengths[real], **kw)
+    expected = np_preference_losses(pc[real], pr[real], rc[real], rr[real], loss_type, 0.3, 0.1,
+                                    nll=nll[real], lengths=lengths[real]).sum()
+    close(clean[0], expected, rtol=1e-5)
+    for x, garbage in ((pc, -1e4), (pr, 1e4), (rc, 0.0), (rr, -1e4), (nll, 1e6), (lengths, 1e3)):
+        x[~real] = garbage
+    f = lambda c: preference.dpo_loss(c, pr, rc, rr, chosen_nll=nll, chosen_lengths=lengths, mask=
+                                      real, **kw)
+    padded = f(pc)
+    close(padded[0], clean[0], rtol=1e-5)
+    assert float(padded[1]) == real.sum()
+    if loss_type != 'sft':  # sft reads no log-probs
+        grad = np.asarray(jax.grad(lambda c: f(c)[0])(jnp.asarray(pc)))
+        assert np.all(np.isfinite(grad)) and np.all(grad[~real] == 0) and np.any(grad[real] != 0)
+
+
+def test_batch_level_rows_sharded_equal_unsharded():
+    # The sort and the token mean run over the global batch when its rows sit on 8 devices.
+    pc, pr, rc, rr = logps(seed=23)
+    nll, lengths = chosen_nll_and_lengths(seed=23)
+    real = (np.arange(B) % 5 != 2).astype(np.float32)
+    fn = jax.jit(
+        functools.partial(preference.dpo_loss, loss_types=('aot', 'aot_unpaired', 'sft'), beta=0.2,
+                          label_smoothing=0.1))
+    args = dict(chosen_logps=pc, rejected_logps=pr, ref_chosen_logps=rc, ref_rejected_logps=rr,
+                chosen_nll=nll, chosen_lengths=lengths, mask=real)
+    mesh = sharding.make_mesh((1, -1, 1))
+    assert mesh.size == 8
+    sharded = sharding.shard_batch(args, mesh)
+    assert not sharded['chosen_logps'].sharding.is_fully_replicated
+    full, parts = fn(**args), fn(**sharded)
+    close(parts[0], float(full[0]), rtol=1e-6)
+    assert float(parts[1]) == float(full[1]) == real.sum()
+
+
+def test_sft_is_the_token_mean_of_the_chosen_nll():
+    pc, pr, rc, rr = logps(seed=22, scale=3.0)
+    nll, lengths = chosen_nll_and_lengths(seed=22)
+    total, count, _ = preference.dpo_loss(pc, pr, rc, rr, loss_types=('sigmoid', 'sft'),
+                                          loss_weights=(1.0, 0.7), beta=0.1, chosen_nll=nll,
+                                          chosen_lengths=lengths)
+    token_mean = np.sum(nll.astype(np.float64) * lengths) / np.sum(lengths)
+    sigmoid = np_preference_losses(pc, pr, rc, rr, 'sigmoid', 0.1).mean()
+    close(float(total) / float(count), sigmoid + 0.7 * token_mean, rtol=1e-6)
+    # Without token counts each pair weighs one: rpo_alpha's term.
+    no_lengths = preference.dpo_loss(pc, pr, rc, rr, loss_types=('sigmoid', 'sft'),
+                                     loss_weights=(1.0, 0.7), beta=0.1, chosen_nll=nll)[0]
+    rpo = preference.dpo_loss(pc, pr, rc, rr, beta=0.1, rpo_alpha=0.7, chosen_nll=nll)[0]
+    close(no_lengths, float(rpo), rtol=1e-6)
+    assert abs(float(no_lengths) - float(total)) > 1e-2  # the token weighting matters here
+    with pytest.raises(ValueError, match='chosen_nll'):
+        preference.dpo_loss(pc, pr, rc, rr, loss_types=('sft',), beta=0.1)
+
+
+def test_discopop_mixes_logistic_and_exponential():
+    zeros = jnp.zeros(4)
+    h = jnp.array([0.0, 30.0, -30.0, 0.1])  # beta = 1
+    for tau in (0.05, 0.5):
+        out = preference.preference_losses(h, zeros, zeros, zeros, loss_type='discopop', beta=1.0,
+                                           discopop_tau=tau)
+        # h = 0: equal weights, (log 2 + 1) / 2; far right exp(-h); far left the logistic -h.
+        close(out[:3], [0.5 * (np.log(2.0) + 1.0), np.exp(-30.0), 30.0], rtol=1e-5, atol=1e-7)
+    sharp, soft = (preference.preference_losses(h, zeros, zeros, zeros, loss_type='discopop',
+                                                beta=1.0, discopop_tau=t)[3] for t in (0.05, 0.5))
+    assert float(sharp) != pytest.approx(float(soft), rel=1e-3)  # tau is read
+    with pytest.raises(ValueError, match='discopop_tau'):
+        preference.dpo_loss(zeros, zeros, zeros, zeros, loss_types=('discopop',), beta=0.1,
+                            discopop_tau=0.0)
 
 
 # --- gradients, weighted lists, RPO ---------------------------------------------------------------

@@ -31,8 +31,17 @@ Conventions found in TRL 1.16 (and how the tests align the inputs):
   and the 'aot' types); conservative DPO is checked against CPO's label-smoothed sigmoid instead.
 - RPO: `DPOTrainer` has no `rpo_alpha`; the same objective is `loss_type=['sigmoid', 'sft']`
   with `loss_weights=[1, alpha]`. Its 'sft' term is the token-mean NLL over the whole batch of
-  chosen responses, alignjax's the mean over pairs of per-pair token means: equal for a batch of
-  one pair, which is what is compared.
+  chosen responses, alignjax's `rpo_alpha` term the mean over pairs of per-pair token means: equal
+  for a batch of one pair, which is what is compared. alignjax's own 'sft' type is TRL's token
+  mean (given the chosen token counts), compared on whole batches.
+- Batch-level types ('aot', 'aot_unpaired' sort across the batch; 'sft' averages over its tokens)
+  have no per-example losses in either library: they are compared on whole batches, on inputs
+  where the batch mean differs from the mean of single-pair losses.
+- 'bco_pair': TRL 1.16 keeps no running mean of the rewards (older TRL subtracted one, as the BCO
+  paper does); alignjax's pure loss takes the shift as an input, compared here at 0, TRL 1.16's.
+- 'sigmoid_norm' divides each log-ratio sum by its completion length inside the loss, like IPO;
+  alignjax's row is defined on averages (the trainer divides), so it is fed averages.
+- 'discopop': its temperature is `discopop_tau` in both libraries' keyword arguments.
 - 'apo_zero' / 'apo_down' carry TRL's +1 constant (alignjax documents the same shift);
   'exo_pair' in TRL builds epsilon as a float32 tensor, hence a 1e-6 tolerance for it alone.
 """
@@ -172,7 +181,7 @@ def trl_dpo_per_example(trainer, pairs):
 
 
 def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=False, chosen_nll=None,
-                         **kw):
+                         chosen_lengths=None, **kw):
     """alignjax's per-example losses in float64 (dpo_loss on one pair at a time, as TRL is
     called), and dpo_loss on the whole batch."""
     policy, ref = pairs.policy, pairs.ref
@@ -180,10 +189,15 @@ def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=Fals
         policy, ref = policy / pairs.lengths, ref / pairs.lengths
     with jax.enable_x64(True):
         args = [jnp.asarray(a) for a in (policy[0], policy[1], ref[0], ref[1])]
-        nll = None if chosen_nll is None else jnp.asarray(chosen_nll)
-        loss = lambda part: preference.dpo_loss(*(a[part] for a in args), loss_types=loss_types,
-                                                loss_weights=weights, chosen_nll=None
-                                                if nll is None else nll[part], **kw)
+
+        def loss(part):
+            rows = {
+                name: None if x is None else jnp.asarray(x)[part]
+                for name, x in (('chosen_nll', chosen_nll), ('chosen_lengths', chosen_lengths))
+            }
+            return preference.dpo_loss(*(a[part] for a in args), loss_types=loss_types,
+                                       loss_weights=weights, **rows, **kw)
+
         full = loss(slice(None))
         assert full[0].dtype == jnp.float64
         per_example = np.array([float(loss(slice(i, i + 1))[0]) for i in range(len(args[0]))])
@@ -191,51 +205,97 @@ def alignjax_per_example(pairs, loss_types, *, weights=None, length_average=Fals
 
 
 DPO_CASES = [
-    # (TRL loss_type list, loss weights, beta, label_smoothing)
-    (['sigmoid'], None, 0.1, 0.0),
-    (['sigmoid'], None, 1.0, 0.0),
-    (['hinge'], None, 0.1, 0.0),
-    (['hinge'], None, 1.0, 0.0),
-    (['robust'], None, 0.5, 0.0),
-    (['robust'], None, 0.5, 0.1),
-    (['robust'], None, 0.1, 0.3),
-    (['exo_pair'], None, 0.5, 2.0**-10),
-    (['exo_pair'], None, 0.5, 0.25),
-    (['nca_pair'], None, 0.5, 0.0),
-    (['sppo_hard'], None, 0.5, 0.0),
-    (['apo_zero'], None, 0.5, 0.0),
-    (['apo_down'], None, 0.5, 0.0),
-    (['sigmoid', 'hinge'], [1.0, 0.3], 0.2, 0.0),
+    # (TRL loss_type list, loss weights, beta, label_smoothing, keywords of both DPOConfig and
+    # dpo_loss)
+    (['sigmoid'], None, 0.1, 0.0, {}),
+    (['sigmoid'], None, 1.0, 0.0, {}),
+    (['hinge'], None, 0.1, 0.0, {}),
+    (['hinge'], None, 1.0, 0.0, {}),
+    (['robust'], None, 0.5, 0.0, {}),
+    (['robust'], None, 0.5, 0.1, {}),
+    (['robust'], None, 0.1, 0.3, {}),
+    (['exo_pair'], None, 0.5, 2.0**-10, {}),
+    (['exo_pair'], None, 0.5, 0.25, {}),
+    (['nca_pair'], None, 0.5, 0.0, {}),
+    (['sppo_hard'], None, 0.5, 0.0, {}),
+    (['apo_zero'], None, 0.5, 0.0, {}),
+    (['apo_down'], None, 0.5, 0.0, {}),
+    (['bco_pair'], None, 0.1, 0.0, {}),
+    (['bco_pair'], None, 0.5, 0.0, {}),
+    (['discopop'], None, 0.1, 0.0, {}),  # the default temperature, 0.05
+    (['discopop'], None, 0.5, 0.0, {'discopop_tau': 0.05}),
+    (['discopop'], None, 0.5, 0.0, {'discopop_tau': 0.5}),
+    (['sigmoid', 'hinge'], [1.0, 0.3], 0.2, 0.0, {}),
+    (['bco_pair', 'discopop', 'apo_zero'], [0.5, 1.0, 2.0], 0.3, 0.0, {'discopop_tau': 0.2}),
 ]
 
 
+def case_id(types, beta, e, extra):
+    return f"{'+'.join(types)}-beta{beta}-e{e:g}" + ''.join(f'-{k}{v}' for k, v in extra.items())
+
+
 @pytest.mark.parametrize('scale', [1.0, 30.0], ids=['moderate', 'large'])
-@pytest.mark.parametrize('loss_types,weights,beta,e', DPO_CASES,
-                         ids=[f"{'+'.join(t)}-beta{b}-e{e:g}" for t, _, b, e in DPO_CASES])
-def test_dpo_trainer_losses_match(dpo_trainer, loss_types, weights, beta, e, scale):
-    config = dict(loss_type=loss_types, beta=beta, label_smoothing=e)
+@pytest.mark.parametrize('loss_types,weights,beta,e,extra', DPO_CASES,
+                         ids=[case_id(t, b, e, x) for t, _, b, e, x in DPO_CASES])
+def test_dpo_trainer_losses_match(dpo_trainer, loss_types, weights, beta, e, extra, scale):
+    config = dict(loss_type=loss_types, beta=beta, label_smoothing=e, **extra)
     if weights is not None:
         config['loss_weights'] = weights
     trainer = dpo_trainer(**config)
     pairs = make_pairs(seed=len(loss_types) + int(beta * 10), scale=scale)
     expected = trl_dpo_per_example(trainer, pairs)
     actual, _ = alignjax_per_example(pairs, tuple(loss_types), weights=weights, beta=beta,
-                                     label_smoothing=e)
+                                     label_smoothing=e, **extra)
     rtol = 1e-6 if 'exo_pair' in loss_types else RTOL  # TRL's epsilon is a float32 tensor
     assert np.all(np.isfinite(expected))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=1e-12)
 
 
+@pytest.mark.parametrize('loss_type', ['ipo', 'sigmoid_norm'])
 @pytest.mark.parametrize('beta', [0.1, 0.5])
-def test_dpo_trainer_ipo_matches_on_length_averaged_logps(dpo_trainer, beta):
-    trainer = dpo_trainer(loss_type=['ipo'], beta=beta)
+def test_dpo_trainer_matches_on_length_averaged_logps(dpo_trainer, loss_type, beta):
+    trainer = dpo_trainer(loss_type=[loss_type], beta=beta)
     pairs = make_pairs(seed=3)
     expected = trl_dpo_per_example(trainer, pairs)
-    actual, _ = alignjax_per_example(pairs, ('ipo',), beta=beta, length_average=True)
+    actual, _ = alignjax_per_example(pairs, (loss_type,), beta=beta, length_average=True)
     np.testing.assert_allclose(actual, expected, rtol=RTOL)
     # And the convention matters: on sums (no averaging) the two differ whenever some L > 1.
-    on_sums, _ = alignjax_per_example(pairs, ('ipo',), beta=beta)
+    on_sums, _ = alignjax_per_example(pairs, (loss_type,), beta=beta)
     assert not np.allclose(on_sums, expected)
+
+
+BATCH_CASES = [
+    # (TRL loss_type list, loss weights, beta, label_smoothing, length-averaged inputs)
+    (['aot'], None, 0.1, 0.0, False),
+    (['aot'], None, 0.5, 0.2, False),
+    (['aot_unpaired'], None, 0.1, 0.0, False),
+    (['aot_unpaired'], None, 0.5, 0.3, False),
+    (['sigmoid', 'sft'], [1.0, 0.7], 0.2, 0.0, False),
+    (['sft'], None, 0.2, 0.0, False),
+    (['aot', 'aot_unpaired', 'sft'], [1.0, 0.5, 0.3], 0.3, 0.1, False),
+    (['sigmoid_norm', 'sft'], [1.0, 0.4], 0.5, 0.0, True),
+]
+
+
+@pytest.mark.parametrize('scale', [1.0, 30.0], ids=['moderate', 'large'])
+@pytest.mark.parametrize('loss_types,weights,beta,e,averaged', BATCH_CASES,
+                         ids=[case_id(t, b, e, {}) for t, _, b, e, _ in BATCH_CASES])
+def test_dpo_trainer_batch_level_losses_match(dpo_trainer, loss_types, weights, beta, e, averaged,
+                                              scale):
+    config = dict(loss_type=loss_types, beta=beta, label_smoothing=e)
+    if weights is not None:
+        config['loss_weights'] = weights
+    trainer = dpo_trainer(**config)
+    pairs = make_pairs(seed=8 + len(loss_types), b=7, scale=scale)
+    expected, _ = trl_dpo_batch(trainer, pairs, list(range(7)))
+    nll = -pairs.policy[0] / pairs.lengths[0]  # per-pair mean token NLL of the chosen
+    per_pair, (total, count, _) = alignjax_per_example(
+        pairs, tuple(loss_types), weights=weights, length_average=averaged, chosen_nll=nll,
+        chosen_lengths=pairs.lengths[0].astype(np.float64), beta=beta, label_smoothing=e)
+    assert np.isfinite(expected)
+    np.testing.assert_allclose(float(total) / float(count), expected, rtol=RTOL, atol=1e-12)
+    # These inputs do tell a batch-level loss from a per-example one.
+    assert not np.isclose(np.mean(per_pair), expected, rtol=1e-6)
 
 
 def test_dpo_trainer_rpo_is_sigmoid_plus_weighted_sft(dpo_trainer):

@@ -11,35 +11,14 @@ from flax import nnx
 from alignjax import experiment_lib
 from alignjax import metrics as metrics_lib
 from alignjax import trainers
-from alignjax.data import pipeline
-from alignjax.data import synthetic
-from alignjax.data.tokenizer import ByteTokenizer
 from alignjax.models import Decoder, PreferenceModel, RewardModel, get_model_config, scoring
 from alignjax.trainers import dpo
 from alignjax.trainers import loop
 
+from dpo_fixtures import loss_config, preference_batch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CFG = get_model_config('tiny')
-TOK = ByteTokenizer()
-
-
-def preference_batch(n=8, prompt_len=8, response_len=12, seed=0):
-    records = synthetic.get_task('transitive').preference_records(n, seed=seed)
-    fn = pipeline.make_tokenize_fn('preference', TOK, max_prompt_len=prompt_len,
-                                   max_response_len=response_len)
-    rows = [fn(r, i) for i, r in enumerate(records)]
-    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-    batch['ref_chosen_logps'] = -jnp.linspace(5.0, 9.0, n)
-    batch['ref_rejected_logps'] = -jnp.linspace(6.0, 8.0, n)
-    return batch
-
-
-def loss_config(**kw):
-    c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'dpo.py') + ':tiny').loss
-    c.unlock()
-    c.update(kw)
-    return c
-
 
 LOSSES = [
     dict(types=('sigmoid',)),
