@@ -17,6 +17,7 @@ from alignjax import rollout as rollout_lib
 from alignjax import sampling
 from alignjax import sharding
 from alignjax.data import pipeline
+from alignjax import monitors
 from alignjax.models import scoring
 
 
@@ -59,19 +60,44 @@ def sample_responses(model, prompts: list[str], tok, **kw) -> list[str]:
     return sample(model, prompts, tok, **kw)['texts']
 
 
-def kl_to_reference(samples: dict, reference, *, batch_size: int = 128) -> float:
-    """Monte-Carlo KL(pi || ref) per sequence: mean over samples of sum_t log pi - log ref."""
+def reference_logprobs(samples: dict, reference, *, batch_size: int = 128) -> np.ndarray:
+    """The reference's per-token log-probs [N, R] of `sample`'s responses (zero on padding)."""
     graphdef, state = nnx.split(reference)
     ref_logps = _ref_logprobs(graphdef)
-    total = 0.0
-    n = len(samples['tokens'])
-    for start in range(0, n, batch_size):
+    parts = []
+    for start in range(0, len(samples['tokens']), batch_size):
         sl = slice(start, start + batch_size)
-        lp = np.asarray(
-            ref_logps(state, samples['prompt'][sl], samples['prompt_mask'][sl],
-                      samples['tokens'][sl], samples['mask'][sl]))
-        total += float(np.sum((samples['policy_logprobs'][sl] - lp) * samples['mask'][sl]))
-    return total / n
+        parts.append(
+            np.asarray(
+                ref_logps(state, samples['prompt'][sl], samples['prompt_mask'][sl],
+                          samples['tokens'][sl], samples['mask'][sl])))
+    return np.concatenate(parts)
+
+
+def kl_to_reference(samples: dict, reference, *, batch_size: int = 128,
+                    ref_logprobs: np.ndarray | None = None) -> float:
+    """Monte-Carlo KL(pi || ref) per sequence: mean over samples of sum_t log pi - log ref."""
+    if ref_logprobs is None:
+        ref_logprobs = reference_logprobs(samples, reference, batch_size=batch_size)
+    diff = (samples['policy_logprobs'] - ref_logprobs) * samples['mask']
+    return float(np.sum(diff)) / len(samples['tokens'])
+
+
+def topk_figures(model, samples: dict, *, k: int) -> dict[str, float]:
+    """The monitors' top-k mass and entropy (token means) of `model` on `samples`."""
+    graphdef, state = nnx.split(model)
+    mass, entropy = _topk_stats(graphdef, k)(state, samples['prompt'], samples['prompt_mask'],
+                                             samples['tokens'], samples['mask'])
+    tokens = max(float(np.sum(samples['mask'])), 1.0)
+    return {
+        'topk_mass': float(np.sum(mass)) / tokens, 'topk_entropy': float(np.sum(entropy)) / tokens
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _topk_stats(graphdef, k: int):
+    return jax.jit(
+        lambda state, *a: scoring.response_topk_stats(nnx.merge(graphdef, state), *a, k=k))
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,13 +107,17 @@ def _ref_logprobs(graphdef):
 
 def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt_len: int,
                     max_new_tokens: int, temperature: float, seed: int, with_kl: bool = False,
-                    scorer=None, pass_k: int = 4) -> dict[str, float]:
+                    scorer=None, pass_k: int = 4, beta: float | None = None,
+                    top_k: int = 0) -> dict[str, float]:
     """gold_reward (policy), gold_reward_ref (reference), gold_win_rate (policy over ref), with_kl
     the sampled KL(policy || reference) per sequence, and with a `scorer` (a learned reward model,
     see `rollout.RewardModelScorer`) the proxy reward of both: proxy_reward, proxy_reward_ref.
     On a verifiable task (one with `verify`, e.g. `data.arithmetic`) also pass@1 and pass@k of
     `pass_k` samples a prompt, the format-error rate and the response length, of the policy and
-    (suffix _ref) of the reference."""
+    (suffix _ref) of the reference. The monitors' figures (`alignjax.monitors`): the response
+    length and EOS rate of both; with `beta` (a DPO-family policy) the per-token implicit reward
+    beta * log(pi / pi_ref) on the policy's samples; with `top_k` the top-k mass and entropy of
+    the policy and of the reference on their own samples."""
     prompts = task.prompts(num_prompts, seed=seed, split='eval')
     key = jax.random.key(seed + 12345)
     kw = dict(max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -102,9 +132,21 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
         'gold_reward_ref': float(np.mean(task.gold_rewards(prompts, refs))),
         'gold_win_rate': task.gold_win_rate(prompts, ys, refs),
         'response_length': float(lengths.mean()),
+        'response_length_ref': float(np.mean([len(y) for y in refs])),
+        'eos_rate': _eos_rate(samples, tok.eos_id),
+        'eos_rate_ref': _eos_rate(ref_samples, tok.eos_id),
     }
+    ref_lp = reference_logprobs(samples, ref_model) if with_kl or beta else None
     if with_kl:
-        out['kl_to_ref'] = kl_to_reference(samples, ref_model)
+        out['kl_to_ref'] = kl_to_reference(samples, ref_model, ref_logprobs=ref_lp)
+    if beta:
+        out.update(
+            monitors.implicit_reward_summary(samples['policy_logprobs'], ref_lp, samples['mask'],
+                                             beta=beta))
+    if top_k:
+        out.update(topk_figures(model, samples, k=top_k))
+        out.update(
+            {f'{k}_ref': v for k, v in topk_figures(ref_model, ref_samples, k=top_k).items()})
     if hasattr(task, 'verify'):  # a verifiable task: pass@1 and pass@k, format errors
         for m, first, suffix in ((model, ys, ''), (ref_model, refs, '_ref')):
             more = [
@@ -126,6 +168,10 @@ def gold_evaluation(task, model, ref_model, tok, *, num_prompts: int, max_prompt
                                               prompt_texts=prompts, texts=s['texts'])
             out[name] = float(np.mean(scorer(responses)))
     return out
+
+
+def _eos_rate(samples: dict, eos_id: int) -> float:
+    return float(np.mean(np.any((samples['tokens'] == eos_id) & (samples['mask'] > 0), axis=1)))
 
 
 def policy_gold_reward(task, model, tok, *, num_prompts: int, max_prompt_len: int,

@@ -175,6 +175,11 @@ BASE: dict[str, Key] = {
     # The trainer's evaluators to run ('name' every eval_every steps, 'name:N' every N; empty:
     # the trainer's defaults): alignjax/evaluators/__init__.py lists them.
     'eval.evaluators': Key(()),
+    # Over-optimisation monitors (alignjax/monitors.py): 'NAME>VALUE,NAME<VALUE' on logged
+    # figures, what a firing does, and the top-k of the policy's top-k mass and entropy (0: off).
+    'monitors.thresholds': Key(''),
+    'monitors.action': _one_of('warn', 'checkpoint', 'stop'),
+    'monitors.top_k': _int(0, **NON_NEGATIVE),
 }
 
 # `config.rl` (`rl`): sampling, the policy-gradient update and the KL leash.
@@ -239,6 +244,11 @@ ELSEWHERE: dict[str, Key] = {
     'loss.beta': _num(None, **POSITIVE),
     'loss.label_smoothing': _num(None, **NON_NEGATIVE),
     'loss.discopop_tau': _num(None, **POSITIVE),  # DiscoPOP's temperature (default 0.05)
+    # Injected label noise (synthetic preference records; `data.inputs.train_eval_records`) and
+    # the preference-strength training of reward models (`trainers/reward_model.py`).
+    'data.flip_fraction': Key(None, 'number', low=0, below=1),
+    'reward.flip_below': _num(None),
+    'reward.adaptive_margin': _num(None, **NON_NEGATIVE),
     **{
         f'model.{k}': _int(None, **POSITIVE) for k in ('vocab_size', 'embed_dim', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim')
     },
@@ -454,7 +464,16 @@ def reward(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             workers=1,
             timeout_s=60.0,
             on_error='stop',
-            error_penalty=-1.0))
+            error_penalty=-1.0,
+            # Robust rewards (alignjax/losses/robust.py): 'log_sigmoid' transforms the reward
+            # model's members against a per-prompt quantile of the reference's rewards;
+            # 'TERM<THETA,...' constrains terms' means by Lagrange multipliers (dual_lr their
+            # step). aggregate='brme' is lam * mean + (1 - lam) * min of an ensemble.
+            transform='',
+            ref_quantile=0.85,
+            ref_samples=8,
+            constraints='',
+            dual_lr=0.1))
     rewards.parse(section.source)  # a one-line refusal of a bad term, now
     return section
 

@@ -235,24 +235,33 @@ class FunctionScorer:
 
 
 class SumScorer:
-    """The weighted sum of several scorers (`Term`s), each term's mean score in the metrics."""
+    """The weighted sum of several scorers (`Term`s), each term's mean score in the metrics
+    (`reward/<term>`, before any weighting)."""
     def __init__(self, scorers: Sequence[tuple[float, object]]):
         self.scorers = list(scorers)
         self.name = '+'.join(f'{w:g}*{s.name}' if w != 1 else s.name for w, s in self.scorers)
         self._last = {}
+        # Constrained RLHF's Lagrange multipliers: term i weighs w_i - multipliers[i] (the
+        # trainer sets them from its checkpointed state; losses/robust.lagrange_update).
+        self.multipliers = np.zeros(len(self.scorers), np.float32)
 
     def __call__(self, responses) -> np.ndarray:
         total = 0.0
         self._last = {}
-        for weight, scorer in self.scorers:
+        for i, (weight, scorer) in enumerate(self.scorers):
             s = np.asarray(scorer(responses), np.float32)
             self._last[f'reward/{scorer.name}'] = float(np.mean(s)) if s.size else 0.0
-            total = total + weight * s
+            total = total + (weight - self.multipliers[i]) * s
         return np.asarray(total, np.float32)
 
     def metrics(self) -> dict:
-        out = dict(self._last)
-        errors = [s.metrics()['reward/errors'] for _, s in self.scorers if hasattr(s, 'metrics')]
+        """Each term's mean, the functions' errors summed, and the terms' own figures."""
+        out, errors = dict(self._last), []
+        for _, s in self.scorers:
+            own = s.metrics() if hasattr(s, 'metrics') else {}
+            if 'reward/errors' in own:
+                errors.append(own.pop('reward/errors'))
+            out.update(own)
         if errors:
             out['reward/errors'] = float(sum(errors))
         return out

@@ -52,6 +52,7 @@ class RolloutConfig:
     top_k: int = 0
     top_p: float = 1.0
     greedy_baseline: bool = False
+    top_k_monitor: int = 0  # the policy's top-k mass and entropy on its samples (monitors)
 
 
 _TEXTS = ('prompt_texts', 'texts', 'records')
@@ -152,13 +153,30 @@ class RewardModelScorer:
             tokens = jnp.concatenate([r.prompt, r.response], axis=1)
             mask = jnp.concatenate([r.prompt_mask, r.response_mask], axis=1)
             members = nnx.merge(graphdef, state)(tokens, mask)
-            return reward_losses.aggregate_ensemble(members, method=aggregate, lam=lam)
+            spread = jnp.std(members, axis=-1) if members.ndim == 2 else jnp.zeros(len(members))
+            return reward_losses.aggregate_ensemble(members, method=aggregate, lam=lam), spread
 
         self._score = jax.jit(score)
+        self._members = jax.jit(lambda state, r: nnx.merge(graphdef, state)
+                                (jnp.concatenate([r.prompt, r.response], axis=1),
+                                 jnp.concatenate([r.prompt_mask, r.response_mask], axis=1)))
+        self._spread = None
+
+    def members(self, responses: Responses) -> np.ndarray:
+        """Each member's reward [N, K] ([N, 1] for a single reward model)."""
+        out = sharding.to_local(
+            self._members(self.state, sharding.shard_batch(responses.tokens(), self.mesh)))
+        out = np.asarray(out, np.float32)
+        return out[:, None] if out.ndim == 1 else out
 
     def __call__(self, responses: Responses) -> np.ndarray:
-        out = self._score(self.state, sharding.shard_batch(responses.tokens(), self.mesh))
+        out, spread = self._score(self.state, sharding.shard_batch(responses.tokens(), self.mesh))
+        self._spread = float(np.mean(sharding.to_local(spread)))
         return sharding.to_local(out).astype(np.float32)
+
+    def metrics(self) -> dict:
+        """reward/ensemble_std: the members' spread on the last scored responses (a monitor)."""
+        return {} if self._spread is None else {'reward/ensemble_std': self._spread}
 
 
 class GoldPreference:
@@ -214,12 +232,18 @@ def global_metrics(metrics: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1):
+def _teacher_forced(policy_def, ref_def, critic_def, group: int = 1, top_k: int = 0):
     """Jitted (policy, reference, critic) pass over sampled responses. With `group` > 1 the rows
-    are groups of `group` samples of one prompt (contiguous): each prompt runs once per model."""
+    are groups of `group` samples of one prompt (contiguous): each prompt runs once per model.
+    With `top_k` also the policy's per-token top-k mass and entropy (the monitors')."""
     def run(policy_state, ref_state, critic_state, r: Responses):
         args = (r.prompt, r.prompt_mask, r.response, r.response_mask)
-        out = {
+        out = {}
+        if top_k:
+            mass, entropy = scoring.response_topk_stats(nnx.merge(policy_def, policy_state), *args,
+                                                        k=top_k)
+            out.update(topk_mass=mass, topk_entropy=entropy)
+        out |= {
             'old_logp': scoring.rows_response_logprobs(nnx.merge(policy_def, policy_state), *args,
                                                        group=group),
             'ref_logp': scoring.rows_response_logprobs(nnx.merge(ref_def, ref_state), *args,
@@ -267,6 +291,7 @@ class Rollout:
         self._greedy = dataclasses.replace(self._sampling, greedy=True, temperature=1.0, top_k=0,
                                            top_p=1.0)
         self._last_end = None  # (time the previous rollout ended, its tokens): update throughput
+        self._topk = {}  # the last pass's top-k sums (monitors)
 
     def to_generation(self, models):
         """`models` on the generation mesh: the frozen reference moved once and kept, anything
@@ -316,8 +341,8 @@ class Rollout:
                          response_mask=out['mask'], prompt_texts=batch.prompt_texts,
                          texts=[self.tok.decode(t) for t in out['tokens']])
 
-    def _scored(self, policy, critic, prompt, prompt_mask, records, sample,
-                group=1) -> RolloutBatch:
+    def _scored(self, policy, critic, prompt, prompt_mask, records, sample, group=1,
+                top_k=0) -> RolloutBatch:
         """The sampled responses decoded, scored and passed through the policy, the reference
         and the critic (`group` > 1: rows are groups of one prompt's samples)."""
         r = Responses(prompt=prompt, prompt_mask=prompt_mask, response=sample['tokens'],
@@ -325,10 +350,15 @@ class Rollout:
                       texts=[self.tok.decode(t) for t in sample['tokens']], records=records)
         policy_def, policy_state = nnx.split(policy)
         critic_def, critic_state = nnx.split(critic) if critic is not None else (None, None)
-        fn = _teacher_forced(policy_def, self.ref_def, critic_def, group)
+        fn = _teacher_forced(policy_def, self.ref_def, critic_def, group, top_k)
         out = fn(policy_state, self.ref_state, critic_state,
                  sharding.shard_batch(r.tokens(), self.mesh))
         out = {k: sharding.to_local(v) for k, v in out.items()}
+        if top_k:  # token means over this process's rows
+            tokens = max(float(r.response_mask.sum()), 1.0)
+            self._topk = {
+                k: float(out.pop(k).sum()) / tokens for k in ('topk_mass', 'topk_entropy')
+            }
         scores = gold = None
         if self.scorer is not None:
             scores = self.scorer(r)
@@ -364,7 +394,8 @@ class Rollout:
         sample = self._sample(sampler, prompt, prompt_mask, key, self._sampling, placed=True)
         gen_s = time.perf_counter() - start - (self.reshard_s - moved_before)  # sampling only
         batch = self._scored(policy, critic, prompt, prompt_mask,
-                             [r for r in records for _ in range(k)], sample, group=k)
+                             [r for r in records for _ in range(k)], sample, group=k,
+                             top_k=c.top_k_monitor)
         metrics = getattr(self.scorer, 'metrics', dict)()  # a sum's per-term means, its errors
         if c.greedy_baseline:
             greedy = self._sample(sampler, pb['prompt'], pb['prompt_mask'], key, self._greedy,
@@ -388,6 +419,10 @@ class Rollout:
         })
         if batch.gold is not None:
             metrics['rollout/gold_reward'] = float(np.mean(batch.gold))
+            if batch.scores is not None and not isinstance(self.scorer, GoldScorer):
+                metrics['rollout/proxy_gold_gap'] = float(np.mean(batch.scores - batch.gold))
+        if c.top_k_monitor:
+            metrics.update({f'rollout/{k}': v for k, v in self._topk.items()})
         if update_s is not None:
             metrics['update/tokens_per_s'] = self._last_end[1] / max(update_s, 1e-9)
         if self.generation is not None:

@@ -58,7 +58,7 @@ RECORDED = ('total_steps',)
 FREE = (ALLOW_KEY, 'log_every', 'eval_every', 'ckpt_every', 'keep_ckpts', 'async_checkpoint',
         'mesh.shape', 'mesh_shape', 'mesh.rules', 'model.remat', 'model.remat_policy',
         'model.attention', 'model.scan_unroll', 'eval.', 'evaluation.', 'rl.generation_sharding',
-        'tracker', 'tracker_project')
+        'tracker', 'tracker_project', 'monitors.')
 
 
 class WorkdirBusy(ValidationError):

@@ -59,6 +59,7 @@ SLOW_MODULES = {
     'test_peft',
     'test_quickstart',
     'test_repro',
+    'test_robust_rewards',
     'test_sweep',
     'test_train',
     'test_workdir',

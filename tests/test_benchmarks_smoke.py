@@ -62,3 +62,12 @@ def test_dpo_workload_smoke(capsys):
         assert 0 < r['executed_flops_per_step'] < r['model_flops_per_step']
     # The reference's forward pass is part of the reference-every-step variant only.
     assert result['model_flops_per_step'] > pre['model_flops_per_step']
+
+
+def test_monitors_cost_smoke(capsys):
+    bench = _load('monitors')
+    result = bench.main(['--model=tiny', '--batch=8', '--new_tokens=4', '--warmup=1', '--iters=1'])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])['top_k'] == 4
+    for arm in ('plain', 'monitored'):
+        assert result[arm]['iteration_median_s'] > 0
+    assert set(result['ratios']) == {'rollout_median_s', 'update_median_s', 'iteration_median_s'}

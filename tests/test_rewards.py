@@ -110,3 +110,24 @@ def test_a_nan_reward_mid_run_stops_it_and_keeps_the_workdir(tmp_path):
         assert 'returned nan' in f.read()
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
     assert steps and steps[-1] == 2  # the two good steps' checkpoints stay
+
+
+def test_make_scorer_sums_the_gold_reward_and_a_function():
+    from alignjax.data import tasks
+    from alignjax.trainers import scorers
+    c = experiment_lib.load_config(os.path.join(ROOT, 'experiments', 'grpo.py') + ':tiny')
+    c.reward.source = 'gold+0.5*fn:reward_fixtures:length'
+    task = tasks.get_task('transitive')
+    scorer, reward_model = scorers.make_scorer(c, None, task)
+    try:
+        r = responses(['abc:', 'bdg:'], ['aab', 'xyzxyzxyz'])
+        gold = task.gold_rewards(r.prompt_texts, r.texts)
+        np.testing.assert_allclose(scorer(r), gold + 0.5 * np.array([3.0, 9.0]), rtol=1e-6)
+        assert reward_model is None and scorers.proxy_scorer(scorer) is None
+        assert set(scorer.metrics()) == {
+            'reward/gold', 'reward/fn:reward_fixtures:length', 'reward/errors'
+        }
+    finally:
+        scorer.close()
+    c.reward.source = 'gold'  # a lone gold or reward-model term is scored as before, unwrapped
+    assert type(scorers.make_scorer(c, None, task)[0]).__name__ == 'GoldScorer'

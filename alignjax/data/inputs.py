@@ -16,6 +16,7 @@ import numpy as np
 from alignjax import specs
 from alignjax.data import lengths
 from alignjax.data import pipeline
+from alignjax.data import synthetic
 from alignjax.data import tasks
 from alignjax.data.tokenizer import ByteTokenizer
 from alignjax.interop import tokenizer as hf_tokenizer
@@ -85,9 +86,19 @@ def train_eval_records(c: ml_collections.ConfigDict, kind: str):
 
     Held-out records come from config.data.eval when set; synthetic tasks draw fresh ones from
     another seed; other sources keep back the last config.data.eval_fraction of the records.
+    `config.data.flip_fraction` (synthetic preference records only; absent or 0: none) swaps
+    chosen and rejected in a seeded fraction of the training records, never the held-out ones
+    (`synthetic.flip_labels`): label noise whose effect a held-out evaluation measures.
     """
     d = c.data
     train = load_records(c, kind, d.train, num_examples=d.num_examples, seed=c.seed)
+    flip = d.get('flip_fraction', 0.0)
+    if flip:
+        if kind != 'preference' or specs.Data.parse(d.train).synthetic_task is None:
+            raise ValueError(f'config.data.flip_fraction={flip} injects label noise into '
+                             f'synthetic preference records only; config.data.train='
+                             f'{d.train!r} ({kind} records)')
+        train = synthetic.flip_labels(train, flip, seed=c.seed)
     if d.eval:
         return train, load_records(c, kind, d.eval, split='eval', seed=c.seed)
     if specs.Data.parse(d.train).synthetic_task is not None:

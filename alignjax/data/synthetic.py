@@ -58,7 +58,7 @@ CLASS_LOGITS = np.array([[0.0, 1.0, -1.0, 1.0], [-1.0, 0.0, 1.0, 1.0], [1.0, -1.
                          [-1.0, -1.0, -1.0, 0.0]])
 
 # Stream ids folded into the seed so that different uses never share draws.
-_STREAMS = {'train': 1, 'eval': 2, 'sft': 3, 'preference': 4, 'prompt': 5}
+_STREAMS = {'train': 1, 'eval': 2, 'sft': 3, 'preference': 4, 'prompt': 5, 'flip': 6}
 
 
 def _rng(seed: int, stream: str, task: str, *index: int) -> np.random.Generator:
@@ -289,6 +289,25 @@ def get_task(name: str) -> Task:
         raise ValueError(f'unknown synthetic task {name!r}; expected one of '
                          f'{sorted(_TASKS)}')
     return _TASKS[name]()
+
+
+def flip_labels(records: Sequence[dict], fraction: float, *, seed: int) -> list[dict]:
+    """Preference records with about `fraction` of their labels flipped: injected label noise.
+
+    Record i has chosen and rejected swapped when a uniform draw of its own generator (seed, the
+    'flip' stream, i) falls below `fraction`, so which records flip does not depend on how many
+    there are. Every record gets `label_flipped` (whether it was swapped), which evaluations read
+    to tell the injected noise from the task's own Bradley-Terry noise. New dicts: `records`
+    stays as it was.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f'flip_labels: fraction must be in [0, 1), got {fraction}')
+    out = []
+    for i, r in enumerate(records):
+        flip = bool(_rng(seed, 'flip', 'labels', i).random() < fraction)
+        chosen, rejected = (r['rejected'], r['chosen']) if flip else (r['chosen'], r['rejected'])
+        out.append({**r, 'chosen': chosen, 'rejected': rejected, 'label_flipped': flip})
+    return out
 
 
 def cycle_accuracy(score_cr: np.ndarray, records, gold_p: np.ndarray) -> dict[str, float]:

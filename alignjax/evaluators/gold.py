@@ -13,11 +13,12 @@ def make(config, task, reference, tok, *, max_new_tokens: int, policy_of=lambda 
     def evaluate(model, step):
         del step
         e = config.eval
-        return evaluation.gold_evaluation(task, policy_of(model), reference, tok,
-                                          num_prompts=e.num_prompts,
-                                          max_prompt_len=config.data.max_prompt_len,
-                                          max_new_tokens=max_new_tokens, temperature=e.temperature,
-                                          seed=config.seed, with_kl=True, scorer=scorer)
+        return evaluation.gold_evaluation(
+            task, policy_of(model), reference, tok, num_prompts=e.num_prompts,
+            max_prompt_len=config.data.max_prompt_len, max_new_tokens=max_new_tokens,
+            temperature=e.temperature, seed=config.seed, with_kl=True, scorer=scorer,
+            beta=config.get('loss', {}).get('beta'), top_k=config.get('monitors',
+                                                                      {}).get('top_k', 0))
 
     return evaluate
 

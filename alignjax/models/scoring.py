@@ -167,6 +167,23 @@ def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | 
     return logp if not with_entropy else (logp, ent.reshape(lead) * m)
 
 
+def response_topk_stats(model, prompt, prompt_mask, response, response_mask, *, k: int):
+    """Per-token top-k mass and top-k entropy [B, R] (zero on padding) of the model's next-token
+    distribution at each response position: mass = sum of the k largest probabilities, entropy
+    that of the k renormalised: the early-warning indicators of over-optimisation of
+    "Understanding Likelihood Over-optimisation in Direct Alignment Algorithms" (Shi et al.
+    2024). Materialises the [B, R, V] logits: a monitor for rollout- and evaluation-sized
+    batches, not for a large vocabulary's long sequences."""
+    logits = sequence_logits(model, prompt, prompt_mask, response, response_mask)
+    top, _ = jax.lax.top_k(logits, k)
+    logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    mass = jnp.sum(jnp.exp(top - logz), axis=-1)
+    p = jax.nn.softmax(top, axis=-1)
+    entropy = -jnp.sum(p * jax.nn.log_softmax(top, axis=-1), axis=-1)
+    m = response_mask.astype(jnp.float32)
+    return mass * m, entropy * m
+
+
 def response_hidden(model, prompt, prompt_mask, response, response_mask):
     """Final hidden states [B, R, D] at the positions that predict each response token."""
     tokens = jnp.concatenate([prompt, response], axis=1)

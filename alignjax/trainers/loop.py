@@ -33,6 +33,7 @@ from flax import nnx
 from alignjax import checkpoint as ckpt_lib
 from alignjax import evaluators as evaluators_lib
 from alignjax import metrics as metrics_lib
+from alignjax import monitors as monitors_lib
 from alignjax import sharding
 from alignjax import tracking
 from alignjax import validation
@@ -478,6 +479,10 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         # Rows past the restored step (or any, killed before the first checkpoint) are redone.
         writer.truncate_after(start or 0)
         start = int(state['step'])
+        monitors = monitors_lib.Monitors.from_config(config, log=logging.warning)
+        for row in monitors_lib.rows(workdir):  # a resumed run's: what fired, the KL history
+            monitors.check(row['step'], row, replay=True)
+        monitor_stop = False
         model = run.model(state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
         stop_requested = False
@@ -504,14 +509,27 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     if done % config.log_every == 0 or done == config.total_steps:
                         _check_finite(pending, policy)
                         tokens = int(sharding.process_sum(tokens))  # every process's rows
-                        writer.write(done, {**jax.device_get(metrics), **host_metrics},
-                                     tokens=tokens)
+                        row = {**jax.device_get(metrics), **host_metrics}
+                        extra, fired = monitors.check(done, row)
+                        writer.write(done, {**row, **extra}, tokens=tokens)
                         tokens = 0
+                    else:
+                        fired = []
                     evaluated = evaluators_lib.figures_due(algo.evaluators, model, done,
                                                            config.total_steps)
                     if evaluated:
-                        writer.write(done, {f'eval/{k}': v for k, v in evaluated.items()},
-                                     timed=False)
+                        row = {f'eval/{k}': v for k, v in evaluated.items()}
+                        fired += monitors.check(done, row)[1]
+                        writer.write(done, row, timed=False)
+                    if fired and monitors.action != 'warn':  # a checkpoint where it fired
+                        _check_finite(pending, policy)
+                        _save(ckpt, done, state, True, writer)
+                        monitor_stop = monitors.action == 'stop'
+                        if monitor_stop:
+                            logging.warning(
+                                'Stopping at step %d: monitor %s fired '
+                                "(config.monitors.action='stop')", done, fired[0])
+                            break
                     # A stop request waits for the next save point (the end of an outer step).
                     stop_requested = guard.should_stop(done) or stop_requested
                     boundary = done % algo.save_every == 0
@@ -538,7 +556,10 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         ckpt.close()
         summary = {'step': int(state['step'])}
         summary.update(evaluators_lib.summary(algo.evaluators, model, int(state['step'])))
+        summary.update(monitors.summary())
         writer.write_summary(summary)
+        if jax.process_index() == 0:
+            monitors.plot(workdir)
         writer.close()
         logging.info('Summary: %s', summary)
         return summary

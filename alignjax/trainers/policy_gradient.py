@@ -41,6 +41,7 @@ from alignjax.data import inputs
 from alignjax.evaluators import gold
 from alignjax.losses import advantages as adv_lib
 from alignjax.losses import policy_gradient as pg
+from alignjax.losses import robust
 from alignjax.models import ValueModel, scoring
 from alignjax.trainers import common
 from alignjax.trainers import group_rows
@@ -135,7 +136,8 @@ def check_rl_config(config) -> None:
                          f'{rows} rows (data.batch_size * rl.samples_per_prompt)')
     kinds = {t.kind for t in rewards.parse(config.reward.source)}
     if 'gold' in kinds and inputs.synthetic_task(config) is None:
-        raise ValueError("config.reward.source: 'gold' needs a synthetic config.data.train")
+        raise ValueError(f'config.reward.source={config.reward.source!r} needs a synthetic '
+                         'config.data.train (for its gold term)')
     if config.get('critic_from', '') not in ('reward_model', 'policy', ''):
         raise ValueError("config.critic_from must be 'reward_model', 'policy' or '', "
                          f'got {config.critic_from!r}')
@@ -346,7 +348,8 @@ def build(config, mesh) -> loop.Algorithm:
     check_rl_config(config)
     rl, row = config.rl, ONLINE_ALGOS[config.algo]
     tok, task, records, prompts, policy, reference = online_setup(config, mesh)
-    scorer, reward_model = scorers.make_scorer(config, mesh, task)
+    scorer, reward_model = scorers.make_scorer(config, mesh, task, reference=reference, tok=tok)
+    constraints = scorers.constraints(config)  # thresholds per term (constrained RLHF), or None
     model = policy
     if row.critic:
         model = ActorCritic(policy, build_critic(config, mesh, reward_model))
@@ -357,11 +360,14 @@ def build(config, mesh) -> loop.Algorithm:
         config=rollout_lib.RolloutConfig(samples_per_prompt=rl.samples_per_prompt,
                                          max_new_tokens=rl.max_new_tokens,
                                          temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
-                                         greedy_baseline=row.greedy_baseline))
+                                         greedy_baseline=row.greedy_baseline,
+                                         top_k_monitor=config.get('monitors', {}).get('top_k', 0)))
     advantage_fn = make_advantage_fn(config)
 
     def batches(step, model, algo_state):
         policy, critic = (model.policy, model.critic) if row.critic else (model, None)
+        if constraints is not None:  # the step's weights, w_i - lambda_i
+            scorer.multipliers = np.asarray(algo_state['lagrange'], np.float32)
         raw, metrics = rollout(step, policy, critic)
         if rl.get('dynamic_sampling_rounds', 0):
             raw, refills = dynamic_sampling(rollout, step, policy, critic, raw,
@@ -382,20 +388,34 @@ def build(config, mesh) -> loop.Algorithm:
             batch['old_values'], batch['returns'] = raw.old_values, np.asarray(returns)
         metrics.update(rollout_lib.global_metrics({k: float(v) for k, v in adv_metrics.items()}))
         metrics['kl_coef'] = kl_coef
+        if constraints is not None:
+            metrics.update({
+                f'lagrange/{s.name}': float(v)
+                for (_, s), v in zip(scorer.scorers, algo_state['lagrange'])
+            })
         return batch, metrics
 
     def update_algo_state(algo_state, metrics):
-        if not rl.adaptive_kl:
-            return algo_state
-        coef = pg.adaptive_kl_coef(float(algo_state['kl_coef']), metrics['rollout/kl_to_ref'],
-                                   target=rl.kl_target, horizon=rl.kl_horizon,
-                                   batch_size=config.data.batch_size * rl.samples_per_prompt)
-        return {'kl_coef': np.float32(coef)}
+        out = dict(algo_state)
+        if rl.adaptive_kl:
+            out['kl_coef'] = np.float32(
+                pg.adaptive_kl_coef(float(algo_state['kl_coef']), metrics['rollout/kl_to_ref'],
+                                    target=rl.kl_target, horizon=rl.kl_horizon,
+                                    batch_size=config.data.batch_size * rl.samples_per_prompt))
+        if constraints is not None:  # dual ascent on each constrained term's mean
+            means = [metrics[f'reward/{s.name}'] for _, s in scorer.scorers]
+            out['lagrange'] = robust.lagrange_update(algo_state['lagrange'], means, constraints,
+                                                     lr=config.reward.get('dual_lr', 0.1))
+        return out
+
+    algo_state = {'kl_coef': np.float32(rl.kl_coef)}
+    if constraints is not None:
+        algo_state['lagrange'] = np.zeros(len(constraints), np.float32)
 
     evals = online_evaluators(config, task, reference, tok,
                               policy_of=(lambda m: m.policy) if row.critic else (lambda m: m),
                               scorer=scorers.proxy_scorer(scorer))
     return loop.Algorithm(model=model, loss_fn=make_loss_fn(config), batches=batches,
-                          evaluators=evals, algo_state={'kl_coef': np.float32(rl.kl_coef)},
+                          evaluators=evals, algo_state=algo_state,
                           update_algo_state=update_algo_state, epochs=rl.epochs,
                           minibatches=rl.minibatches, trainable=common.trainable(config))

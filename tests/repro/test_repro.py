@@ -54,3 +54,10 @@ def test_idealized_ranking_accuracy_limits():
     beta = 0.5
     by_hand = np.mean(ref_diff + np.log(gold_p / (1 - gold_p)) / beta > 0)
     assert ranking_accuracy.idealized_accuracy(ref_diff, gold_p, beta) == pytest.approx(by_hand)
+
+
+def test_collapse_peak_finds_the_peak_before_the_first_fall():
+    from alignjax.repro import monitors
+    assert monitors.collapse_peak([0.1, 0.3, 0.5, 0.45, 0.2, 0.6]) == 2  # falls 0.3 below 0.5
+    assert monitors.collapse_peak([0.1, 0.3, 0.25, 0.35]) is None  # never more than 0.1 below
+    assert monitors.collapse_peak([0.5, 0.39]) == 0

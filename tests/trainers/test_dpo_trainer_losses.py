@@ -4,7 +4,6 @@ pair's log-probs ('sft', 'bco_pair', 'discopop'), and which lists of types it re
 The references are computed here from the tiny model's own per-token log-probs and the batch's
 masks, not by the trainer's code path."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
