@@ -150,6 +150,27 @@ NOTEBOOKS = {
         '`alignjax.data.arithmetic:exact_match` in a worker pool (`alignjax/rewards.py`).',
         look="Held-out pass@1 against samples drawn (left; DAPO's refills count) and "
         'against updates (right), from the SFT start (dotted).'),
+    'monitors': dict(
+        title='Over-optimisation monitors: which warn before the gold reward peaks',
+        claim="Reward hacking shows before the gold reward falls: in the top-k entropy and mass "
+        "of the policy's own samples (Shi et al. 2024), in a reward ensemble's disagreement, "
+        'in the proxy-minus-gold gap, in length, EOS rate and KL to the reference.',
+        setup='ReMax against the mean of a 4-member tiny reward-model ensemble on the transitive '
+        'task, kl_coef 0.01 (over-optimises) and 0.2 (healthy), three seeds, every monitor of '
+        "`alignjax/monitors.py` on with thresholds relative to each figure's first value.",
+        look='Left: gold curves and their peaks. Right: for each monitor, how many iterations '
+        'before the peak it fired on the over-optimised runs, and its false alarms on the '
+        'healthy ones.'),
+    'robust_rewards': dict(
+        title='Robust rewards: BRME, the log-sigmoid transform and constrained RLHF',
+        claim='Reward-robust aggregation (Yan et al. 2024), the log-sigmoid transform against a '
+        'per-prompt reference reward (Wang et al. 2024) and a Lagrange-multiplier constraint on '
+        'the proxy at its proxy point (Moskovitz et al. 2023) each lose less of the gold reward '
+        'than the plain proxy.',
+        setup="The monitors' over-optimised setting (its plain runs are shared through OUTDIR): "
+        'ReMax at kl_coef 0.01 against a 4-member ensemble, three seeds per proxy.',
+        look='Left: mean gold curve of each proxy. Right: peak and final gold, with the spread '
+        'over seeds.'),
 }
 
 
