@@ -98,3 +98,6 @@ def test_topk_mass_and_entropy_against_numpy():
     np.testing.assert_allclose(mass, top.sum(-1) * m, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(entropy, -(q * np.log(q)).sum(-1) * m, rtol=1e-5, atol=1e-6)
     assert jax.tree.leaves(mass)[0].shape == (2, 5)
+    chunked = scoring.response_topk_stats(model, prompt, pmask, response, rmask, k=7, chunk=2)
+    np.testing.assert_allclose(chunked[0], mass, rtol=1e-6, atol=1e-7)  # in pieces, the same
+    np.testing.assert_allclose(chunked[1], entropy, rtol=1e-6, atol=1e-7)

@@ -167,19 +167,35 @@ def _head_logprobs(model, h, targets, mask, *, with_entropy: bool, chunk: int | 
     return logp if not with_entropy else (logp, ent.reshape(lead) * m)
 
 
-def response_topk_stats(model, prompt, prompt_mask, response, response_mask, *, k: int):
+def response_topk_stats(model, prompt, prompt_mask, response, response_mask, *, k: int,
+                        chunk: int | None = None):
     """Per-token top-k mass and top-k entropy [B, R] (zero on padding) of the model's next-token
     distribution at each response position: mass = sum of the k largest probabilities, entropy
     that of the k renormalised: the early-warning indicators of over-optimisation of
     "Understanding Likelihood Over-optimisation in Direct Alignment Algorithms" (Shi et al.
-    2024). Materialises the [B, R, V] logits: a monitor for rollout- and evaluation-sized
-    batches, not for a large vocabulary's long sequences."""
-    logits = sequence_logits(model, prompt, prompt_mask, response, response_mask)
-    top, _ = jax.lax.top_k(logits, k)
-    logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    mass = jnp.sum(jnp.exp(top - logz), axis=-1)
-    p = jax.nn.softmax(top, axis=-1)
-    entropy = -jnp.sum(p * jax.nn.log_softmax(top, axis=-1), axis=-1)
+    2024). The logits are made a chunk of response positions at a time when one device's
+    [B, R, V] would exceed `MAX_LOGITS` elements (as the log-prob passes do; `chunk` forces a
+    size), so a large vocabulary's long rollouts fit."""
+    h = response_hidden(model, prompt, prompt_mask, response, response_mask)
+
+    def stats(hc):
+        logits = model.logits(hc)
+        top, _ = jax.lax.top_k(logits, k)
+        logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        mass = jnp.sum(jnp.exp(top - logz), axis=-1)
+        entropy = -jnp.sum(jax.nn.softmax(top, axis=-1) * jax.nn.log_softmax(top, axis=-1), axis=-1)
+        return mass, entropy
+
+    rows, r = response.shape
+    size = _head_chunk(rows, r, model.cfg.vocab_size, chunk, model.cfg.embed_dim)
+    if size is None:
+        mass, entropy = stats(h)
+    else:
+        n = -(-r // size)
+        hc = jnp.pad(h, ((0, 0), (0, n * size - r), (0, 0))).reshape(rows, n, size, h.shape[-1])
+        mass, entropy = jax.lax.map(stats, jnp.moveaxis(hc, 1, 0))
+        unchunk = lambda x: jnp.moveaxis(x, 0, 1).reshape(rows, n * size)[:, :r]
+        mass, entropy = unchunk(mass), unchunk(entropy)
     m = response_mask.astype(jnp.float32)
     return mass * m, entropy * m
 
