@@ -49,7 +49,7 @@ from alignjax.losses import reward as reward_losses
 from alignjax.models import Decoder, PreferenceModel, RewardModel, ValueModel, lora, scoring
 from alignjax.models import config as model_config
 from alignjax.trainers import common
-from alignjax.trainers import dpo, loop, policy_gradient, sft
+from alignjax.trainers import dpo, loop, policy_gradient, precision, sft
 
 GiB = 1 << 30
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -245,9 +245,8 @@ def _update_program(config, mesh, rules, cfg):
     for name, ctor in frozen_ctors.items():
         frozen_defs[name], frozen_states[name] = abstract_module(ctor, mesh, rules)
     tx, schedule = common.make_optimizer(config.optim, config.total_steps * epochs * minibatches)
-    needs_master = getattr(loop, 'needs_master', None)  # loop.setup's float32 master copy
-    if needs_master is not None and needs_master(params):
-        tx = loop.float32_master(tx)
+    if precision.needs_master(params):  # loop.setup's float32 master copy
+        tx = precision.float32_master(tx)
     rep = sharding.replicated(mesh)
     shardings = loop.state_shardings(params, tx, algo_state, mesh)
     shardings['nonfinite_skipped'] = rep

@@ -29,12 +29,12 @@ figure (and the gold reward, where known) on one step axis with the firings mark
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 
 import numpy as np
 
+from alignjax import metrics as metrics_lib
 from alignjax.errors import ValidationError
 
 KEY = 'config.monitors.thresholds'
@@ -125,6 +125,22 @@ class Monitors:
         m = config.get('monitors', {})
         return cls(parse(m.get('thresholds', '')), action=m.get('action', 'warn'), log=log)
 
+    @classmethod
+    def for_run(cls, config, workdir: str, log=print) -> Monitors:
+        """The run's monitors, replayed over `workdir`'s rows: a resumed run knows what fired
+        and the KL history, and warns of nothing twice."""
+        m = cls.from_config(config, log=log)
+        for row in rows(workdir):
+            m.check(row['step'], row, replay=True)
+        return m
+
+    def write(self, writer, step: int, row: dict, **kw) -> list[str]:
+        """Checks `row` and writes it, with its derived figures, through the metrics `writer`
+        (`writer.write(step, row, **kw)`); returns what fired."""
+        extra, fired = self.check(step, row)
+        writer.write(step, {**row, **extra}, **kw)
+        return fired
+
     def derived(self, row: dict) -> dict:
         """Figures computed from the logged history: monitor/kl_spike."""
         kl = row.get('rollout/kl_to_ref')
@@ -194,10 +210,8 @@ class Monitors:
 
 
 def rows(workdir: str) -> list[dict]:
-    """The rows of workdir/metrics.jsonl (none before the first; a resumed run replays them:
-    on several processes each reads the shared workdir's file)."""
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if not os.path.exists(path):
+    """The rows of workdir/metrics.jsonl, none before the first (a resumed run replays them: on
+    several processes each reads the shared workdir's file)."""
+    if not os.path.exists(os.path.join(workdir, metrics_lib.METRICS_FILE)):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return metrics_lib.read_metrics(workdir)

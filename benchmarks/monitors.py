@@ -21,14 +21,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from alignjax import experiment_lib, monitors, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from alignjax.repro import monitors as repro_monitors  # pylint: disable=g-import-not-at-top,wrong-import-position
-from alignjax.trainers import loop, policy_gradient  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
+import remax_vs_ppo  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
@@ -45,31 +45,18 @@ def make_config(args, top_k: int):
     return c
 
 
-class Arm:
-    """One build's train state and jitted update, stepped the way `loop.train` steps them, with
-    its monitors checked on every iteration's metrics."""
+class Arm(remax_vs_ppo.Bench):
+    """`remax_vs_ppo.Bench`'s iteration (rollout, then the update, as `loop.train` steps them),
+    with the monitors checked on its metrics, as the loop does, inside the timed update."""
     def __init__(self, config, mesh):
-        self.mesh = mesh
-        with jax.set_mesh(mesh):
-            self.algo = policy_gradient.build(config, mesh)
-            run = loop.setup(config, self.algo, mesh)
-        self.graphdef, self.state = run.graphdef, run.state
-        self.frozen_states, self.update = run.frozen_states, run.update
-        self.model = nnx.merge(self.graphdef, self.state['params'])
+        super().__init__(config.algo, config, mesh)
         self.monitors = monitors.Monitors.from_config(config, log=lambda _: None)
 
     def iteration(self, step: int) -> tuple[float, float]:
-        with jax.set_mesh(self.mesh):
-            start = time.perf_counter()
-            algo_state = jax.device_get(self.state['algo'])
-            host, host_metrics = self.algo.batches(step, self.model, algo_state)
-            batch = jax.block_until_ready(sharding.shard_batch(host, self.mesh))
-            mid = time.perf_counter()
-            self.state, metrics, _ = self.update(self.state, self.frozen_states, batch)
-            self.monitors.check(step + 1, {**jax.device_get(metrics), **host_metrics})
-            end = time.perf_counter()
-        self.model = nnx.merge(self.graphdef, self.state['params'])
-        return mid - start, end - mid
+        rollout_s, update_s = super().iteration(step)
+        start = time.perf_counter()
+        self.monitors.check(step + 1, {**jax.device_get(self.metrics), **self.host_metrics})
+        return rollout_s, update_s + time.perf_counter() - start
 
 
 def main(argv=None) -> dict:

@@ -136,7 +136,7 @@ class Bench:
     def batch(self, step: int):
         """The sharded update batch of `step` (the rollout), as `loop.train` makes it."""
         algo_state = jax.device_get(self.state['algo'])
-        host_batch, _ = self.algo.batches(step, self.model, algo_state)
+        host_batch, self.host_metrics = self.algo.batches(step, self.model, algo_state)
         return jax.block_until_ready(sharding.shard_batch(host_batch, self.mesh))
 
     def memory(self, step: int = 0) -> dict:
@@ -164,7 +164,7 @@ class Bench:
             state, metrics, finite = self.update(self.state, self.frozen_states, batch)
             jax.block_until_ready((state, metrics, finite))
             end = time.perf_counter()
-        self.state = state
+        self.state, self.metrics = state, metrics
         self.model = nnx.merge(self.graphdef, state['params'])
         if not bool(finite):
             raise FloatingPointError(f'{self.name}: non-finite update at step {step}')

@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ from alignjax import validation
 from alignjax import workdir as workdir_lib
 from alignjax.models import lora
 from alignjax.trainers import common
+from alignjax.trainers import precision
 
 # The key of an adapted model's frozen base among the update's frozen states (`Algorithm.trainable`).
 BASE = 'frozen_base'
@@ -113,54 +114,6 @@ def _split_micro(batch, n: int, what: str = 'config.optim.microbatches'):
     return jax.tree.map(one, batch)
 
 
-class MasterState(NamedTuple):
-    """Optimizer state of `float32_master`: the float32 master parameters and the inner state."""
-
-    master: Any
-    inner: Any
-
-
-def _is_low_precision(x) -> bool:
-    return jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
-
-
-def needs_master(params) -> bool:
-    """Whether any trainable parameter is stored below float32 (bfloat16, float16)."""
-    return any(_is_low_precision(x) for x in jax.tree.leaves(params))
-
-
-def float32_master(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Runs `inner` on a float32 master copy of low-precision parameters.
-
-    At the learning rates of DPO and RL (1e-7 to 1e-5) an AdamW step is below bfloat16's
-    resolution (8 bits of mantissa: a relative step under 2^-9 rounds to nothing), so updating
-    bfloat16 parameters in place trains nothing. Here the optimizer state holds the parameters in
-    float32 (`MasterState.master`), `inner` updates that copy, and the update returned moves each
-    stored parameter exactly onto its master rounded to the stored dtype: the stored weights
-    are a rounding of the master, never the result of a rounded update. Costs 4 bytes a
-    parameter; a model with any low-precision parameter gets every parameter mirrored (the models
-    here store one dtype throughout).
-    """
-    f32 = lambda x: x.astype(jnp.float32) if _is_low_precision(x) else x
-
-    def init(params):
-        master = jax.tree.map(f32, params)
-        return MasterState(master, inner.init(master))
-
-    def update(grads, state, params=None):
-        if params is None:
-            raise ValueError('float32_master needs the parameters in update()')
-        updates, inner_state = inner.update(jax.tree.map(f32, grads), state.inner, state.master)
-        master = optax.apply_updates(state.master, updates)
-        # The stored parameter p becomes round(master): p + (round(master) - p) in float32 is
-        # exact (both are low-precision values), and apply_updates casts back to p's dtype.
-        out = jax.tree.map(lambda m, p: m.astype(p.dtype).astype(m.dtype) - p.astype(m.dtype),
-                           master, params)
-        return out, MasterState(master, inner_state)
-
-    return optax.GradientTransformation(init, update)
-
-
 def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, microbatches: int,
                 state_shardings, mesh, *, epochs: int = 1, minibatches: int = 1,
                 skip_nonfinite: bool = False, frozen_shardings=None, base_views=None):
@@ -202,7 +155,7 @@ def make_update(graphdef, frozen_graphdefs, loss_fn: LossFn, tx, schedule, micro
 
         (loss_sum, (weight, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
         # Accumulated and normalised in float32 whatever the parameters' storage dtype.
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g, grads)
+        grads = jax.tree.map(precision.to_float32, grads)
         return grads, loss_sum, weight, metrics
 
     def optimizer_step(params, opt_state, frozen_states, batch, rng):
@@ -349,10 +302,10 @@ def setup(config, algo: Algorithm, mesh) -> Setup:
         else:  # the adapted model's base itself (its reference, adapters off): passed once
             views[name] = where
     tx, schedule = common.make_optimizer(config.optim, config.total_steps * algo.updates_per_batch)
-    if needs_master(params):
+    if precision.needs_master(params):
         logging.info('Low-precision trainable parameters: the optimizer updates a float32 '
                      'master copy (4 bytes a parameter)')
-        tx = float32_master(tx)
+        tx = precision.float32_master(tx)
     algo_state = {k: jnp.asarray(v) for k, v in algo.algo_state.items()}
     shardings = state_shardings(params, tx, algo_state, mesh)
     shardings['nonfinite_skipped'] = sharding.replicated(mesh)  # checkpointed with the state
@@ -479,10 +432,7 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
         # Rows past the restored step (or any, killed before the first checkpoint) are redone.
         writer.truncate_after(start or 0)
         start = int(state['step'])
-        monitors = monitors_lib.Monitors.from_config(config, log=logging.warning)
-        for row in monitors_lib.rows(workdir):  # a resumed run's: what fired, the KL history
-            monitors.check(row['step'], row, replay=True)
-        monitor_stop = False
+        monitors = monitors_lib.Monitors.for_run(config, workdir, log=logging.warning)
         model = run.model(state['params'])
         pending = None  # (step, metrics, finite) of the previous step, checked one step late
         stop_requested = False
@@ -509,26 +459,23 @@ def _train(config, workdir: str, build: Callable[..., Algorithm]) -> dict:
                     if done % config.log_every == 0 or done == config.total_steps:
                         _check_finite(pending, policy)
                         tokens = int(sharding.process_sum(tokens))  # every process's rows
-                        row = {**jax.device_get(metrics), **host_metrics}
-                        extra, fired = monitors.check(done, row)
-                        writer.write(done, {**row, **extra}, tokens=tokens)
+                        fired = monitors.write(writer, done,
+                                               {**jax.device_get(metrics), **host_metrics},
+                                               tokens=tokens)
                         tokens = 0
                     else:
                         fired = []
                     evaluated = evaluators_lib.figures_due(algo.evaluators, model, done,
                                                            config.total_steps)
                     if evaluated:
-                        row = {f'eval/{k}': v for k, v in evaluated.items()}
-                        fired += monitors.check(done, row)[1]
-                        writer.write(done, row, timed=False)
+                        fired += monitors.write(writer, done,
+                                                {f'eval/{k}': v for k, v in evaluated.items()},
+                                                timed=False)
                     if fired and monitors.action != 'warn':  # a checkpoint where it fired
                         _check_finite(pending, policy)
                         _save(ckpt, done, state, True, writer)
-                        monitor_stop = monitors.action == 'stop'
-                        if monitor_stop:
-                            logging.warning(
-                                'Stopping at step %d: monitor %s fired '
-                                "(config.monitors.action='stop')", done, fired[0])
+                        if monitors.action == 'stop':
+                            logging.warning('Stopping at step %d: monitor %s fired', done, fired[0])
                             break
                     # A stop request waits for the next save point (the end of an outer step).
                     stop_requested = guard.should_stop(done) or stop_requested

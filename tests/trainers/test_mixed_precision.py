@@ -1,7 +1,7 @@
 """Mixed precision that learns: bfloat16 parameters are updated through a float32 master copy.
 
 At DPO/RL learning rates an AdamW step is below bfloat16's resolution, so an update applied in
-bfloat16 is rounded away; `loop.float32_master` keeps the parameters in float32 in the optimizer
+bfloat16 is rounded away; `precision.float32_master` keeps the parameters in float32 in the optimizer
 state and stores their rounding.
 """
 
@@ -14,7 +14,7 @@ from flax import nnx
 
 from alignjax import sharding
 from alignjax.models import Decoder, ModelConfig
-from alignjax.trainers import loop
+from alignjax.trainers import loop, precision
 from experiment_runs import run
 
 
@@ -37,7 +37,7 @@ def test_plain_adamw_on_bfloat16_rounds_every_update_away():
 def test_master_copy_moves_and_the_stored_weights_are_its_rounding():
     w = {'w': jnp.linspace(0.5, 2.0, 16).astype(jnp.bfloat16)}
     lr, steps = 1e-6, 50
-    out, state = _adam_steps(loop.float32_master(optax.adamw(lr, weight_decay=0.0)), w, steps)
+    out, state = _adam_steps(precision.float32_master(optax.adamw(lr, weight_decay=0.0)), w, steps)
     master = np.asarray(state.master['w'])
     assert state.master['w'].dtype == jnp.float32 and out['w'].dtype == jnp.bfloat16
     # Adam's first steps with constant gradients move each weight by lr a step.
@@ -47,7 +47,7 @@ def test_master_copy_moves_and_the_stored_weights_are_its_rounding():
                                   np.asarray(jnp.asarray(master).astype(jnp.bfloat16)))
     # And after enough steps the stored bf16 weights move too (2000 steps of 1e-6 at ~0.5: past
     # half a bf16 ulp of 2^-9).
-    out, _ = _adam_steps(loop.float32_master(optax.adamw(1e-6, weight_decay=0.0)), w, 2000)
+    out, _ = _adam_steps(precision.float32_master(optax.adamw(1e-6, weight_decay=0.0)), w, 2000)
     assert np.mean(np.asarray(out['w'], np.float32) != start) > 0.2
 
 
@@ -61,7 +61,7 @@ def test_setup_puts_a_master_copy_under_bfloat16_parameters_only():
         algo = loop.Algorithm(model=model, loss_fn=None, batches=None)
         with jax.set_mesh(mesh):
             s = loop.setup(config, algo, mesh)
-        assert isinstance(s.state['opt_state'], loop.MasterState) == wants_master
+        assert isinstance(s.state['opt_state'], precision.MasterState) == wants_master
         if wants_master:
             leaves = jax.tree.leaves(s.state['opt_state'].master)
             assert {x.dtype for x in leaves} == {jnp.dtype(jnp.float32)}
