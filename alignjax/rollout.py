@@ -163,11 +163,14 @@ class RewardModelScorer:
         self._spread = None
 
     def members(self, responses: Responses) -> np.ndarray:
-        """Each member's reward [N, K] ([N, 1] for a single reward model)."""
+        """Each member's reward [N, K] ([N, 1] for a single reward model); their spread is the
+        next `metrics()`'s, as after a call."""
         out = sharding.to_local(
             self._members(self.state, sharding.shard_batch(responses.tokens(), self.mesh)))
         out = np.asarray(out, np.float32)
-        return out[:, None] if out.ndim == 1 else out
+        out = out[:, None] if out.ndim == 1 else out
+        self._spread = float(np.mean(out.std(axis=1)))
+        return out
 
     def __call__(self, responses: Responses) -> np.ndarray:
         out, spread = self._score(self.state, sharding.shard_batch(responses.tokens(), self.mesh))

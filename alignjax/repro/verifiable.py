@@ -9,7 +9,7 @@ reward function `alignjax.data.arithmetic:exact_match` (`alignjax/rewards.py`), 
 on held-out problems every `eval_every` iterations; DAPO's refill rollouts count as samples, so
 the curves are against samples drawn, not updates.
 
-    python -m alignjax.repro.verifiable --outdir=/tmp/repro   # ~5 min on 2 cores
+    python -m alignjax.repro.verifiable --outdir=/tmp/repro   # ~2.5 min on 2 cores
     python -m alignjax.repro.verifiable --outdir=/tmp/repro --quick
 """
 

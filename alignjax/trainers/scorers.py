@@ -64,6 +64,9 @@ def constraints(config):
     return robust.parse_constraints(spec, names)
 
 
+ROWS = 64  # the reference samples of new prompts come in multiples of this
+
+
 class LogSigmoidScorer:
     """A reward model's members transformed and summed, sum_k log sigmoid(r_k - r_ref,k(x))
     (`losses/robust.log_sigmoid_transform`), r_ref,k(x) the config.reward.ref_quantile quantile of
@@ -85,6 +88,9 @@ class LogSigmoidScorer:
         missing = sorted(set(prompts) - set(self.cache))
         if missing:
             rows = [p for p in missing for _ in range(self.n)]
+            # Padded to a multiple of ROWS (repeating the last): the sampler compiles for a few
+            # shapes, not for every count of new prompts.
+            rows += [rows[-1]] * (-len(rows) % ROWS)
             key = jax.random.key(self.seed + 7771 + zlib.crc32('|'.join(missing).encode()))
             s = evaluation.sample(self.reference, rows, self.tok,
                                   max_prompt_len=self.config.data.max_prompt_len,
@@ -93,13 +99,16 @@ class LogSigmoidScorer:
             members = self.rm.members(
                 rollout_lib.Responses(prompt=s['prompt'], prompt_mask=s['prompt_mask'],
                                       response=s['tokens'], response_mask=s['mask']))
+            members = members[:len(missing) * self.n]
             q = robust.reference_quantiles(members.reshape(len(missing), self.n, -1), self.q)
             self.cache.update(zip(missing, q))
         return np.stack([self.cache[p] for p in prompts])
 
     def __call__(self, responses) -> np.ndarray:
-        members = self.rm.members(responses)
-        return robust.log_sigmoid_transform(members, self._ref_values(list(responses.prompt_texts)))
+        # The reference values first, so that the members' spread left for `metrics()` is the
+        # policy's samples', not the reference's.
+        ref = self._ref_values(list(responses.prompt_texts))
+        return robust.log_sigmoid_transform(self.rm.members(responses), ref)
 
     def metrics(self) -> dict:
         return self.rm.metrics()

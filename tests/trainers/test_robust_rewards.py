@@ -54,3 +54,34 @@ def test_lagrange_multipliers_survive_a_sigkill(tmp_path):
         json.load(open(tmp_path / d / 'summary.json'))['monitors_fired'] for d in ('full', 'killed')
     ]
     assert fired[0] == fired[1] and fired[0]['lagrange/gold'] > 1  # replayed, not fired twice
+
+
+def test_log_sigmoid_scorer_transforms_each_member_against_its_reference_quantile():
+    """Against the transform computed here from the members' rewards and the cached per-prompt
+    quantiles; the cache holds one entry a prompt, and the spread reported is the policy's."""
+    import jax
+    from alignjax import evaluation, rollout, runs
+    from alignjax.repro import common
+    from alignjax.trainers import common as trainer_common
+    from alignjax.trainers import policy_gradient, scorers
+    c = common.config_of('remax.py:tiny,reward=rm,ensemble=4', {'reward.transform': 'log_sigmoid'})
+    runs.train_starting_points(c, mesh_shape=(1, 1, 1))
+    mesh = trainer_common.make_mesh(c)
+    with jax.set_mesh(mesh):
+        tok, task, _, _, policy, reference = policy_gradient.online_setup(c, mesh)
+        scorer, _ = scorers.make_scorer(c, mesh, task, reference=reference, tok=tok)
+        prompts = task.prompts(5, seed=0, split='train')
+        s = evaluation.sample(policy, prompts, tok, max_prompt_len=8, max_new_tokens=12,
+                              temperature=1.0, key=jax.random.key(0))
+        r = rollout.Responses(prompt=s['prompt'], prompt_mask=s['prompt_mask'],
+                              response=s['tokens'], response_mask=s['mask'], prompt_texts=prompts,
+                              texts=s['texts'])
+        out = scorer(r)
+        spread = scorer.metrics()['reward/ensemble_std']
+        members = scorer.rm.members(r)
+    assert len(scorer.cache) == len(set(prompts))
+    ref = np.stack([scorer.cache[p] for p in prompts])
+    np.testing.assert_allclose(out, np.sum(-np.logaddexp(0.0, -(members - ref)), axis=1), rtol=1e-5,
+                               atol=1e-5)
+    assert spread == np.mean(members.std(axis=1))
+    assert ref.shape == members.shape == (5, 4)
